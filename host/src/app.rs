@@ -1,0 +1,48 @@
+//! Wiring for `sktarbucks serve`: backend, runtime, dispatchers, HTTP.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::backend::SharedBackend;
+use crate::backend::sqlite::SqliteBackend;
+use crate::config::Config;
+use crate::runtime::Runtime;
+
+/// Open the backend the configuration asks for.
+pub async fn open_backend(config: &Config) -> Result<SharedBackend> {
+    if let Some(url) = &config.redis {
+        anyhow::bail!("the Redis backend ({url}) is not available in this build yet");
+    }
+    let backend = SqliteBackend::open(&config.data, config.sqlite.synchronous)?;
+    Ok(Arc::new(backend))
+}
+
+/// Run the whole host on `listener` until `shutdown` resolves; then stop
+/// accepting, drain requests, let dispatchers finish their current event.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let backend = open_backend(&config).await?;
+    // Compiling components takes seconds: keep it off the async workers.
+    let rt = tokio::task::spawn_blocking(move || Runtime::start(config, backend))
+        .await
+        .context("runtime start task failed")?
+        .context("failed to start the runtime")?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dispatchers = crate::events::dispatcher::spawn_all(&rt, stop_rx).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    // One machine-readable line on stdout: scripts and tests read the port
+    // from it when they asked for port 0.
+    println!("sktarbucks listening on http://{addr}");
+    let served = crate::http::serve(listener, Arc::clone(&rt), shutdown).await;
+    let _ = stop_tx.send(true);
+    for handle in dispatchers {
+        if let Err(e) = handle.await {
+            tracing::error!(error = %e, "a dispatcher task panicked");
+        }
+    }
+    tracing::info!("stopped");
+    served
+}

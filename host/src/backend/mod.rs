@@ -1,0 +1,123 @@
+//! Where state and events live. The host talks only to [`Backend`]; the
+//! embedded SQLite backend and the Redis backend implement it with the same
+//! guarantees, and the behavioural tests run against both.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::uow::{Changes, DocKey};
+
+/// A document as read: its value (`None` = absent or deleted) and the version
+/// of the commit that last wrote it (0 = never written). Deletes keep their
+/// version, so "absent" can be version-checked without ABA surprises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Read {
+    pub value: Option<Vec<u8>>,
+    pub version: u64,
+}
+
+/// The outcome of an optimistic commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    Applied,
+    /// Something the unit read changed meanwhile; nothing was written.
+    Conflict,
+}
+
+/// A subscriber: one consuming component and the topics it takes.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub component: String,
+    pub topics: Vec<String>,
+}
+
+/// One event handed to a subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Stable across redeliveries and hosts.
+    pub id: String,
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub source: String,
+    /// 1 on the first delivery.
+    pub attempt: u32,
+    /// Backend bookkeeping needed to acknowledge this delivery.
+    pub(crate) cursor: Cursor,
+}
+
+/// Backend-specific position of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cursor {
+    /// SQLite: the log sequence number; `replay` when it came from a dead-letter replay.
+    Seq { seq: i64, replay: bool },
+}
+
+/// An event that exhausted its attempts, kept with its last error.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub subscriber: String,
+    pub event_id: String,
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+    pub source: String,
+    pub attempts: u32,
+    pub error: String,
+    pub dead_at_ms: i64,
+}
+
+/// State, event log, offsets and dead letters behind one interface.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Short name for logs and `/health/ready`.
+    fn name(&self) -> &'static str;
+
+    /// Can the backend serve requests right now?
+    async fn ready(&self) -> Result<()>;
+
+    /// Current value and version of one document.
+    async fn get(&self, key: &DocKey) -> Result<Read>;
+
+    /// Every live document of a collection, ordered by key, with versions.
+    async fn list(&self, ns: &str, collection: &str) -> Result<Vec<(String, Vec<u8>, u64)>>;
+
+    /// Next number of a sequence; committed immediately, outside any unit.
+    async fn next_id(&self, ns: &str, sequence: &str) -> Result<u64>;
+
+    /// Apply a unit of work atomically iff every read version still holds.
+    async fn commit(&self, changes: Changes) -> Result<Commit>;
+
+    /// Prepare the subscriber's cursor/consumer group (idempotent).
+    async fn subscribe(&self, sub: &Subscription) -> Result<()>;
+
+    /// Up to `max` deliveries for `sub`, waiting at most `wait` for the first.
+    async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+
+    /// Apply the handler's unit and acknowledge the delivery, atomically.
+    /// `Conflict` means nothing happened and the delivery should be retried.
+    async fn ack(&self, sub: &Subscription, delivery: &Delivery, changes: Changes) -> Result<Commit>;
+
+    /// Record a failed attempt. With `dead = true`, move the event to the
+    /// dead letters and acknowledge it in the same step.
+    async fn fail(&self, sub: &Subscription, delivery: &Delivery, error: &str, dead: bool) -> Result<()>;
+
+    /// Dead letters, newest last.
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>>;
+
+    /// Put a dead letter back in front of its subscriber; returns false if unknown.
+    async fn replay(&self, dead_letter_id: &str) -> Result<bool>;
+
+    /// Events published but not yet acknowledged, per subscriber (the lag).
+    async fn lag(&self, sub: &Subscription) -> Result<u64>;
+}
+
+/// Shared handle used across the host.
+pub type SharedBackend = Arc<dyn Backend>;

@@ -1,0 +1,521 @@
+//! The embedded backend: one SQLite database (bundled, WAL) holding documents,
+//! the event log, per-subscriber offsets, attempt counts and dead letters.
+//!
+//! Writes go through one writer connection on a blocking thread (SQLite has a
+//! single writer anyway); reads use a small pool of reader connections, which
+//! WAL lets run beside the writer. Every commit bumps a global version counter
+//! and stamps the documents it writes with it: that is what optimistic reads
+//! are checked against.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow};
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::Notify;
+
+use super::{Backend, Commit, Cursor, DeadLetter, Delivery, Read, Subscription};
+use crate::config::Synchronous;
+use crate::uow::{Changes, DocKey};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS docs (
+    ns TEXT NOT NULL, coll TEXT NOT NULL, key TEXT NOT NULL,
+    value BLOB, version INTEGER NOT NULL,
+    PRIMARY KEY (ns, coll, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('commit_version', 0);
+CREATE TABLE IF NOT EXISTS sequences (
+    ns TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,
+    PRIMARY KEY (ns, name)
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL, key TEXT NOT NULL, payload BLOB NOT NULL,
+    source TEXT NOT NULL, created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, seq);
+CREATE TABLE IF NOT EXISTS offsets (subscriber TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (
+    subscriber TEXT NOT NULL, seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, last_error TEXT NOT NULL,
+    PRIMARY KEY (subscriber, seq)
+);
+CREATE TABLE IF NOT EXISTS replays (
+    subscriber TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (subscriber, seq)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscriber TEXT NOT NULL, seq INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, error TEXT NOT NULL, dead_ms INTEGER NOT NULL,
+    replayed INTEGER NOT NULL DEFAULT 0
+);
+";
+
+/// How many reader connections serve `get`/`list`.
+const READERS: usize = 4;
+
+/// The embedded backend. Cheap to share behind an `Arc`.
+pub struct SqliteBackend {
+    /// The single writer; only touched from blocking threads.
+    writer: Arc<Mutex<Connection>>,
+    /// Readers are used inline: a read of cached pages takes microseconds,
+    /// less than a hop to the blocking pool would.
+    readers: Vec<Mutex<Connection>>,
+    /// Woken after every commit that appended events, so dispatchers don't poll.
+    appended: Arc<Notify>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding a connection cannot leave SQLite inconsistent
+    // (an open transaction is rolled back on the next BEGIN), so poisoning is moot.
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn open(path: &Path, synchronous: Synchronous) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("failed to open sqlite database {}", path.display()))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl SqliteBackend {
+    /// Open (creating if needed) `dir/sktarbucks.db`.
+    pub fn open(dir: &Path, synchronous: Synchronous) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create data directory {}", dir.display()))?;
+        let path = dir.join("sktarbucks.db");
+        let writer = open(&path, synchronous)?;
+        writer
+            .execute_batch(SCHEMA)
+            .context("failed to create the sqlite schema")?;
+        let readers = (0..READERS)
+            .map(|_| open(&path, synchronous).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            readers,
+            appended: Arc::new(Notify::new()),
+        })
+    }
+
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        for conn in &self.readers {
+            if let Ok(guard) = conn.try_lock() {
+                return guard;
+            }
+        }
+        lock(&self.readers[0])
+    }
+
+    /// Run `f` in one IMMEDIATE transaction on the writer, off the async threads.
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<Option<R>> + Send + 'static,
+    {
+        let writer = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || -> Result<Option<R>> {
+            let mut conn = lock(&writer);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            match f(&tx)? {
+                Some(result) => {
+                    tx.commit().context("sqlite commit failed")?;
+                    Ok(Some(result))
+                }
+                None => {
+                    tx.rollback()?;
+                    Ok(None)
+                }
+            }
+        })
+        .await
+        .context("sqlite writer task failed")?
+        .and_then(|r| r.ok_or_else(|| anyhow!("transaction rolled back")))
+    }
+
+    /// Like `write`, but `None` from `f` means "conflict, rolled back".
+    async fn write_checked<F>(&self, f: F) -> Result<Commit>
+    where
+        F: FnOnce(&Transaction<'_>) -> Result<bool> + Send + 'static,
+    {
+        let writer = Arc::clone(&self.writer);
+        tokio::task::spawn_blocking(move || -> Result<Commit> {
+            let mut conn = lock(&writer);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if f(&tx)? {
+                tx.commit().context("sqlite commit failed")?;
+                Ok(Commit::Applied)
+            } else {
+                tx.rollback()?;
+                Ok(Commit::Conflict)
+            }
+        })
+        .await
+        .context("sqlite writer task failed")?
+    }
+}
+
+/// Check every read version and apply writes and events inside `tx`.
+/// Returns false (caller rolls back) when a read is stale.
+fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
+    {
+        let mut version_of = tx.prepare_cached(
+            "SELECT version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3",
+        )?;
+        for (key, seen) in &changes.reads {
+            let current: u64 = version_of
+                .query_row(params![key.ns, key.collection, key.key], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if current != *seen {
+                return Ok(false);
+            }
+        }
+    }
+    if changes.is_write_free() {
+        return Ok(true);
+    }
+    let version: u64 = tx.query_row(
+        "UPDATE meta SET value = value + 1 WHERE name = 'commit_version' RETURNING value",
+        [],
+        |r| r.get(0),
+    )?;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO docs (ns, coll, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (ns, coll, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+        )?;
+        for (key, value) in &changes.writes {
+            upsert.execute(params![key.ns, key.collection, key.key, value, version])?;
+        }
+    }
+    {
+        let mut append = tx.prepare_cached(
+            "INSERT INTO events (topic, key, payload, source, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let now = now_ms();
+        for event in &changes.events {
+            append.execute(params![event.topic, event.key, event.payload, event.source, now])?;
+        }
+    }
+    Ok(true)
+}
+
+/// Mark a delivery as done for its subscriber. False if another process got there first.
+fn advance(tx: &Transaction<'_>, subscriber: &str, cursor: &Cursor) -> Result<bool> {
+    let Cursor::Seq { seq, replay } = cursor;
+    tx.execute(
+        "DELETE FROM attempts WHERE subscriber = ?1 AND seq = ?2",
+        params![subscriber, seq],
+    )?;
+    let changed = if *replay {
+        tx.execute(
+            "DELETE FROM replays WHERE subscriber = ?1 AND seq = ?2",
+            params![subscriber, seq],
+        )?
+    } else {
+        tx.execute(
+            "UPDATE offsets SET seq = ?2 WHERE subscriber = ?1 AND seq < ?2",
+            params![subscriber, seq],
+        )?
+    };
+    Ok(changed == 1)
+}
+
+fn topic_filter(topics: &[String]) -> String {
+    let marks: Vec<String> = (0..topics.len()).map(|i| format!("?{}", i + 3)).collect();
+    marks.join(", ")
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.reader()
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .context("sqlite is not answering")
+    }
+
+    async fn get(&self, key: &DocKey) -> Result<Read> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT value, version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3",
+        )?;
+        let row = stmt
+            .query_row(params![key.ns, key.collection, key.key], |r| {
+                Ok(Read {
+                    value: r.get(0)?,
+                    version: r.get(1)?,
+                })
+            })
+            .optional()?;
+        Ok(row.unwrap_or(Read {
+            value: None,
+            version: 0,
+        }))
+    }
+
+    async fn list(&self, ns: &str, collection: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT key, value, version FROM docs
+             WHERE ns = ?1 AND coll = ?2 AND value IS NOT NULL ORDER BY key",
+        )?;
+        let rows = stmt
+            .query_map(params![ns, collection], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    async fn next_id(&self, ns: &str, sequence: &str) -> Result<u64> {
+        let (ns, sequence) = (ns.to_owned(), sequence.to_owned());
+        self.write(move |tx| {
+            let id: u64 = tx.query_row(
+                "INSERT INTO sequences (ns, name, value) VALUES (?1, ?2, 1)
+                 ON CONFLICT (ns, name) DO UPDATE SET value = value + 1 RETURNING value",
+                params![ns, sequence],
+                |r| r.get(0),
+            )?;
+            Ok(Some(id))
+        })
+        .await
+    }
+
+    async fn commit(&self, changes: Changes) -> Result<Commit> {
+        let has_events = !changes.events.is_empty();
+        let outcome = self.write_checked(move |tx| apply(tx, &changes)).await?;
+        if has_events && outcome == Commit::Applied {
+            self.appended.notify_waiters();
+        }
+        Ok(outcome)
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<()> {
+        let name = sub.component.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO offsets (subscriber, seq) VALUES (?1, 0)",
+                params![name],
+            )?;
+            Ok(Some(()))
+        })
+        .await
+    }
+
+    async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        if sub.topics.is_empty() {
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
+        let notified = self.appended.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let found = self.pending(sub, max)?;
+        if !found.is_empty() || wait.is_zero() {
+            return Ok(found);
+        }
+        let _ = tokio::time::timeout(wait, notified).await;
+        self.pending(sub, max)
+    }
+
+    async fn ack(&self, sub: &Subscription, delivery: &Delivery, changes: Changes) -> Result<Commit> {
+        let has_events = !changes.events.is_empty();
+        let subscriber = sub.component.clone();
+        let cursor = delivery.cursor.clone();
+        let outcome = self
+            .write_checked(move |tx| {
+                Ok(apply(tx, &changes)? && advance(tx, &subscriber, &cursor)?)
+            })
+            .await?;
+        if has_events && outcome == Commit::Applied {
+            self.appended.notify_waiters();
+        }
+        Ok(outcome)
+    }
+
+    async fn fail(&self, sub: &Subscription, delivery: &Delivery, error: &str, dead: bool) -> Result<()> {
+        let subscriber = sub.component.clone();
+        let cursor = delivery.cursor.clone();
+        let error = error.to_owned();
+        let attempt = delivery.attempt;
+        self.write(move |tx| {
+            let Cursor::Seq { seq, .. } = cursor;
+            if dead {
+                advance(tx, &subscriber, &cursor)?;
+                tx.execute(
+                    "INSERT INTO dead_letters (subscriber, seq, attempts, error, dead_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![subscriber, seq, attempt, error, now_ms()],
+                )?;
+            } else {
+                tx.execute(
+                    "INSERT INTO attempts (subscriber, seq, attempts, last_error) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (subscriber, seq) DO UPDATE SET attempts = excluded.attempts,
+                     last_error = excluded.last_error",
+                    params![subscriber, seq, attempt, error],
+                )?;
+            }
+            Ok(Some(()))
+        })
+        .await
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT d.id, d.subscriber, d.seq, e.topic, e.key, e.payload, e.source,
+                    d.attempts, d.error, d.dead_ms
+             FROM dead_letters d JOIN events e ON e.seq = d.seq
+             WHERE d.replayed = 0 ORDER BY d.id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                let payload: Vec<u8> = r.get(5)?;
+                Ok(DeadLetter {
+                    id: r.get::<_, i64>(0)?.to_string(),
+                    subscriber: r.get(1)?,
+                    event_id: r.get::<_, i64>(2)?.to_string(),
+                    topic: r.get(3)?,
+                    key: r.get(4)?,
+                    payload: String::from_utf8_lossy(&payload).into_owned(),
+                    source: r.get(6)?,
+                    attempts: r.get(7)?,
+                    error: r.get(8)?,
+                    dead_at_ms: r.get(9)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    async fn replay(&self, dead_letter_id: &str) -> Result<bool> {
+        let Ok(id) = dead_letter_id.parse::<i64>() else {
+            return Ok(false);
+        };
+        let replayed = self
+            .write(move |tx| {
+                let row: Option<(String, i64)> = tx
+                    .query_row(
+                        "SELECT subscriber, seq FROM dead_letters WHERE id = ?1 AND replayed = 0",
+                        params![id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                let Some((subscriber, seq)) = row else {
+                    return Ok(Some(false));
+                };
+                tx.execute(
+                    "UPDATE dead_letters SET replayed = 1 WHERE id = ?1",
+                    params![id],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO replays (subscriber, seq) VALUES (?1, ?2)",
+                    params![subscriber, seq],
+                )?;
+                Ok(Some(true))
+            })
+            .await?;
+        if replayed {
+            self.appended.notify_waiters();
+        }
+        Ok(replayed)
+    }
+
+    async fn lag(&self, sub: &Subscription) -> Result<u64> {
+        if sub.topics.is_empty() {
+            return Ok(0);
+        }
+        let conn = self.reader();
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM events WHERE topic IN ({}) AND seq >
+                    (SELECT coalesce(max(seq), 0) FROM offsets WHERE subscriber = ?1))
+                  + (SELECT count(*) FROM replays WHERE subscriber = ?1) + 0 * ?2",
+            topic_filter(&sub.topics)
+        );
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&sub.component, &0];
+        for topic in &sub.topics {
+            values.push(topic);
+        }
+        let lag: u64 = conn.query_row(&sql, values.as_slice(), |r| r.get(0))?;
+        Ok(lag)
+    }
+}
+
+impl SqliteBackend {
+    /// Replayed dead letters first, then the log after the subscriber's offset.
+    fn pending(&self, sub: &Subscription, max: usize) -> Result<Vec<Delivery>> {
+        let conn = self.reader();
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut out = Vec::new();
+        {
+            let mut replays = conn.prepare_cached(
+                "SELECT e.seq, e.topic, e.key, e.payload, e.source,
+                        coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = r.subscriber AND a.seq = r.seq), 0)
+                 FROM replays r JOIN events e ON e.seq = r.seq
+                 WHERE r.subscriber = ?1 ORDER BY r.seq LIMIT ?2",
+            )?;
+            let rows = replays.query_map(params![sub.component, limit], |r| row_to_delivery(r, true))?;
+            for row in rows {
+                out.push(row?);
+            }
+        }
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT e.seq, e.topic, e.key, e.payload, e.source,
+                    coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = ?1 AND a.seq = e.seq), 0)
+             FROM events e
+             WHERE e.seq > (SELECT seq FROM offsets WHERE subscriber = ?1)
+               AND e.topic IN ({})
+             ORDER BY e.seq LIMIT ?2",
+            topic_filter(&sub.topics)
+        );
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&sub.component, &limit];
+        for topic in &sub.topics {
+            values.push(topic);
+        }
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(values.as_slice(), |r| row_to_delivery(r, false))?;
+        for row in rows {
+            out.push(row?);
+        }
+        Ok(out)
+    }
+}
+
+fn row_to_delivery(r: &rusqlite::Row<'_>, replay: bool) -> rusqlite::Result<Delivery> {
+    let seq: i64 = r.get(0)?;
+    let previous: u32 = r.get(5)?;
+    Ok(Delivery {
+        id: seq.to_string(),
+        topic: r.get(1)?,
+        key: r.get(2)?,
+        payload: r.get(3)?,
+        source: r.get(4)?,
+        attempt: previous.saturating_add(1),
+        cursor: Cursor::Seq { seq, replay },
+    })
+}

@@ -1,0 +1,278 @@
+//! The manifest (`sktarbucks.toml`) plus environment and CLI overrides: the
+//! ConfigMap analogue. Resolved once at start; paths become absolute.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+/// The whole resolved configuration of one host process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Public HTTP listener (the old gateway's port).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory for the embedded backend's database and the compile cache.
+    #[serde(default = "default_data")]
+    pub data: PathBuf,
+    /// `redis://...`: use Redis for state and events instead of SQLite.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Requests with a larger body are refused with 413 before reaching a guest.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Compiled-component cache; defaults to `<data>/compile-cache`.
+    #[serde(default)]
+    pub compile_cache: Option<PathBuf>,
+    #[serde(default)]
+    pub sqlite: SqliteConfig,
+    #[serde(default)]
+    pub events: EventsConfig,
+    #[serde(default)]
+    pub unit_of_work: UowConfig,
+    /// Components by name (the name is also the state namespace).
+    #[serde(default)]
+    pub components: BTreeMap<String, ComponentConfig>,
+}
+
+/// Embedded backend settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqliteConfig {
+    /// `full` survives power loss; `normal` survives a process crash and is
+    /// several times faster on commit-heavy load (WAL either way).
+    #[serde(default = "default_synchronous")]
+    pub synchronous: Synchronous,
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: default_synchronous(),
+        }
+    }
+}
+
+/// SQLite's `PRAGMA synchronous` level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+/// Event delivery settings shared by every subscriber.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Deliveries of one event before it is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt up to `backoff_max_ms`.
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            backoff_ms: default_backoff_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// Delay before delivery attempt `next_attempt` (2, 3, ...).
+    pub fn backoff(&self, next_attempt: u32) -> Duration {
+        let exp = next_attempt.saturating_sub(2).min(20);
+        let ms = self.backoff_ms.saturating_mul(1u64 << exp);
+        Duration::from_millis(ms.min(self.backoff_max_ms))
+    }
+}
+
+/// How hard the host tries to commit a conflicting unit of work.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UowConfig {
+    /// Runs of one invocation (first + retries) before giving up with 503.
+    #[serde(default = "default_uow_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for UowConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_uow_attempts(),
+        }
+    }
+}
+
+/// One component of the manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The `.wasm` file, relative to the manifest.
+    pub path: PathBuf,
+    /// Path prefixes routed to this component (`/orders` serves `/orders/...`).
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Topics to consume; defaults to everything the component declares.
+    #[serde(default)]
+    pub subscribe: Option<Vec<String>>,
+    /// Imported interface → component that provides it (`stock = "cafe"`).
+    #[serde(default)]
+    pub links: BTreeMap<String, String>,
+    /// Wall-clock deadline of one invocation.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Linear-memory ceiling of one instance.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+}
+
+impl ComponentConfig {
+    /// The deadline as a `Duration`.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_data() -> PathBuf {
+    PathBuf::from("./data")
+}
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+fn default_synchronous() -> Synchronous {
+    Synchronous::Full
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_backoff_ms() -> u64 {
+    100
+}
+fn default_backoff_max_ms() -> u64 {
+    10_000
+}
+fn default_uow_attempts() -> u32 {
+    16
+}
+fn default_deadline_ms() -> u64 {
+    5_000
+}
+fn default_memory_mib() -> u64 {
+    64
+}
+
+impl Config {
+    /// Read a manifest; relative component paths are resolved against its directory.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read config {}", path.display()))?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse(&text, &base).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parse manifest text; `base` anchors relative component paths.
+    pub fn parse(text: &str, base: &Path) -> Result<Self> {
+        let mut config: Config = toml::from_str(text)?;
+        if config.data.is_relative() {
+            config.data = base.join(&config.data);
+        }
+        if let Some(cache) = &mut config.compile_cache {
+            if cache.is_relative() {
+                *cache = base.join(&*cache);
+            }
+        }
+        for (name, component) in &mut config.components {
+            if component.path.is_relative() {
+                component.path = base.join(&component.path);
+            }
+            for route in &component.routes {
+                if !route.starts_with('/') || (route.len() > 1 && route.ends_with('/')) {
+                    bail!("component {name:?}: route {route:?} must start with '/' and not end with '/'");
+                }
+            }
+            if component.deadline_ms == 0 {
+                bail!("component {name:?}: deadline_ms must be positive");
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let mut seen = BTreeMap::new();
+        for (name, component) in &self.components {
+            for route in &component.routes {
+                if let Some(other) = seen.insert(route.clone(), name.clone()) {
+                    bail!("route {route:?} is claimed by both {other:?} and {name:?}");
+                }
+            }
+            for (iface, provider) in &component.links {
+                if iface != "stock" {
+                    bail!("component {name:?}: unknown link {iface:?} (only \"stock\" can be linked)");
+                }
+                if !self.components.contains_key(provider) {
+                    bail!("component {name:?}: link {iface} = {provider:?} names no component");
+                }
+            }
+        }
+        if self.events.max_attempts == 0 {
+            bail!("events.max_attempts must be at least 1");
+        }
+        if self.unit_of_work.max_attempts == 0 {
+            bail!("unit_of_work.max_attempts must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_component_paths_resolve_against_the_manifest() -> Result<()> {
+        let config = Config::parse(
+            "[components.cafe]\npath = \"c.wasm\"\nroutes = [\"/cafes\"]\n",
+            Path::new("/etc/sk"),
+        )?;
+        assert_eq!(config.components["cafe"].path, PathBuf::from("/etc/sk/c.wasm"));
+        assert_eq!(config.listen.port(), 8080);
+        Ok(())
+    }
+
+    #[test]
+    fn a_route_claimed_twice_is_refused() {
+        let err = Config::parse(
+            "[components.a]\npath=\"a\"\nroutes=[\"/x\"]\n[components.b]\npath=\"b\"\nroutes=[\"/x\"]\n",
+            Path::new("."),
+        )
+        .expect_err("duplicate route must fail");
+        assert!(format!("{err:#}").contains("claimed by both"));
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let events = EventsConfig::default();
+        assert_eq!(events.backoff(2), Duration::from_millis(100));
+        assert_eq!(events.backoff(3), Duration::from_millis(200));
+        assert_eq!(events.backoff(40), Duration::from_millis(10_000));
+    }
+}

@@ -1,0 +1,83 @@
+//! The wasmtime `Engine`: pooling allocator, epoch interruption and a compile
+//! cache, configured once per process. One ticker thread advances the epoch
+//! for every store; no timer per request.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances: the granularity of deadlines and of the
+/// yields that keep a busy guest from starving its tokio worker.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Instances that may be alive at once (concurrent invocations, nested calls
+/// included). Pooling reserves address space for each slot up front.
+const POOL_SLOTS: u32 = 1_000;
+
+/// Build the engine. `max_memory` is the largest memory any component may get;
+/// `cache_dir` keeps compiled artifacts across restarts, keyed by content hash.
+pub fn build(max_memory: u64, cache_dir: Option<&Path>) -> Result<Engine> {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(POOL_SLOTS)
+        .total_core_instances(POOL_SLOTS * 4)
+        .total_memories(POOL_SLOTS * 2)
+        .total_tables(POOL_SLOTS * 4)
+        // Async calls run on fibers; each live invocation needs a stack slot.
+        .total_stacks(POOL_SLOTS)
+        .max_memory_size(usize::try_from(max_memory).context("memory limit too large")?)
+        .max_core_instances_per_component(16);
+
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .wasm_component_model(true);
+    if let Some(dir) = cache_dir {
+        let mut cache = CacheConfig::new();
+        cache.with_directory(dir);
+        config.cache(Some(Cache::new(cache).map_err(anyhow::Error::from).context("failed to set up the compile cache")?));
+    }
+    Engine::new(&config).map_err(anyhow::Error::from).context("failed to create the wasmtime engine")
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    /// Start the one ticker of `engine`.
+    pub fn start(engine: &Engine) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = engine.clone();
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .context("failed to start the epoch ticker")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Event delivery: one dispatcher task per subscribing component.
+
+pub mod dispatcher;

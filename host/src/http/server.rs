@@ -1,0 +1,250 @@
+//! Accept loop and request handling. `serve` takes a bound listener so tests
+//! can bind port 0, and a shutdown future so SIGTERM drains in-flight requests.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+use super::reply::{self, Body};
+use super::router::Router;
+use crate::bindings;
+use crate::invoke::Failure;
+use crate::runtime::{HttpFailure, Runtime};
+
+/// How long a client may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Shared by every connection.
+struct App {
+    rt: Arc<Runtime>,
+    router: Router,
+    /// Set once shutdown begins: readiness turns false so balancers stop sending.
+    draining: AtomicBool,
+}
+
+/// Serve HTTP on `listener` until `shutdown` resolves, then drain.
+pub async fn serve(
+    listener: TcpListener,
+    rt: Arc<Runtime>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let app = Arc::new(App {
+        router: Router::from_config(&rt.config),
+        rt,
+        draining: AtomicBool::new(false),
+    });
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let service = service_fn(move |req| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, Infallible>(app.handle(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    app.draining.store(true, Ordering::SeqCst);
+    tracing::info!("shutting down: draining in-flight requests");
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+    Ok(())
+}
+
+impl App {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        match path.as_str() {
+            "/health/live" => return reply::json(StatusCode::OK, &json!({"status": "live"})),
+            "/health/ready" => return self.ready().await,
+            _ => {}
+        }
+        let Some(name) = self.router.route(&path) else {
+            return reply::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route for {path}; routes: {}", self.router.prefixes().join(", ")),
+            );
+        };
+        let Some(loaded) = self.rt.registry.get(name) else {
+            return reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "component_unavailable",
+                format!("component {name:?} is not loaded"),
+            );
+        };
+        let method = req.method().clone();
+        let span = tracing::info_span!("http", component = %name, method = %method, path = %path);
+        self.invoke(loaded, req).instrument(span).await
+    }
+
+    async fn invoke(&self, loaded: Arc<crate::registry::Loaded>, req: Request<Incoming>) -> Response<Body> {
+        let limit = self.rt.config.max_body_bytes;
+        let too_large = || {
+            reply::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body exceeds the limit of {limit} bytes"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return too_large();
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+            Err(e) => {
+                return reply::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("failed to read the request body: {e}"),
+                );
+            }
+        };
+        let request = bindings::Request {
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or("").to_owned(),
+            headers: parts
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect(),
+            body: body.to_vec(),
+        };
+        match self.rt.serve_http(&loaded, request).await {
+            Ok(response) => to_hyper(response),
+            Err(failure) => self.failure_response(&loaded.name, failure),
+        }
+    }
+
+    fn failure_response(&self, name: &str, failure: HttpFailure) -> Response<Body> {
+        match failure {
+            HttpFailure::Invoke(Failure::Deadline(budget)) => {
+                tracing::warn!(reason = "deadline", "invocation interrupted");
+                reply::error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!("{name} did not answer within {} ms; nothing was saved", budget.as_millis()),
+                )
+            }
+            HttpFailure::Invoke(Failure::Backend(reason)) | HttpFailure::Commit(reason) => {
+                tracing::error!(reason = %reason, "state backend failed");
+                reply::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backend_unavailable",
+                    format!("the state backend is unavailable ({reason}); nothing was saved, retry later"),
+                )
+            }
+            HttpFailure::Invoke(failure) => {
+                tracing::error!(reason = %failure, "invocation failed");
+                reply::error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "component_failed",
+                    format!("{name} failed while handling the request ({failure}); nothing was saved"),
+                )
+            }
+            HttpFailure::Contended(attempts) => {
+                tracing::warn!(attempts, "unit of work kept conflicting");
+                let mut response = reply::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "contended",
+                    format!("the data changed concurrently {attempts} times in a row; nothing was saved, retry"),
+                );
+                response
+                    .headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+        }
+    }
+
+    async fn ready(&self) -> Response<Body> {
+        if self.draining.load(Ordering::SeqCst) {
+            return reply::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "draining"}),
+            );
+        }
+        let components: Vec<_> = self
+            .rt
+            .registry
+            .all()
+            .iter()
+            .map(|c| json!({"name": c.name, "digest": c.digest}))
+            .collect();
+        match self.rt.backend.ready().await {
+            Ok(()) => reply::json(
+                StatusCode::OK,
+                &json!({"status": "ready", "backend": self.rt.backend.name(), "components": components}),
+            ),
+            Err(e) => reply::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "unavailable", "backend": self.rt.backend.name(), "reason": format!("{e:#}")}),
+            ),
+        }
+    }
+}
+
+/// Turn a component's response into hyper's; headers it cannot legally send are dropped.
+fn to_hyper(response: bindings::Response) -> Response<Body> {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = Response::new(Full::new(Bytes::from(response.body)));
+    *out.status_mut() = status;
+    for (name, value) in response.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+            if name != CONTENT_LENGTH {
+                out.headers_mut().append(name, value);
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,235 @@
+//! The runtime: engine, linker, live components and backend, plus the two
+//! entry points that turn a request or an event into a committed unit of work.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::backend::{Commit, Delivery, SharedBackend};
+use crate::bindings::{Event, Request, Response, SktarbucksHost as HostWorld};
+use crate::config::Config;
+use crate::engine::{self, EpochTicker};
+use crate::invoke::{Failure, bounded, instantiate, new_store};
+use crate::registry::{Loaded, Registry};
+use crate::state::HostState;
+use crate::uow::{Changes, UnitOfWork};
+
+/// Everything shared by all invocations of one host process.
+pub struct Runtime {
+    pub engine: Engine,
+    pub linker: Linker<HostState>,
+    pub registry: Registry,
+    pub backend: SharedBackend,
+    pub config: Config,
+    /// Per-component lanes: after a conflict, retries of one component run
+    /// one at a time, so a hot key (the last cups of a menu item) makes
+    /// progress instead of retrying in a storm.
+    lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    _ticker: EpochTicker,
+}
+
+/// Result of an HTTP invocation that did not produce a component response.
+#[derive(Debug)]
+pub enum HttpFailure {
+    Invoke(Failure),
+    /// Still conflicting after the configured attempts.
+    Contended(u32),
+    /// The commit itself failed.
+    Commit(String),
+}
+
+/// Result of delivering one event to a handler, before acknowledgement.
+#[derive(Debug)]
+pub enum EventOutcome {
+    /// Handler succeeded; these changes must commit with the ack.
+    Handled(Changes),
+    /// Handler returned an error or failed; retry later or dead-letter.
+    Failed(String),
+}
+
+impl Runtime {
+    /// Build the engine and linker, then load every component of the manifest.
+    pub fn start(config: Config, backend: SharedBackend) -> Result<Arc<Self>> {
+        let max_memory = config
+            .components
+            .values()
+            .map(|c| c.memory_mib)
+            .max()
+            .unwrap_or(64)
+            * 1024
+            * 1024;
+        let cache_dir = config
+            .compile_cache
+            .clone()
+            .unwrap_or_else(|| config.data.join("compile-cache"));
+        let engine = engine::build(max_memory, Some(&cache_dir))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("failed to link WASI")?;
+        HostWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(anyhow::Error::from)
+            .context("failed to link the sktarbucks imports")?;
+        let ticker = EpochTicker::start(&engine)?;
+        let registry = Registry::default();
+        for (name, component) in &config.components {
+            let started = Instant::now();
+            let loaded = Loaded::from_file(&engine, &linker, name, component.clone())?;
+            tracing::info!(
+                component = %name,
+                digest = %loaded.short_digest(),
+                ms = started.elapsed().as_millis() as u64,
+                "component loaded"
+            );
+            registry.install(Arc::new(loaded));
+        }
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            registry,
+            backend,
+            config,
+            lanes: Mutex::default(),
+            _ticker: ticker,
+        }))
+    }
+
+    fn lane(&self, component: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(lanes.entry(component.to_owned()).or_default())
+    }
+
+    /// Serve one request with `loaded`; commit its unit of work when the
+    /// response is below 400, retrying the whole invocation on conflict.
+    pub async fn serve_http(
+        self: &Arc<Self>,
+        loaded: &Arc<Loaded>,
+        req: Request,
+    ) -> Result<Response, HttpFailure> {
+        let attempts = self.config.unit_of_work.max_attempts;
+        let lane = self.lane(&loaded.name);
+        let mut _serialized = None;
+        for attempt in 1..=attempts {
+            if attempt > 1 {
+                if _serialized.is_none() {
+                    _serialized = Some(lane.lock().await);
+                }
+                let jitter = rand::random_range(0..=attempt.min(8) as u64 * 2);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+            let (response, uow) = self
+                .run_http_once(loaded, &req)
+                .await
+                .map_err(HttpFailure::Invoke)?;
+            if response.status >= 400 {
+                return Ok(response);
+            }
+            match self.backend.commit(uow.into_changes()).await {
+                Ok(Commit::Applied) => return Ok(response),
+                Ok(Commit::Conflict) => {
+                    tracing::debug!(component = %loaded.name, attempt, "unit of work conflicted, retrying");
+                }
+                Err(e) => return Err(HttpFailure::Commit(format!("{e:#}"))),
+            }
+        }
+        Err(HttpFailure::Contended(attempts))
+    }
+
+    async fn run_http_once(
+        self: &Arc<Self>,
+        loaded: &Arc<Loaded>,
+        req: &Request,
+    ) -> Result<(Response, UnitOfWork), Failure> {
+        let Some(indices) = &loaded.exports.http else {
+            return Err(Failure::Missing("http-handler".into()));
+        };
+        let budget = loaded.config.deadline();
+        let deadline = Instant::now() + budget;
+        let mut store = new_store(self, loaded, UnitOfWork::default(), deadline, 0);
+        bounded(deadline, budget, async {
+            let instance = instantiate(&mut store, loaded, budget).await?;
+            let guest = indices
+                .load(&mut store, &instance)
+                .map_err(|e| Failure::Missing(format!("http-handler ({e})")))?;
+            match guest.call_handle(&mut store, req).await {
+                Ok(response) => Ok(response),
+                Err(err) => Err(Failure::from_call(err, store.data(), budget)),
+            }
+        })
+        .await
+        .map(|response| (response, store.into_data().uow))
+    }
+
+    /// Run `loaded`'s event handler on one delivery (no commit here: the
+    /// dispatcher commits the changes together with the acknowledgement).
+    pub async fn handle_event(self: &Arc<Self>, loaded: &Arc<Loaded>, delivery: &Delivery) -> EventOutcome {
+        let Some(indices) = &loaded.exports.events else {
+            return EventOutcome::Failed("component does not export event-handler".into());
+        };
+        let budget = loaded.config.deadline();
+        let deadline = Instant::now() + budget;
+        let mut store = new_store(self, loaded, UnitOfWork::default(), deadline, 0);
+        let event = Event {
+            id: delivery.id.clone(),
+            topic: delivery.topic.clone(),
+            key: delivery.key.clone(),
+            payload: delivery.payload.clone(),
+            source: delivery.source.clone(),
+            attempt: delivery.attempt,
+        };
+        let result = bounded(deadline, budget, async {
+            let instance = instantiate(&mut store, loaded, budget).await?;
+            let guest = indices
+                .load(&mut store, &instance)
+                .map_err(|e| Failure::Missing(format!("event-handler ({e})")))?;
+            match guest.call_handle(&mut store, &event).await {
+                Ok(result) => Ok(result),
+                Err(err) => Err(Failure::from_call(err, store.data(), budget)),
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => EventOutcome::Handled(store.into_data().uow.into_changes()),
+            Ok(Err(domain)) => EventOutcome::Failed(format!("handler returned {domain:?}")),
+            Err(failure) => EventOutcome::Failed(failure.to_string()),
+        }
+    }
+
+    /// Topics `loaded` consumes: the manifest's list, or all it declares.
+    pub async fn subscriptions(self: &Arc<Self>, loaded: &Arc<Loaded>) -> Result<Vec<String>> {
+        let Some(indices) = &loaded.exports.events else {
+            return Ok(loaded.config.subscribe.clone().unwrap_or_default());
+        };
+        let budget = loaded.config.deadline();
+        let deadline = Instant::now() + budget;
+        let mut store = new_store(self, loaded, UnitOfWork::default(), deadline, 0);
+        let declared = bounded(deadline, budget, async {
+            let instance = instantiate(&mut store, loaded, budget).await?;
+            let guest = indices
+                .load(&mut store, &instance)
+                .map_err(|e| Failure::Missing(format!("event-handler ({e})")))?;
+            guest
+                .call_subscriptions(&mut store)
+                .await
+                .map_err(|err| Failure::from_call(err, store.data(), budget))
+        })
+        .await
+        .map_err(|f| anyhow::anyhow!("component {:?}: subscriptions() {f}", loaded.name))?;
+        match &loaded.config.subscribe {
+            None => Ok(declared),
+            Some(wanted) => {
+                for topic in wanted {
+                    if !declared.contains(topic) {
+                        anyhow::bail!(
+                            "component {:?} is subscribed to {topic:?} in the manifest but only handles {declared:?}",
+                            loaded.name
+                        );
+                    }
+                }
+                Ok(wanted.clone())
+            }
+        }
+    }
+}

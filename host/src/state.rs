@@ -1,0 +1,196 @@
+//! Per-`Store` host state and the `store`/`events` imports that read and
+//! buffer into the invocation's unit of work. One `HostState` lives exactly
+//! as long as one invocation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::sktarbucks::platform::{events, store, types};
+use crate::registry::Loaded;
+use crate::runtime::Runtime;
+use crate::uow::{DocKey, NewEvent, UnitOfWork};
+
+/// Largest document or event payload a component may write.
+const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Longest collection, key, sequence or topic name.
+const MAX_NAME_BYTES: usize = 256;
+/// Most writes plus events one unit of work may buffer.
+const MAX_BUFFERED: usize = 10_000;
+
+/// Everything the host needs while one component instance runs.
+pub struct HostState {
+    /// The component being run; its name is the state namespace.
+    pub component: Arc<Loaded>,
+    pub rt: Arc<Runtime>,
+    /// Buffered effects; handed to the backend only when the invocation succeeds.
+    pub uow: UnitOfWork,
+    /// Wall-clock deadline shared with nested calls (they get no more time).
+    pub deadline: Instant,
+    /// Nesting depth of synchronous component→component calls.
+    pub depth: u8,
+    pub limits: StoreLimits,
+    /// Guest stderr (panic messages) kept for the error log of a trap.
+    pub stderr: MemoryOutputPipe,
+    buffered: usize,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl HostState {
+    /// State for one invocation: no filesystem, network, environment or args.
+    pub fn new(
+        component: Arc<Loaded>,
+        rt: Arc<Runtime>,
+        uow: UnitOfWork,
+        deadline: Instant,
+        depth: u8,
+    ) -> Self {
+        let stderr = MemoryOutputPipe::new(4096);
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .build();
+        let limits = wasmtime::StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(component.config.memory_mib * 1024 * 1024).unwrap_or(usize::MAX))
+            .build();
+        Self {
+            component,
+            rt,
+            uow,
+            deadline,
+            depth,
+            limits,
+            stderr,
+            buffered: 0,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+
+    fn ns(&self) -> &str {
+        &self.component.name
+    }
+
+    /// What the guest wrote to stderr, for logs (panic messages).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
+    }
+
+    fn charge(&mut self, what: &str) -> wasmtime::Result<()> {
+        self.buffered += 1;
+        if self.buffered > MAX_BUFFERED {
+            wasmtime::bail!("{what}: more than {MAX_BUFFERED} writes and events in one unit of work");
+        }
+        Ok(())
+    }
+}
+
+fn check_name(what: &str, name: &str) -> wasmtime::Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        wasmtime::bail!("{what} must be 1..={MAX_NAME_BYTES} bytes, got {} bytes", name.len());
+    }
+    Ok(())
+}
+
+fn check_value(what: &str, value: &[u8]) -> wasmtime::Result<()> {
+    if value.len() > MAX_VALUE_BYTES {
+        wasmtime::bail!("{what}: value of {} bytes exceeds {MAX_VALUE_BYTES}", value.len());
+    }
+    Ok(())
+}
+
+fn backend_error(e: anyhow::Error) -> wasmtime::Error {
+    wasmtime::Error::from_anyhow(e.context("state backend failed"))
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl store::Host for HostState {
+    async fn get(&mut self, collection: String, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        check_name("collection", &collection)?;
+        check_name("key", &key)?;
+        let doc = DocKey::new(self.ns(), &collection, &key);
+        if let Some(buffered) = self.uow.buffered(&doc) {
+            return Ok(buffered.map(<[u8]>::to_vec));
+        }
+        let read = self.rt.backend.get(&doc).await.map_err(backend_error)?;
+        self.uow.record_read(doc, read.version);
+        Ok(read.value)
+    }
+
+    async fn put(&mut self, collection: String, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+        check_name("collection", &collection)?;
+        check_name("key", &key)?;
+        check_value("store.put", &value)?;
+        self.charge("store.put")?;
+        let doc = DocKey::new(self.ns(), &collection, &key);
+        self.uow.put(doc, value);
+        Ok(())
+    }
+
+    async fn delete(&mut self, collection: String, key: String) -> wasmtime::Result<()> {
+        check_name("collection", &collection)?;
+        check_name("key", &key)?;
+        self.charge("store.delete")?;
+        let doc = DocKey::new(self.ns(), &collection, &key);
+        self.uow.delete(doc);
+        Ok(())
+    }
+
+    async fn list(&mut self, collection: String) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        check_name("collection", &collection)?;
+        let ns = self.ns().to_owned();
+        let stored = self.rt.backend.list(&ns, &collection).await.map_err(backend_error)?;
+        let mut merged = std::collections::BTreeMap::new();
+        for (key, value, version) in stored {
+            self.uow
+                .record_read(DocKey::new(&ns, &collection, &key), version);
+            merged.insert(key, value);
+        }
+        for (key, value) in self.uow.writes_in(&ns, &collection) {
+            match value {
+                Some(value) => merged.insert(key.to_owned(), value.to_vec()),
+                None => merged.remove(key),
+            };
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    async fn next_id(&mut self, sequence: String) -> wasmtime::Result<u64> {
+        check_name("sequence", &sequence)?;
+        let ns = self.ns().to_owned();
+        self.rt.backend.next_id(&ns, &sequence).await.map_err(backend_error)
+    }
+}
+
+impl events::Host for HostState {
+    async fn publish(&mut self, topic: String, key: String, payload: Vec<u8>) -> wasmtime::Result<()> {
+        check_name("topic", &topic)?;
+        if key.len() > MAX_NAME_BYTES {
+            wasmtime::bail!("event key of {} bytes exceeds {MAX_NAME_BYTES}", key.len());
+        }
+        check_value("events.publish", &payload)?;
+        self.charge("events.publish")?;
+        let source = self.ns().to_owned();
+        self.uow.publish(NewEvent {
+            topic,
+            key,
+            payload,
+            source,
+        });
+        Ok(())
+    }
+}

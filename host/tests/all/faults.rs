@@ -1,0 +1,106 @@
+//! Fault isolation and event failure handling: hostile guests fail their own
+//! invocation only; failing handlers are retried, then dead-lettered.
+
+use serde_json::json;
+
+use crate::support::harness::{Harness, Kind};
+
+/// An infinite loop is interrupted at its deadline while other routes keep answering.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_infinite_loop_times_out_without_blocking_other_routes() {
+    let h = Harness::start(Kind::Sqlite).await;
+    let looping = {
+        let client = h.client.clone();
+        tokio::spawn(async move { client.get("/faulty/loop").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (status, _) = h.client.get("/cafes").await;
+    assert_eq!(status, 200, "cafe answers while faulty loops");
+    let (status, body) = looping.await.expect("loop task");
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"], "timeout");
+    h.stop().await;
+}
+
+/// A memory bomb hits the component's memory limit and fails alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_bomb_fails_only_its_own_invocation() {
+    let h = Harness::start(Kind::Sqlite).await;
+    let (status, body) = h.client.get("/faulty/bomb").await;
+    assert_eq!(status, 500, "{body}");
+    let (status, _) = h.client.get("/orders").await;
+    assert_eq!(status, 200);
+    let (status, _) = h.client.raw("POST", "/faulty/write?key=after", Some("ok")).await;
+    assert_eq!(status, 200, "the faulty component itself recovers on a fresh instance");
+    h.stop().await;
+}
+
+/// A poison event is retried up to max_attempts, dead-lettered with its error, and later events still flow.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on() {
+    let h = Harness::start(Kind::Sqlite).await;
+    h.inject("test", "faulty.poison", "p", json!("x")).await;
+    let changes = sktarbucks::uow::Changes {
+        events: vec![sktarbucks::uow::NewEvent {
+            topic: "faulty.poison".into(),
+            key: "p".into(),
+            payload: b"poison".to_vec(),
+            source: "test".into(),
+        }],
+        ..Default::default()
+    };
+    h.backend.commit(changes).await.expect("commit");
+    h.inject("test", "faulty.happened", "after", json!("fine")).await;
+    h.drain_one("faulty").await;
+    let letters = h.backend.dead_letters().await.expect("dead letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].attempts, 3);
+    assert!(letters[0].error.contains("poison pill"), "{}", letters[0].error);
+    let (_, seen) = h.client.get("/faulty/seen").await;
+    assert_eq!(seen.as_array().map(Vec::len), Some(2), "the first and the later event were handled: {seen}");
+    // Replay puts it back; it fails again and returns to the dead letters.
+    assert!(h.backend.replay(&letters[0].id).await.expect("replay"));
+    assert!(h.backend.dead_letters().await.expect("dl").is_empty());
+    h.drain_one("faulty").await;
+    assert_eq!(h.backend.dead_letters().await.expect("dl").len(), 1);
+    h.stop().await;
+}
+
+/// A trapping handler is treated like a failing one: nothing it wrote is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trapping_handler_is_retried_then_dead_lettered() {
+    let h = Harness::start(Kind::Sqlite).await;
+    let changes = sktarbucks::uow::Changes {
+        events: vec![sktarbucks::uow::NewEvent {
+            topic: "faulty.happened".into(),
+            key: "t".into(),
+            payload: b"trap".to_vec(),
+            source: "test".into(),
+        }],
+        ..Default::default()
+    };
+    h.backend.commit(changes).await.expect("commit");
+    h.drain_one("faulty").await;
+    let letters = h.backend.dead_letters().await.expect("dead letters");
+    assert_eq!(letters.len(), 1);
+    assert!(letters[0].error.contains("trap"), "{}", letters[0].error);
+    let (_, seen) = h.client.get("/faulty/seen").await;
+    assert_eq!(seen, json!([]));
+    h.stop().await;
+}
+
+/// Oversized bodies are refused with 413 before reaching a guest; unknown paths are JSON 404s.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_and_unknown_routes_get_json_errors() {
+    let h = Harness::start(Kind::Sqlite).await;
+    let big = "x".repeat(1024 * 1024 + 1);
+    let (status, body) = h.client.raw("POST", "/cafes", Some(&big)).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"], "payload_too_large");
+    let (status, body) = h.client.get("/nowhere").await;
+    assert_eq!(status, 404);
+    assert!(body["message"].as_str().unwrap_or_default().contains("/orders"), "{body}");
+    let (status, body) = h.client.get("/health/ready").await;
+    assert_eq!(status, 200, "{body}");
+    h.stop().await;
+}

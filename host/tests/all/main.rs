@@ -1,0 +1,8 @@
+//! The one integration-test binary. Every test drives the real components
+//! built from `components/` (run `cargo xtask build` first).
+
+mod components;
+mod e2e;
+mod faults;
+mod support;
+mod unit_of_work;

@@ -1,0 +1,101 @@
+//! The real `sktarbucks` binary as a child process on an ephemeral port.
+//! The port is read from the line the binary prints once it is listening
+//! (no pick-a-free-port race). Killed on drop; its log is kept for failures.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::Client;
+
+pub struct Host {
+    child: Child,
+    pub client: Client,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Host {
+    /// Start `sktarbucks serve` with `manifest` (written into `dir`) and extra args.
+    pub fn start(dir: &Path, manifest: &str, args: &[&str]) -> Self {
+        let manifest_path: PathBuf = dir.join("sktarbucks.toml");
+        std::fs::write(&manifest_path, manifest).expect("manifest written");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sktarbucks"))
+            .arg("--config")
+            .arg(&manifest_path)
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "info,wasmtime=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sktarbucks starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("sktarbucks listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let started = Instant::now();
+        let url = loop {
+            if let Ok(url) = rx.recv_timeout(Duration::from_millis(100)) {
+                break url;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "sktarbucks exited with {status} before listening:\n{}",
+                    log.lock().expect("log lock").join("\n")
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "sktarbucks did not start listening:\n{}",
+                log.lock().expect("log lock").join("\n")
+            );
+        };
+        Self {
+            child,
+            client: Client::new(url),
+            log,
+        }
+    }
+
+    /// SIGKILL: no drain, no cleanup, exactly like a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait for exit")
+    }
+
+    /// The log so far, for assertion messages.
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- sktarbucks log ---\n{}", self.log_text());
+        }
+        self.kill();
+    }
+}

@@ -1,0 +1,137 @@
+//! Test support: paths to the real components, an in-process host with a
+//! real backend, an HTTP client, and a spawned `sktarbucks` binary.
+
+#![allow(dead_code)]
+
+pub mod binary;
+pub mod harness;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// A component built by `cargo xtask build`.
+pub fn wasm(name: &str) -> PathBuf {
+    let path = root().join(format!("components/target/wasm32-wasip2/release/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build` first",
+        path.display()
+    );
+    path
+}
+
+/// Compile cache shared by all tests of this run (components compile once).
+pub fn compile_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
+}
+
+/// The manifest used by tests: the four cafe components plus the hostile
+/// `faulty` guest, with short deadlines and quick retries.
+pub fn manifest(data: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+data = "{data}"
+compile_cache = "{cache}"
+[sqlite]
+synchronous = "normal"
+[events]
+max_attempts = 3
+backoff_ms = 20
+backoff_max_ms = 100
+[components.cafe]
+path = "{cafe}"
+routes = ["/cafes"]
+[components.order]
+path = "{order}"
+routes = ["/orders"]
+links = {{ stock = "cafe" }}
+[components.production]
+path = "{production}"
+routes = ["/productions"]
+[components.mypage]
+path = "{mypage}"
+routes = ["/myPages"]
+[components.faulty]
+path = "{faulty}"
+routes = ["/faulty"]
+deadline_ms = 500
+memory_mib = 32
+{extra}
+"#,
+        data = data.display(),
+        cache = compile_cache().display(),
+        cafe = wasm("cafe").display(),
+        order = wasm("order").display(),
+        production = wasm("production").display(),
+        mypage = wasm("mypage").display(),
+        faulty = wasm("faulty").display(),
+    )
+}
+
+/// Poll `check` until it returns `Some`, or panic with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A small JSON-over-HTTP client.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .expect("client builds"),
+        }
+    }
+
+    /// Send `body` (raw text) and return status + parsed JSON (Null if empty/not JSON).
+    pub async fn raw(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+        }
+        let resp = req.send().await.expect("request is sent");
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("body is read");
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.raw("GET", path, None).await
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.raw(method, path, Some(&body.to_string())).await
+    }
+}

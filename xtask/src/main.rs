@@ -1,0 +1,143 @@
+//! `cargo xtask <command>`: one-command build, serve, test and bench.
+//!
+//! Guests are built here (not in a `build.rs`) so nested cargo invocations do
+//! not contend for locks or rebuild the host.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command> [args]
+
+commands:
+  build              wasm32-wasip2 target + components + host (release)
+  build-components   only the components
+  serve [args]       build, then `sktarbucks serve [args]`
+  test [args]        build, make sure redis-server exists, run every test
+  bench [args]       build, then run the benchmarks (see README)
+";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    match command.as_str() {
+        "build" => build(),
+        "build-components" => build_components(),
+        "serve" => {
+            build()?;
+            let bin = root().join("target/release/sktarbucks");
+            let mut all = vec!["serve".to_owned()];
+            all.extend(rest);
+            run(Command::new(bin).args(all).current_dir(root()))
+        }
+        "test" => test(&rest),
+        "bench" => {
+            build()?;
+            run(cargo()
+                .args(["run", "--release", "--package", "sktarbucks", "--example", "bench", "--"])
+                .args(&rest))
+        }
+        _ => {
+            eprint!("{USAGE}");
+            if command.is_empty() || command == "help" || command == "--help" {
+                Ok(())
+            } else {
+                bail!("unknown command {command:?}")
+            }
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).unwrap_or(manifest)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status: ExitStatus = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ensure_wasm_target() -> Result<()> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    match out {
+        Ok(out) if String::from_utf8_lossy(&out.stdout).contains("wasm32-wasip2") => Ok(()),
+        Ok(_) => {
+            eprintln!("xtask: installing the wasm32-wasip2 target");
+            run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))
+        }
+        Err(e) => {
+            eprintln!("xtask: rustup not found ({e}); assuming wasm32-wasip2 is available");
+            Ok(())
+        }
+    }
+}
+
+fn build_components() -> Result<()> {
+    ensure_wasm_target()?;
+    run(cargo()
+        .current_dir(root().join("components"))
+        .args(["build", "--release", "--target", "wasm32-wasip2"]))
+}
+
+fn build() -> Result<()> {
+    build_components()?;
+    run(cargo().args(["build", "--release", "--package", "sktarbucks"]))
+}
+
+/// Tests need a real `redis-server`; install it when missing (Debian/Ubuntu
+/// as root), otherwise explain. Under `CI=true` a missing Redis is fatal.
+fn ensure_redis() -> Result<()> {
+    if std::env::var_os("REDIS_URL").is_some() || which("redis-server") {
+        return Ok(());
+    }
+    if which("apt-get") {
+        eprintln!("xtask: redis-server not found; installing it with apt-get");
+        let _ = run(Command::new("apt-get").arg("update"));
+        if run(Command::new("apt-get").args(["install", "-y", "redis-server"])).is_ok()
+            && which("redis-server")
+        {
+            return Ok(());
+        }
+    }
+    let msg = "redis-server is not installed and could not be installed; \
+               install it (e.g. `apt-get install redis-server`) or set REDIS_URL";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        bail!("{msg}");
+    }
+    eprintln!("xtask: WARNING: {msg}; Redis tests will fail");
+    Ok(())
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file())
+    })
+}
+
+fn test(rest: &[String]) -> Result<()> {
+    build()?;
+    ensure_redis()?;
+    run(cargo()
+        .current_dir(root().join("components"))
+        .args(["test", "--package", "kit"]))?;
+    run(cargo()
+        .args(["test", "--release", "--workspace"])
+        .args(rest))
+}
