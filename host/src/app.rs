@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::backend::SharedBackend;
+use crate::backend::redis::RedisBackend;
 use crate::backend::sqlite::SqliteBackend;
 use crate::config::Config;
 use crate::runtime::Runtime;
@@ -14,7 +15,10 @@ use crate::runtime::Runtime;
 /// Open the backend the configuration asks for.
 pub async fn open_backend(config: &Config) -> Result<SharedBackend> {
     if let Some(url) = &config.redis {
-        anyhow::bail!("the Redis backend ({url}) is not available in this build yet");
+        let claim_idle = std::time::Duration::from_millis(config.events.claim_idle_ms);
+        let backend = RedisBackend::connect(url, &config.redis_prefix, claim_idle).await?;
+        tracing::info!(consumer = %backend.consumer(), "using redis at {url}");
+        return Ok(Arc::new(backend));
     }
     let backend = SqliteBackend::open(&config.data, config.sqlite.synchronous)?;
     Ok(Arc::new(backend))

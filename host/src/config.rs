@@ -22,6 +22,9 @@ pub struct Config {
     /// `redis://...`: use Redis for state and events instead of SQLite.
     #[serde(default)]
     pub redis: Option<String>,
+    /// Prefix of every Redis key, so deployments (or test runs) can share a Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
     /// Requests with a larger body are refused with 413 before reaching a guest.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -77,6 +80,10 @@ pub struct EventsConfig {
     pub backoff_ms: u64,
     #[serde(default = "default_backoff_max_ms")]
     pub backoff_max_ms: u64,
+    /// Redis: an event pending this long in a consumer's list is taken over by
+    /// another host (its consumer is presumed dead). Must exceed every deadline.
+    #[serde(default = "default_claim_idle_ms")]
+    pub claim_idle_ms: u64,
 }
 
 impl Default for EventsConfig {
@@ -85,6 +92,7 @@ impl Default for EventsConfig {
             max_attempts: default_max_attempts(),
             backoff_ms: default_backoff_ms(),
             backoff_max_ms: default_backoff_max_ms(),
+            claim_idle_ms: default_claim_idle_ms(),
         }
     }
 }
@@ -166,6 +174,12 @@ fn default_backoff_ms() -> u64 {
 fn default_backoff_max_ms() -> u64 {
     10_000
 }
+fn default_redis_prefix() -> String {
+    "sk".into()
+}
+fn default_claim_idle_ms() -> u64 {
+    15_000
+}
 fn default_uow_attempts() -> u32 {
     16
 }
@@ -232,6 +246,14 @@ impl Config {
                     bail!("component {name:?}: link {iface} = {provider:?} names no component");
                 }
             }
+        }
+        let longest = self.components.values().map(|c| c.deadline_ms).max().unwrap_or(0);
+        if self.events.claim_idle_ms <= longest + 1_000 {
+            bail!(
+                "events.claim_idle_ms ({}) must exceed the longest deadline_ms ({longest}) by more than 1000, \
+                 or events still being handled would be taken over",
+                self.events.claim_idle_ms
+            );
         }
         if self.events.max_attempts == 0 {
             bail!("events.max_attempts must be at least 1");

@@ -29,6 +29,8 @@ pub struct Runtime {
     /// one at a time, so a hot key (the last cups of a menu item) makes
     /// progress instead of retrying in a storm.
     lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Active subscriptions, registered by the dispatchers (for lag reports).
+    pub subscriptions: Mutex<Vec<crate::backend::Subscription>>,
     _ticker: EpochTicker,
 }
 
@@ -92,8 +94,23 @@ impl Runtime {
             backend,
             config,
             lanes: Mutex::default(),
+            subscriptions: Mutex::default(),
             _ticker: ticker,
         }))
+    }
+
+    /// Events each subscriber has not yet acknowledged.
+    pub async fn lag(&self) -> Result<Vec<(String, u64)>> {
+        let subs = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out = Vec::new();
+        for sub in subs {
+            out.push((sub.component.clone(), self.backend.lag(&sub).await?));
+        }
+        Ok(out)
     }
 
     fn lane(&self, component: &str) -> Arc<tokio::sync::Mutex<()>> {

@@ -2,6 +2,7 @@
 //! embedded SQLite backend and the Redis backend implement it with the same
 //! guarantees, and the behavioural tests run against both.
 
+pub mod redis;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct Delivery {
 pub(crate) enum Cursor {
     /// SQLite: the log sequence number; `replay` when it came from a dead-letter replay.
     Seq { seq: i64, replay: bool },
+    /// Redis: the stream key and entry id.
+    Stream { stream: String, entry: String },
 }
 
 /// An event that exhausted its attempts, kept with its last error.

@@ -222,7 +222,9 @@ fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
 
 /// Mark a delivery as done for its subscriber. False if another process got there first.
 fn advance(tx: &Transaction<'_>, subscriber: &str, cursor: &Cursor) -> Result<bool> {
-    let Cursor::Seq { seq, replay } = cursor;
+    let Cursor::Seq { seq, replay } = cursor else {
+        anyhow::bail!("not a sqlite delivery");
+    };
     tx.execute(
         "DELETE FROM attempts WHERE subscriber = ?1 AND seq = ?2",
         params![subscriber, seq],
@@ -361,7 +363,9 @@ impl Backend for SqliteBackend {
         let error = error.to_owned();
         let attempt = delivery.attempt;
         self.write(move |tx| {
-            let Cursor::Seq { seq, .. } = cursor;
+            let Cursor::Seq { seq, .. } = cursor else {
+                anyhow::bail!("not a sqlite delivery");
+            };
             if dead {
                 advance(tx, &subscriber, &cursor)?;
                 tx.execute(

@@ -36,6 +36,10 @@ pub async fn spawn_all(rt: &Arc<Runtime>, shutdown: watch::Receiver<bool>) -> Re
         };
         rt.backend.subscribe(&sub).await?;
         tracing::info!(component = %sub.component, topics = ?sub.topics, "subscribed");
+        rt.subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sub.clone());
         let rt = Arc::clone(rt);
         let shutdown = shutdown.clone();
         handles.push(tokio::spawn(async move { run(rt, sub, shutdown).await }));

@@ -222,10 +222,20 @@ impl App {
             .map(|c| json!({"name": c.name, "digest": c.digest}))
             .collect();
         match self.rt.backend.ready().await {
-            Ok(()) => reply::json(
-                StatusCode::OK,
-                &json!({"status": "ready", "backend": self.rt.backend.name(), "components": components}),
-            ),
+            Ok(()) => {
+                let lag: serde_json::Map<String, serde_json::Value> = self
+                    .rt
+                    .lag()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(name, n)| (name, json!(n)))
+                    .collect();
+                reply::json(
+                    StatusCode::OK,
+                    &json!({"status": "ready", "backend": self.rt.backend.name(), "components": components, "lag": lag}),
+                )
+            }
             Err(e) => reply::json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({"status": "unavailable", "backend": self.rt.backend.name(), "reason": format!("{e:#}")}),

@@ -6,9 +6,8 @@ use serde_json::json;
 use crate::support::harness::{Harness, Kind};
 
 /// An infinite loop is interrupted at its deadline while other routes keep answering.
-#[tokio::test(flavor = "multi_thread")]
-async fn an_infinite_loop_times_out_without_blocking_other_routes() {
-    let h = Harness::start(Kind::Sqlite).await;
+async fn an_infinite_loop_times_out_without_blocking_other_routes(kind: Kind) {
+    let h = Harness::start(kind).await;
     let looping = {
         let client = h.client.clone();
         tokio::spawn(async move { client.get("/faulty/loop").await })
@@ -23,9 +22,8 @@ async fn an_infinite_loop_times_out_without_blocking_other_routes() {
 }
 
 /// A memory bomb hits the component's memory limit and fails alone.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_memory_bomb_fails_only_its_own_invocation() {
-    let h = Harness::start(Kind::Sqlite).await;
+async fn a_memory_bomb_fails_only_its_own_invocation(kind: Kind) {
+    let h = Harness::start(kind).await;
     let (status, body) = h.client.get("/faulty/bomb").await;
     assert_eq!(status, 500, "{body}");
     let (status, _) = h.client.get("/orders").await;
@@ -36,9 +34,8 @@ async fn a_memory_bomb_fails_only_its_own_invocation() {
 }
 
 /// A poison event is retried up to max_attempts, dead-lettered with its error, and later events still flow.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on() {
-    let h = Harness::start(Kind::Sqlite).await;
+async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on(kind: Kind) {
+    let h = Harness::start(kind).await;
     h.inject("test", "faulty.poison", "p", json!("x")).await;
     let changes = sktarbucks::uow::Changes {
         events: vec![sktarbucks::uow::NewEvent {
@@ -67,9 +64,8 @@ async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on() {
 }
 
 /// A trapping handler is treated like a failing one: nothing it wrote is kept.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_trapping_handler_is_retried_then_dead_lettered() {
-    let h = Harness::start(Kind::Sqlite).await;
+async fn a_trapping_handler_is_retried_then_dead_lettered(kind: Kind) {
+    let h = Harness::start(kind).await;
     let changes = sktarbucks::uow::Changes {
         events: vec![sktarbucks::uow::NewEvent {
             topic: "faulty.happened".into(),
@@ -90,9 +86,8 @@ async fn a_trapping_handler_is_retried_then_dead_lettered() {
 }
 
 /// Oversized bodies are refused with 413 before reaching a guest; unknown paths are JSON 404s.
-#[tokio::test(flavor = "multi_thread")]
-async fn oversized_bodies_and_unknown_routes_get_json_errors() {
-    let h = Harness::start(Kind::Sqlite).await;
+async fn oversized_bodies_and_unknown_routes_get_json_errors(kind: Kind) {
+    let h = Harness::start(kind).await;
     let big = "x".repeat(1024 * 1024 + 1);
     let (status, body) = h.client.raw("POST", "/cafes", Some(&big)).await;
     assert_eq!(status, 413, "{body}");
@@ -104,3 +99,11 @@ async fn oversized_bodies_and_unknown_routes_get_json_errors() {
     assert_eq!(status, 200, "{body}");
     h.stop().await;
 }
+
+crate::on_both_backends!(
+    an_infinite_loop_times_out_without_blocking_other_routes,
+    a_memory_bomb_fails_only_its_own_invocation,
+    a_poison_event_is_dead_lettered_and_the_subscriber_moves_on,
+    a_trapping_handler_is_retried_then_dead_lettered,
+    oversized_bodies_and_unknown_routes_get_json_errors,
+);

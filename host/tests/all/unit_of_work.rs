@@ -8,9 +8,8 @@ use serde_json::json;
 use crate::support::harness::{Harness, Kind};
 
 /// A component that writes, publishes and then traps persists and publishes nothing.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_trap_after_writing_persists_nothing_and_publishes_nothing() {
-    let h = Harness::start(Kind::Sqlite).await;
+async fn a_trap_after_writing_persists_nothing_and_publishes_nothing(kind: Kind) {
+    let h = Harness::start(kind).await;
     let (status, body) = h.client.raw("POST", "/faulty/write-then-trap?key=a", Some("x")).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"], "component_failed", "{body}");
@@ -18,20 +17,19 @@ async fn a_trap_after_writing_persists_nothing_and_publishes_nothing() {
     assert_eq!(status, 500, "{body}");
     let (_, things) = h.client.get("/faulty/things").await;
     assert_eq!(things, json!([]));
-    assert_eq!(h.count_events("faulty.happened"), 0);
+    assert_eq!(h.count_events("faulty.happened").await, 0);
     // The control: the same write without the failure is kept.
     let (status, _) = h.client.raw("POST", "/faulty/write?key=c", Some("z")).await;
     assert_eq!(status, 200);
     let (_, things) = h.client.get("/faulty/things").await;
     assert_eq!(things.as_array().map(Vec::len), Some(1), "{things}");
-    assert_eq!(h.count_events("faulty.happened"), 1);
+    assert_eq!(h.count_events("faulty.happened").await, 1);
     h.stop().await;
 }
 
 /// 200 concurrent orders for 50 units: exactly 50 accepted, the rest refused as sold out, no 5xx, stock 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty() {
-    let h = Harness::start(Kind::Sqlite).await;
+async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty(kind: Kind) {
+    let h = Harness::start(kind).await;
     let (status, _) = h
         .client
         .send("POST", "/cafes", json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "20210713", "pcnt": 50}))
@@ -63,14 +61,13 @@ async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty() {
     assert_eq!(cafe["pcnt"], 0, "{cafe}");
     let (_, orders) = h.client.get("/orders").await;
     assert_eq!(orders.as_array().map(Vec::len), Some(50));
-    assert_eq!(h.count_events("order.requested"), 50);
+    assert_eq!(h.count_events("order.requested").await, 50);
     h.stop().await;
 }
 
 /// Cancels sent twice, concurrently, restore each order's stock exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_duplicate_cancels_restore_stock_exactly_once() {
-    let h = Harness::start(Kind::Sqlite).await;
+async fn concurrent_duplicate_cancels_restore_stock_exactly_once(kind: Kind) {
+    let h = Harness::start(kind).await;
     h.client
         .send("POST", "/cafes", json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 20}))
         .await;
@@ -99,7 +96,13 @@ async fn concurrent_duplicate_cancels_restore_stock_exactly_once() {
     h.drain().await;
     let (_, cafe) = h.client.get("/cafes/1").await;
     assert_eq!(cafe["pcnt"], 20, "{cafe}");
-    assert_eq!(h.count_events("order.canceled"), 10);
-    assert_eq!(h.count_events("cafe.stock-released"), 10);
+    assert_eq!(h.count_events("order.canceled").await, 10);
+    assert_eq!(h.count_events("cafe.stock-released").await, 10);
     h.stop().await;
 }
+
+crate::on_both_backends!(
+    a_trap_after_writing_persists_nothing_and_publishes_nothing,
+    two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty,
+    concurrent_duplicate_cancels_restore_stock_exactly_once,
+);

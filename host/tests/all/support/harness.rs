@@ -12,12 +12,23 @@ use sktarbucks::uow::{Changes, NewEvent};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
+use sktarbucks::backend::redis::RedisBackend;
+
+use super::redis::RedisServer;
 use super::{Client, manifest};
 
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish() as u32
+}
+
 /// Which backend a behavioural test runs against.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Sqlite,
+    Redis,
 }
 
 pub struct Harness {
@@ -25,6 +36,10 @@ pub struct Harness {
     pub backend: SharedBackend,
     pub dir: TempDir,
     pub client: Client,
+    pub kind: Kind,
+    /// Redis key prefix of this test (unique, so tests can share a server).
+    pub prefix: String,
+    pub redis: Option<RedisServer>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -38,10 +53,21 @@ impl Harness {
     pub async fn start_with(kind: Kind, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = Config::parse(&manifest(dir.path(), extra), dir.path()).expect("test manifest parses");
+        let prefix = format!("t{:08x}", rand_u32());
+        let mut redis = None;
         let backend: SharedBackend = match kind {
             Kind::Sqlite => Arc::new(
                 SqliteBackend::open(&config.data, config.sqlite.synchronous).expect("sqlite opens"),
             ),
+            Kind::Redis => {
+                let server = RedisServer::start();
+                let claim_idle = std::time::Duration::from_millis(config.events.claim_idle_ms);
+                let backend = RedisBackend::connect(&server.url, &prefix, claim_idle)
+                    .await
+                    .expect("redis connects");
+                redis = Some(server);
+                Arc::new(backend)
+            }
         };
         let rt = {
             let backend = Arc::clone(&backend);
@@ -66,6 +92,9 @@ impl Harness {
             backend,
             dir,
             client: Client::new(format!("http://{addr}")),
+            kind,
+            prefix,
+            redis,
             stop: Some(stop),
             server: Some(server),
         }
@@ -119,24 +148,45 @@ impl Harness {
         self.backend.commit(changes).await.expect("inject commits");
     }
 
-    /// (topic, payload) of every logged event, oldest first (SQLite only).
-    pub fn logged_events(&self) -> Vec<(String, serde_json::Value)> {
-        let conn = rusqlite::Connection::open(self.dir.path().join("sktarbucks.db")).expect("open db");
-        let mut stmt = conn
-            .prepare("SELECT topic, payload FROM events ORDER BY seq")
-            .expect("prepare");
-        stmt.query_map([], |r| {
-            let payload: Vec<u8> = r.get(1)?;
-            Ok((r.get(0)?, serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null)))
-        })
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect()
+    /// (topic, payload) of every logged event on `topic`, oldest first.
+    pub async fn events_on(&self, topic: &str) -> Vec<serde_json::Value> {
+        let parse = |bytes: &[u8]| serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
+        match self.kind {
+            Kind::Sqlite => {
+                let conn = rusqlite::Connection::open(self.dir.path().join("sktarbucks.db")).expect("open db");
+                let mut stmt = conn
+                    .prepare("SELECT payload FROM events WHERE topic = ?1 ORDER BY seq")
+                    .expect("prepare");
+                stmt.query_map([topic], |r| r.get::<_, Vec<u8>>(0))
+                    .expect("query")
+                    .map(|r| parse(&r.expect("row")))
+                    .collect()
+            }
+            Kind::Redis => {
+                let url = &self.redis.as_ref().expect("redis server").url;
+                let client = redis::Client::open(url.as_str()).expect("redis client");
+                let mut conn = client.get_multiplexed_async_connection().await.expect("redis conn");
+                let reply: redis::streams::StreamRangeReply = redis::AsyncCommands::xrange_all(
+                    &mut conn,
+                    format!("{}:stream:{topic}", self.prefix),
+                )
+                .await
+                .expect("xrange");
+                reply
+                    .ids
+                    .iter()
+                    .map(|e| match e.map.get("payload") {
+                        Some(redis::Value::BulkString(b)) => parse(b),
+                        _ => serde_json::Value::Null,
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Number of logged events on `topic`.
-    pub fn count_events(&self, topic: &str) -> usize {
-        self.logged_events().iter().filter(|(t, _)| t == topic).count()
+    pub async fn count_events(&self, topic: &str) -> usize {
+        self.events_on(topic).await.len()
     }
 
     pub async fn stop(mut self) {

@@ -5,6 +5,7 @@
 
 pub mod binary;
 pub mod harness;
+pub mod redis;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -15,6 +16,27 @@ pub fn root() -> PathBuf {
         .parent()
         .expect("host/ has a parent")
         .to_path_buf()
+}
+
+/// Run each listed `async fn(Kind)` once per backend: `name::sqlite` and
+/// `name::redis` (the Redis one skips loudly without redis-server, and fails
+/// under `CI=true`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => { $(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name($crate::support::harness::Kind::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn redis() {
+                if $crate::support::redis::available() {
+                    super::$name($crate::support::harness::Kind::Redis).await
+                }
+            }
+        }
+    )* };
 }
 
 /// A component built by `cargo xtask build`.

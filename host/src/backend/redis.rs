@@ -1,0 +1,662 @@
+//! The Redis backend: state in hashes, events in Redis Streams with one
+//! consumer group per subscribing component and one consumer per host
+//! process, so several hosts share the load and the stream.
+//!
+//! Every commit is one Lua script (atomic on a single Redis): it checks the
+//! versions the unit read, writes documents stamped with a new version,
+//! `XADD`s the published events and — for an event handler — `XACK`s the
+//! delivery and sets a processed marker, all or nothing. The marker makes a
+//! delivery that was reclaimed by another host after a stall commit at most
+//! once. Key layout (prefix `sk` by default):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `sk:doc:{ns}:{collection}` | hash | key → 20-digit version, `1`/`0` (live/deleted), value |
+//! | `sk:version` | string | global commit counter |
+//! | `sk:seq:{ns}` | hash | sequence name → last id |
+//! | `sk:stream:{topic}` | stream | events (`topic`, `key`, `payload`, `source`) |
+//! | `sk:replay:{component}` | stream | dead letters replayed to one subscriber |
+//! | `sk:attempts:{component}` | hash | delivery id → failed attempts |
+//! | `sk:done:{component}:{delivery}` | string | processed marker (7 days) |
+//! | `sk:dead` | stream | dead letters with their error |
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamId, StreamReadReply};
+use redis::{AsyncCommands, Script, Value};
+
+use super::{Backend, Commit, Cursor, DeadLetter, Delivery, Read, Subscription};
+use crate::uow::{Changes, DocKey};
+
+/// How long a processed marker is kept: longer than any plausible stall.
+const DONE_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Width of the version prefix of every stored document.
+const VERSION_WIDTH: usize = 20;
+
+const COMMIT_LUA: &str = r#"
+local i = 1
+local function take() local v = ARGV[i]; i = i + 1; return v end
+local nreads = tonumber(take())
+for _ = 1, nreads do
+  local h, f, want = take(), take(), tonumber(take())
+  local cur = redis.call('HGET', h, f)
+  local seen = 0
+  if cur then seen = tonumber(string.sub(cur, 1, 20)) end
+  if seen ~= want then return 'conflict' end
+end
+local ack = nil
+if take() == '1' then
+  ack = { stream = take(), group = take(), entry = take(), done = take(), attempts = take(), id = take() }
+  if redis.call('EXISTS', ack.done) == 1 then return 'duplicate' end
+end
+local version_key = take()
+local nwrites = tonumber(take())
+if nwrites > 0 then
+  local version = redis.call('INCR', version_key)
+  local stamp = string.format('%020d', version)
+  for _ = 1, nwrites do
+    local h, f, flag, value = take(), take(), take(), take()
+    redis.call('HSET', h, f, stamp .. flag .. value)
+  end
+end
+local nevents = tonumber(take())
+for _ = 1, nevents do
+  local stream, topic, key, payload, source = take(), take(), take(), take(), take()
+  redis.call('XADD', stream, '*', 'topic', topic, 'key', key, 'payload', payload, 'source', source)
+end
+if ack then
+  redis.call('XACK', ack.stream, ack.group, ack.entry)
+  redis.call('SET', ack.done, '1', 'EX', ARGV[#ARGV])
+  redis.call('HDEL', ack.attempts, ack.id)
+end
+return 'ok'
+"#;
+
+/// Move a delivery to the dead letters and acknowledge it, atomically.
+const DEAD_LETTER_LUA: &str = r#"
+local stream, group, entry, done, attempts_key, delivery, dead = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if redis.call('EXISTS', done) == 1 then return 0 end
+redis.call('XADD', dead, '*',
+  'subscriber', group, 'event_id', ARGV[8], 'topic', ARGV[9], 'key', ARGV[10],
+  'payload', ARGV[11], 'source', ARGV[12], 'attempts', ARGV[13], 'error', ARGV[14], 'dead_ms', ARGV[15])
+redis.call('XACK', stream, group, entry)
+redis.call('SET', done, '1', 'EX', ARGV[16])
+redis.call('HDEL', attempts_key, delivery)
+return 1
+"#;
+
+/// Put a dead letter on its subscriber's replay stream and remove it.
+const REPLAY_LUA: &str = r#"
+local dead, id, prefix = ARGV[1], ARGV[2], ARGV[3]
+local found = redis.call('XRANGE', dead, id, id)
+if #found == 0 then return 0 end
+local fields = found[1][2]
+local f = {}
+for j = 1, #fields, 2 do f[fields[j]] = fields[j + 1] end
+redis.call('XADD', prefix .. ':replay:' .. f['subscriber'], '*',
+  'topic', f['topic'], 'key', f['key'], 'payload', f['payload'], 'source', f['source'], 'event_id', f['event_id'])
+redis.call('XDEL', dead, id)
+return 1
+"#;
+
+/// The Redis backend. One shared multiplexed connection for commands; one
+/// dedicated connection per subscriber for blocking reads (a blocked
+/// `XREADGROUP` would stall every command pipelined behind it).
+pub struct RedisBackend {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    /// This process's consumer name in every group.
+    consumer: String,
+    /// Entries idle longer than this in a dead consumer's list are taken over.
+    claim_idle: Duration,
+    blocking: tokio::sync::Mutex<HashMap<String, ConnectionManager>>,
+    last_claim: Mutex<HashMap<String, Instant>>,
+    commit: Script,
+    dead_letter: Script,
+    replay: Script,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_millis(500))
+}
+
+/// Split a stored document into (version, live value).
+fn decode(raw: &[u8]) -> Result<(u64, Option<Vec<u8>>)> {
+    if raw.len() < VERSION_WIDTH + 1 {
+        bail!("corrupt document: {} bytes", raw.len());
+    }
+    let version = std::str::from_utf8(&raw[..VERSION_WIDTH])?
+        .parse::<u64>()
+        .context("corrupt document version")?;
+    let value = match raw[VERSION_WIDTH] {
+        b'1' => Some(raw[VERSION_WIDTH + 1..].to_vec()),
+        _ => None,
+    };
+    Ok((version, value))
+}
+
+fn field(entry: &StreamId, name: &str) -> Vec<u8> {
+    match entry.map.get(name) {
+        Some(Value::BulkString(bytes)) => bytes.clone(),
+        Some(Value::SimpleString(s)) => s.clone().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+fn text(entry: &StreamId, name: &str) -> String {
+    String::from_utf8_lossy(&field(entry, name)).into_owned()
+}
+
+fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+impl RedisBackend {
+    /// Connect to `url`; `prefix` namespaces every key (several deployments
+    /// or test runs can share one Redis).
+    pub async fn connect(url: &str, prefix: &str, claim_idle: Duration) -> Result<Self> {
+        let client = redis::Client::open(url).with_context(|| format!("invalid redis url {url:?}"))?;
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config(Duration::from_secs(2)))
+            .await
+            .with_context(|| format!("failed to connect to redis at {url}"))?;
+        let consumer = format!(
+            "{}-{}-{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Ok(Self {
+            client,
+            conn,
+            prefix: prefix.to_owned(),
+            consumer,
+            claim_idle,
+            blocking: tokio::sync::Mutex::default(),
+            last_claim: Mutex::default(),
+            commit: Script::new(COMMIT_LUA),
+            dead_letter: Script::new(DEAD_LETTER_LUA),
+            replay: Script::new(REPLAY_LUA),
+        })
+    }
+
+    /// This process's consumer name.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    fn doc_hash(&self, ns: &str, collection: &str) -> String {
+        format!("{}:doc:{ns}:{collection}", self.prefix)
+    }
+
+    fn stream(&self, topic: &str) -> String {
+        format!("{}:stream:{topic}", self.prefix)
+    }
+
+    fn replay_stream(&self, component: &str) -> String {
+        format!("{}:replay:{component}", self.prefix)
+    }
+
+    fn streams_of(&self, sub: &Subscription) -> Vec<String> {
+        let mut streams: Vec<String> = sub.topics.iter().map(|t| self.stream(t)).collect();
+        streams.push(self.replay_stream(&sub.component));
+        streams
+    }
+
+    fn done_key(&self, group: &str, stream: &str, entry: &str) -> String {
+        format!("{}:done:{group}:{stream}:{entry}", self.prefix)
+    }
+
+    fn attempts_key(&self, group: &str) -> String {
+        format!("{}:attempts:{group}", self.prefix)
+    }
+
+    fn dead_key(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+
+    /// Create the group on every stream of `sub` (from the start of the log).
+    async fn ensure_groups(&self, sub: &Subscription) -> Result<()> {
+        let mut conn = self.conn.clone();
+        for stream in self.streams_of(sub) {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(&sub.component)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(anyhow!(e).context(format!("failed to create group on {stream}"))),
+            }
+        }
+        Ok(())
+    }
+
+    async fn blocking_conn(&self, component: &str, wait: Duration) -> Result<ConnectionManager> {
+        let mut conns = self.blocking.lock().await;
+        if let Some(conn) = conns.get(component) {
+            return Ok(conn.clone());
+        }
+        let conn = ConnectionManager::new_with_config(
+            self.client.clone(),
+            manager_config(wait + Duration::from_secs(2)),
+        )
+        .await
+        .context("failed to open a blocking redis connection")?;
+        conns.insert(component.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Take over entries that a stopped consumer left pending too long.
+    async fn claim_stalled(&self, sub: &Subscription) -> Result<()> {
+        {
+            let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last
+                .get(&sub.component)
+                .is_none_or(|t| t.elapsed() >= self.claim_idle / 2);
+            if !due {
+                return Ok(());
+            }
+            last.insert(sub.component.clone(), Instant::now());
+        }
+        let mut conn = self.conn.clone();
+        let idle_ms = u64::try_from(self.claim_idle.as_millis()).unwrap_or(u64::MAX);
+        for stream in self.streams_of(sub) {
+            let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(&sub.component)
+                .arg(&self.consumer)
+                .arg(idle_ms)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(100)
+                .query_async(&mut conn)
+                .await?;
+            for entry in reply.claimed {
+                // A consumer died holding it: that counts as a failed attempt,
+                // so an event that kills its host is dead-lettered eventually.
+                let id = self.delivery_id(&stream, &entry);
+                tracing::warn!(component = %sub.component, event_id = %id, "reclaimed an event from a stalled consumer");
+                let _: i64 = conn.hincr(self.attempts_key(&sub.component), &id, 1).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delivery_id(&self, stream: &str, entry: &StreamId) -> String {
+        let original = text(entry, "event_id");
+        if !original.is_empty() {
+            return original;
+        }
+        let topic = stream
+            .strip_prefix(&format!("{}:stream:", self.prefix))
+            .unwrap_or(stream);
+        format!("{topic}@{}", entry.id)
+    }
+
+    async fn to_deliveries(&self, sub: &Subscription, reply: StreamReadReply) -> Result<Vec<Delivery>> {
+        let mut conn = self.conn.clone();
+        let mut out = Vec::new();
+        for key in reply.keys {
+            for entry in key.ids {
+                if entry.map.is_empty() {
+                    // Deleted while pending (trimmed): acknowledge and skip.
+                    let _: i64 = conn.xack(&key.key, &sub.component, &[&entry.id]).await?;
+                    continue;
+                }
+                let id = self.delivery_id(&key.key, &entry);
+                let failures: Option<u32> = conn.hget(self.attempts_key(&sub.component), &id).await?;
+                out.push(Delivery {
+                    id,
+                    topic: text(&entry, "topic"),
+                    key: text(&entry, "key"),
+                    payload: field(&entry, "payload"),
+                    source: text(&entry, "source"),
+                    attempt: failures.unwrap_or(0).saturating_add(1),
+                    cursor: Cursor::Stream {
+                        stream: key.key.clone(),
+                        entry: entry.id.clone(),
+                    },
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_group(
+        &self,
+        conn: &mut ConnectionManager,
+        sub: &Subscription,
+        from: &str,
+        count: usize,
+        block: Option<Duration>,
+    ) -> redis::RedisResult<StreamReadReply> {
+        let streams = self.streams_of(sub);
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(&sub.component).arg(&self.consumer).arg("COUNT").arg(count);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(1).max(1));
+        }
+        cmd.arg("STREAMS").arg(&streams);
+        for _ in &streams {
+            cmd.arg(from);
+        }
+        let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
+        Ok(reply.unwrap_or_default())
+    }
+
+    async fn poll_once(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        self.claim_stalled(sub).await?;
+        let mut conn = self.conn.clone();
+        // Our own pending entries first: failed ones awaiting retry, claimed ones.
+        let own = self.read_group(&mut conn, sub, "0", max, None).await?;
+        let own = self.to_deliveries(sub, own).await?;
+        if !own.is_empty() {
+            return Ok(own);
+        }
+        // New entries, one at a time: never hold more than we are working on,
+        // or entries would sit idle in our list and be reclaimed meanwhile.
+        let reply = if wait.is_zero() {
+            self.read_group(&mut conn, sub, ">", 1, None).await?
+        } else {
+            let mut blocking = self.blocking_conn(&sub.component, wait).await?;
+            self.read_group(&mut blocking, sub, ">", 1, Some(wait)).await?
+        };
+        self.to_deliveries(sub, reply).await
+    }
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ready(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let pong: String = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async(&mut conn))
+            .await
+            .map_err(|_| anyhow!("redis did not answer PING within 1 s"))?
+            .context("redis is unreachable")?;
+        if pong != "PONG" {
+            bail!("unexpected PING reply {pong:?}");
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &DocKey) -> Result<Read> {
+        let mut conn = self.conn.clone();
+        let raw: Option<Vec<u8>> = conn
+            .hget(self.doc_hash(&key.ns, &key.collection), &key.key)
+            .await
+            .context("redis HGET failed")?;
+        match raw {
+            None => Ok(Read {
+                value: None,
+                version: 0,
+            }),
+            Some(raw) => {
+                let (version, value) = decode(&raw)?;
+                Ok(Read { value, version })
+            }
+        }
+    }
+
+    async fn list(&self, ns: &str, collection: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
+        let mut conn = self.conn.clone();
+        let all: HashMap<String, Vec<u8>> = conn
+            .hgetall(self.doc_hash(ns, collection))
+            .await
+            .context("redis HGETALL failed")?;
+        let mut out = Vec::with_capacity(all.len());
+        for (key, raw) in all {
+            let (version, value) = decode(&raw)?;
+            if let Some(value) = value {
+                out.push((key, value, version));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn next_id(&self, ns: &str, sequence: &str) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let id: u64 = conn
+            .hincr(format!("{}:seq:{ns}", self.prefix), sequence, 1)
+            .await
+            .context("redis HINCRBY failed")?;
+        Ok(id)
+    }
+
+    async fn commit(&self, changes: Changes) -> Result<Commit> {
+        self.run_commit(&changes, None).await
+    }
+
+    async fn subscribe(&self, sub: &Subscription) -> Result<()> {
+        self.ensure_groups(sub).await
+    }
+
+    async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        match self.poll_once(sub, max, wait).await {
+            Err(e) if e.downcast_ref::<redis::RedisError>().is_some_and(is_nogroup) => {
+                // Redis lost its data (restart without persistence): recreate and go on.
+                tracing::warn!(component = %sub.component, "consumer group missing; recreating it");
+                self.ensure_groups(sub).await?;
+                Ok(Vec::new())
+            }
+            other => other,
+        }
+    }
+
+    async fn ack(&self, sub: &Subscription, delivery: &Delivery, changes: Changes) -> Result<Commit> {
+        self.run_commit(&changes, Some((sub, delivery))).await
+    }
+
+    async fn fail(&self, sub: &Subscription, delivery: &Delivery, error: &str, dead: bool) -> Result<()> {
+        let Cursor::Stream { stream, entry } = &delivery.cursor else {
+            bail!("not a redis delivery");
+        };
+        let mut conn = self.conn.clone();
+        if !dead {
+            let _: i64 = conn
+                .hincr(self.attempts_key(&sub.component), &delivery.id, 1)
+                .await
+                .context("redis HINCRBY failed")?;
+            return Ok(());
+        }
+        let _: i64 = self
+            .dead_letter
+            .arg(stream)
+            .arg(&sub.component)
+            .arg(entry)
+            .arg(self.done_key(&sub.component, stream, entry))
+            .arg(self.attempts_key(&sub.component))
+            .arg(&delivery.id)
+            .arg(self.dead_key())
+            .arg(&delivery.id)
+            .arg(&delivery.topic)
+            .arg(&delivery.key)
+            .arg(&delivery.payload)
+            .arg(&delivery.source)
+            .arg(delivery.attempt)
+            .arg(error)
+            .arg(now_ms())
+            .arg(DONE_TTL_SECS)
+            .invoke_async(&mut conn)
+            .await
+            .context("redis dead-letter script failed")?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let mut conn = self.conn.clone();
+        let reply: redis::streams::StreamRangeReply = conn
+            .xrange_all(self.dead_key())
+            .await
+            .context("redis XRANGE failed")?;
+        Ok(reply
+            .ids
+            .iter()
+            .map(|e| DeadLetter {
+                id: e.id.clone(),
+                subscriber: text(e, "subscriber"),
+                event_id: text(e, "event_id"),
+                topic: text(e, "topic"),
+                key: text(e, "key"),
+                payload: text(e, "payload"),
+                source: text(e, "source"),
+                attempts: text(e, "attempts").parse().unwrap_or(0),
+                error: text(e, "error"),
+                dead_at_ms: text(e, "dead_ms").parse().unwrap_or(0),
+            })
+            .collect())
+    }
+
+    async fn replay(&self, dead_letter_id: &str) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let moved: i64 = self
+            .replay
+            .arg(self.dead_key())
+            .arg(dead_letter_id)
+            .arg(&self.prefix)
+            .invoke_async(&mut conn)
+            .await
+            .context("redis replay script failed")?;
+        Ok(moved == 1)
+    }
+
+    async fn lag(&self, sub: &Subscription) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let mut total = 0u64;
+        for stream in self.streams_of(sub) {
+            let groups: Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(Value::Nil);
+            total += group_backlog(&groups, &sub.component);
+        }
+        Ok(total)
+    }
+}
+
+/// `pending + lag` of `group` in an `XINFO GROUPS` reply.
+fn group_backlog(groups: &Value, group: &str) -> u64 {
+    let Value::Array(groups) = groups else {
+        return 0;
+    };
+    for info in groups {
+        let pairs: Vec<(String, Value)> = match info {
+            Value::Map(m) => m
+                .iter()
+                .filter_map(|(k, v)| redis::from_redis_value::<String>(k.clone()).ok().map(|k| (k, v.clone())))
+                .collect(),
+            Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|kv| {
+                    let k = redis::from_redis_value::<String>(kv.first()?.clone()).ok()?;
+                    Some((k, kv.get(1)?.clone()))
+                })
+                .collect(),
+            _ => continue,
+        };
+        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let is_ours = get("name")
+            .and_then(|v| redis::from_redis_value::<String>(v).ok())
+            .is_some_and(|n| n == group);
+        if !is_ours {
+            continue;
+        }
+        let num = |name: &str| {
+            get(name)
+                .and_then(|v| redis::from_redis_value::<u64>(v).ok())
+                .unwrap_or(0)
+        };
+        return num("pending") + num("lag");
+    }
+    0
+}
+
+impl RedisBackend {
+    async fn run_commit(&self, changes: &Changes, ack: Option<(&Subscription, &Delivery)>) -> Result<Commit> {
+        let mut invocation = self.commit.prepare_invoke();
+        invocation.arg(changes.reads.len());
+        for (key, version) in &changes.reads {
+            invocation
+                .arg(self.doc_hash(&key.ns, &key.collection))
+                .arg(&key.key)
+                .arg(*version);
+        }
+        match ack {
+            Some((sub, delivery)) => {
+                let Cursor::Stream { stream, entry } = &delivery.cursor else {
+                    bail!("not a redis delivery");
+                };
+                invocation
+                    .arg("1")
+                    .arg(stream)
+                    .arg(&sub.component)
+                    .arg(entry)
+                    .arg(self.done_key(&sub.component, stream, entry))
+                    .arg(self.attempts_key(&sub.component))
+                    .arg(&delivery.id);
+            }
+            None => {
+                invocation.arg("0");
+            }
+        }
+        invocation.arg(format!("{}:version", self.prefix));
+        invocation.arg(changes.writes.len());
+        for (key, value) in &changes.writes {
+            invocation
+                .arg(self.doc_hash(&key.ns, &key.collection))
+                .arg(&key.key);
+            match value {
+                Some(value) => invocation.arg("1").arg(value.as_slice()),
+                None => invocation.arg("0").arg(""),
+            };
+        }
+        invocation.arg(changes.events.len());
+        for event in &changes.events {
+            invocation
+                .arg(self.stream(&event.topic))
+                .arg(&event.topic)
+                .arg(&event.key)
+                .arg(event.payload.as_slice())
+                .arg(&event.source);
+        }
+        invocation.arg(DONE_TTL_SECS);
+        let mut conn = self.conn.clone();
+        let outcome: String = invocation
+            .invoke_async(&mut conn)
+            .await
+            .context("redis commit script failed")?;
+        match outcome.as_str() {
+            "ok" => Ok(Commit::Applied),
+            // Another host already applied this delivery: nothing to do twice.
+            "duplicate" => Ok(Commit::Applied),
+            _ => Ok(Commit::Conflict),
+        }
+    }
+}

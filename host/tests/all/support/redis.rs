@@ -1,0 +1,134 @@
+//! A real `redis-server` per test: child process, temp dir, unix socket (no
+//! port race), append-only file with fsync always (so a restart keeps every
+//! acknowledged write), readiness loop, log shown on failure, killed on drop.
+//! `REDIS_URL` points tests at an existing server instead (each test then
+//! uses its own key prefix). Missing binary: loud skip locally, failure
+//! under `CI=true`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Whether Redis tests can run here; panics under CI when they cannot.
+pub fn available() -> bool {
+    if std::env::var_os("REDIS_URL").is_some() || which("redis-server") {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "redis-server is not installed and CI=true: Redis tests must not be skipped"
+    );
+    eprintln!("SKIPPING a Redis test: redis-server is not installed (set REDIS_URL or install it)");
+    false
+}
+
+/// Whether we can spawn our own server (needed to restart it).
+pub fn can_spawn() -> bool {
+    which("redis-server")
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file()))
+}
+
+pub struct RedisServer {
+    pub url: String,
+    child: Option<Child>,
+    dir: Option<TempDir>,
+}
+
+impl RedisServer {
+    /// `REDIS_URL` if set, else a fresh server of our own.
+    pub fn start() -> Self {
+        match std::env::var("REDIS_URL") {
+            Ok(url) => Self {
+                url,
+                child: None,
+                dir: None,
+            },
+            Err(_) => Self::spawn(),
+        }
+    }
+
+    /// Always a server of our own (restartable).
+    pub fn spawn() -> Self {
+        let dir = tempfile::tempdir().expect("redis tempdir");
+        let socket = dir.path().join("redis.sock");
+        let mut server = Self {
+            url: format!("redis+unix://{}", socket.display()),
+            child: None,
+            dir: Some(dir),
+        };
+        server.launch();
+        server
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.as_ref().expect("own server").path().join("redis.sock")
+    }
+
+    fn log(&self) -> String {
+        self.dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.path().join("redis.log")).ok())
+            .unwrap_or_default()
+    }
+
+    fn launch(&mut self) {
+        let dir = self.dir.as_ref().expect("own server").path().to_path_buf();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .arg("--dir")
+            .arg(&dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        self.child = Some(child);
+        let started = Instant::now();
+        loop {
+            if let Ok(client) = redis::Client::open(self.url.as_str()) {
+                if let Ok(mut conn) = client.get_connection() {
+                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not become ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill the server (SIGKILL) and leave it down.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start it again on the same socket and data (after `kill`).
+    pub fn relaunch(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        self.launch();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.child.is_some() {
+            eprintln!("--- redis-server log ---\n{}", self.log());
+        }
+        self.kill();
+    }
+}
