@@ -25,7 +25,11 @@ async fn field_is(client: &Client, path: &str, field: &str, want: &str) {
 async fn the_eleven_step_scenario_runs_over_http_against_the_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = Host::start(dir.path(), &manifest(dir.path(), ""), &["--listen", "127.0.0.1:0"]);
-    let c = &host.client;
+    eleven_steps(&host.client).await;
+}
+
+/// The scenario itself, shared with the Redis variant.
+pub async fn eleven_steps(c: &Client) {
 
     // 1. The owner registers menu items (the seed's body, id as a string).
     let (s, b) = c.raw("POST", "/cafes", Some(r#"{"cafeId":"99","cafeNm":"coffee","chkDate":"210713","pcnt":20}"#)).await;

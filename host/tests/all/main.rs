@@ -4,5 +4,6 @@
 mod components;
 mod e2e;
 mod faults;
+mod redis_hosts;
 mod support;
 mod unit_of_work;

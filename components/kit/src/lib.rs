@@ -1,0 +1,23 @@
+//! Shared helpers for the sktarbucks guest components.
+//!
+//! A plain library with no `wit-bindgen` in it, so it builds and tests on the
+//! native target (`cargo test -p kit`). Each component converts between its
+//! own generated types and the small types here.
+//!
+//! - [`http`]: the response type, JSON builders, the error body
+//!   `{"error":..,"message":..}`, path splitting, query parsing, path ids.
+//! - [`fields`]: lenient-but-strict parsing of request bodies (ids and
+//!   counts as numbers or digit strings, trimmed bounded strings).
+//! - [`platform`]: the [`Platform`] trait over a component's `store` and
+//!   `events` imports, its typed JSON helpers, [`impl_platform!`] to wire a
+//!   component's generated bindings, and [`MemPlatform`], an in-memory double
+//!   for native tests of component logic.
+//! - [`stock`]: mirrors of the WIT `stock` types and the caller's trait.
+
+pub mod fields;
+pub mod http;
+pub mod platform;
+pub mod stock;
+
+pub use http::{ApiError, ApiResult, Response};
+pub use platform::{EventError, MemPlatform, Platform, StoreError};

@@ -1,0 +1,379 @@
+//! Typed access to a component's `store` and `events` imports.
+//!
+//! Each component implements [`Platform`] for a unit struct over its own
+//! generated bindings with [`impl_platform!`](crate::impl_platform), writes
+//! its logic against `&impl Platform`, and tests that logic natively with
+//! [`MemPlatform`].
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::http::ApiError;
+
+/// The component's view of the platform: its own namespaced documents and
+/// the event outbox, both committed with the unit of work.
+pub trait Platform {
+    /// The document under `key` in `collection`, if any.
+    fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>>;
+    /// Create or replace a document.
+    fn put(&self, collection: &str, key: &str, value: &[u8]);
+    /// Remove a document (no-op when absent).
+    fn delete(&self, collection: &str, key: &str);
+    /// Every document of a collection, ordered by key string.
+    fn list(&self, collection: &str) -> Vec<(String, Vec<u8>)>;
+    /// A fresh number from a sequence (outside the unit of work; gaps allowed).
+    fn next_id(&self, sequence: &str) -> u64;
+    /// Publish an event (committed with the unit of work).
+    fn publish(&self, topic: &str, key: &str, payload: &[u8]);
+
+    /// The document decoded as `T`; a document that does not decode is a
+    /// [`StoreError`] (corrupt state), never a trap.
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.get(collection, key)
+            .map(|bytes| decode(collection, key, &bytes))
+            .transpose()
+    }
+
+    /// Store `value` as JSON.
+    fn put_json<T: Serialize + ?Sized>(
+        &self,
+        collection: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+            reason: format!("could not encode: {e}"),
+        })?;
+        self.put(collection, key, &bytes);
+        Ok(())
+    }
+
+    /// Every document of `collection` decoded as `T`, with its key, in key order.
+    fn list_json<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        self.list(collection)
+            .into_iter()
+            .map(|(key, bytes)| decode(collection, &key, &bytes).map(|v| (key, v)))
+            .collect()
+    }
+
+    /// Publish `value` as a JSON payload.
+    fn publish_json<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError {
+            collection: format!("event {topic}"),
+            key: key.to_owned(),
+            reason: format!("could not encode: {e}"),
+        })?;
+        self.publish(topic, key, &bytes);
+        Ok(())
+    }
+}
+
+fn decode<T: DeserializeOwned>(collection: &str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError {
+        collection: collection.to_owned(),
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// A stored document that cannot be read or written as its type: corrupt
+/// state or a bug, never the caller's fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    pub collection: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "stored document {}/{} is unusable: {}",
+            self.collection, self.key, self.reason
+        )
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        ApiError::internal(e.to_string())
+    }
+}
+
+/// Mirror of the WIT `types.error` variant, for event handlers; each
+/// component converts it into its generated type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventError {
+    NotFound(String),
+    Invalid(String),
+    Conflict(String),
+    Unavailable(String),
+}
+
+impl From<StoreError> for EventError {
+    fn from(e: StoreError) -> EventError {
+        EventError::Invalid(e.to_string())
+    }
+}
+
+impl From<ApiError> for EventError {
+    fn from(e: ApiError) -> EventError {
+        EventError::Invalid(e.message)
+    }
+}
+
+/// An event payload decoded as `T`, or `invalid` naming the topic.
+pub fn payload<T: DeserializeOwned>(topic: &str, bytes: &[u8]) -> Result<T, EventError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        EventError::Invalid(format!(
+            "payload of {topic} is not the expected JSON object: {e}"
+        ))
+    })
+}
+
+/// `impl kit::Platform for $ty` over the generated `store` and `events`
+/// imports found under the module path given (e.g. `sktarbucks::platform`).
+///
+/// ```ignore
+/// wit_bindgen::generate!({ world: "cafe", path: "../../wit" });
+/// struct Host;
+/// kit::impl_platform!(Host, sktarbucks::platform);
+/// ```
+#[macro_export]
+macro_rules! impl_platform {
+    ($ty:ty, $($ns:ident)::+) => {
+        impl $crate::Platform for $ty {
+            fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
+                $($ns)::+::store::get(collection, key)
+            }
+            fn put(&self, collection: &str, key: &str, value: &[u8]) {
+                $($ns)::+::store::put(collection, key, value)
+            }
+            fn delete(&self, collection: &str, key: &str) {
+                $($ns)::+::store::delete(collection, key)
+            }
+            fn list(&self, collection: &str) -> Vec<(String, Vec<u8>)> {
+                $($ns)::+::store::list(collection)
+            }
+            fn next_id(&self, sequence: &str) -> u64 {
+                $($ns)::+::store::next_id(sequence)
+            }
+            fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
+                $($ns)::+::events::publish(topic, key, payload)
+            }
+        }
+    };
+}
+
+type Key = (String, String);
+
+/// An in-memory [`Platform`] with the host's unit-of-work semantics, for
+/// native tests of component logic: writes and events are pending until
+/// [`finish`](MemPlatform::finish) commits or discards them; reads see
+/// pending writes.
+#[derive(Debug, Default)]
+pub struct MemPlatform {
+    committed: RefCell<BTreeMap<Key, Vec<u8>>>,
+    /// `None` marks a pending delete.
+    pending: RefCell<BTreeMap<Key, Option<Vec<u8>>>>,
+    pending_events: RefCell<Vec<Published>>,
+    events: RefCell<Vec<Published>>,
+    sequences: RefCell<BTreeMap<String, u64>>,
+}
+
+/// One committed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+impl Published {
+    /// The payload as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).unwrap_or_default()
+    }
+}
+
+impl MemPlatform {
+    pub fn new() -> MemPlatform {
+        MemPlatform::default()
+    }
+
+    /// End the unit of work: commit pending writes and events, or drop them.
+    pub fn finish(&self, commit: bool) {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        let events = std::mem::take(&mut *self.pending_events.borrow_mut());
+        if commit {
+            let mut committed = self.committed.borrow_mut();
+            for (k, v) in pending {
+                match v {
+                    Some(v) => committed.insert(k, v),
+                    None => committed.remove(&k),
+                };
+            }
+            self.events.borrow_mut().extend(events);
+        }
+    }
+
+    /// Every committed event so far, oldest first.
+    pub fn published(&self) -> Vec<Published> {
+        self.events.borrow().clone()
+    }
+
+    /// Committed events, removing them (so a test sees only what comes next).
+    pub fn take_published(&self) -> Vec<Published> {
+        std::mem::take(&mut *self.events.borrow_mut())
+    }
+
+    /// Make the next [`Platform::next_id`] of `sequence` return `next`.
+    pub fn set_sequence(&self, sequence: &str, next: u64) {
+        self.sequences
+            .borrow_mut()
+            .insert(sequence.to_owned(), next.saturating_sub(1));
+    }
+}
+
+impl Platform for MemPlatform {
+    fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
+        let k = (collection.to_owned(), key.to_owned());
+        match self.pending.borrow().get(&k) {
+            Some(v) => v.clone(),
+            None => self.committed.borrow().get(&k).cloned(),
+        }
+    }
+
+    fn put(&self, collection: &str, key: &str, value: &[u8]) {
+        self.pending.borrow_mut().insert(
+            (collection.to_owned(), key.to_owned()),
+            Some(value.to_vec()),
+        );
+    }
+
+    fn delete(&self, collection: &str, key: &str) {
+        self.pending
+            .borrow_mut()
+            .insert((collection.to_owned(), key.to_owned()), None);
+    }
+
+    fn list(&self, collection: &str) -> Vec<(String, Vec<u8>)> {
+        let mut merged: BTreeMap<String, Vec<u8>> = self
+            .committed
+            .borrow()
+            .iter()
+            .filter(|((c, _), _)| c == collection)
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect();
+        for ((c, k), v) in self.pending.borrow().iter() {
+            if c == collection {
+                match v {
+                    Some(v) => merged.insert(k.clone(), v.clone()),
+                    None => merged.remove(k),
+                };
+            }
+        }
+        merged.into_iter().collect()
+    }
+
+    fn next_id(&self, sequence: &str) -> u64 {
+        let mut seqs = self.sequences.borrow_mut();
+        let n = seqs.entry(sequence.to_owned()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
+        self.pending_events.borrow_mut().push(Published {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            payload: payload.to_vec(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_see_own_writes_and_discard_drops_them() {
+        let p = MemPlatform::new();
+        p.put_json("c", "1", &json!({"a": 1})).unwrap();
+        p.publish("t", "1", b"x");
+        assert_eq!(
+            p.get_json::<serde_json::Value>("c", "1").unwrap(),
+            Some(json!({"a": 1}))
+        );
+        p.finish(false);
+        assert_eq!(p.get("c", "1"), None);
+        assert!(p.published().is_empty());
+    }
+
+    #[test]
+    fn commit_keeps_writes_deletes_and_events() {
+        let p = MemPlatform::new();
+        p.put("c", "1", b"1");
+        p.put("c", "2", b"2");
+        p.finish(true);
+        p.delete("c", "1");
+        p.put("c", "10", b"10");
+        p.publish("t", "k", b"{}");
+        assert_eq!(
+            p.list("c"),
+            vec![("10".into(), b"10".to_vec()), ("2".into(), b"2".to_vec())]
+        );
+        p.finish(true);
+        assert_eq!(p.get("c", "1"), None);
+        assert_eq!(p.list("c").len(), 2);
+        assert_eq!(p.take_published()[0].topic, "t");
+        assert!(p.published().is_empty());
+    }
+
+    #[test]
+    fn corrupt_documents_are_errors_not_traps() {
+        let p = MemPlatform::new();
+        p.put("c", "1", b"not json");
+        let e = p.get_json::<serde_json::Value>("c", "1").unwrap_err();
+        assert_eq!((e.collection.as_str(), e.key.as_str()), ("c", "1"));
+        assert!(p.list_json::<serde_json::Value>("c").is_err());
+        assert_eq!(ApiError::from(e).status, 500);
+    }
+
+    #[test]
+    fn sequences_count_up_and_can_be_set() {
+        let p = MemPlatform::new();
+        assert_eq!(p.next_id("s"), 1);
+        assert_eq!(p.next_id("s"), 2);
+        p.set_sequence("s", 10);
+        assert_eq!(p.next_id("s"), 10);
+        assert_eq!(p.next_id("other"), 1);
+    }
+
+    #[test]
+    fn payload_errors_name_the_topic() {
+        let e = payload::<serde_json::Value>("order.canceled", b"{").unwrap_err();
+        assert!(matches!(e, EventError::Invalid(m) if m.contains("order.canceled")));
+    }
+}

@@ -1,0 +1,83 @@
+//! The read model: one row per order, merged from order and production events.
+
+use serde::{Deserialize, Serialize};
+
+/// Rows, key = order id as a decimal string.
+pub const VIEWS: &str = "views";
+
+/// What a customer sees about one order. Every field but the ids is `null`
+/// until an event has told it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct View {
+    pub id: u64,
+    pub order_id: u64,
+    pub cust_nm: Option<String>,
+    pub cafe_id: Option<u64>,
+    pub cafe_nm: Option<String>,
+    pub chk_date: Option<String>,
+    pub qty: Option<u32>,
+    /// The order's status, from the newest order event applied.
+    pub status: Option<String>,
+    /// Version of the newest order event applied: older ones are ignored.
+    pub order_version: Option<u64>,
+    pub production_status: Option<String>,
+    /// Version of the newest production event applied.
+    pub production_version: Option<u64>,
+}
+
+impl View {
+    pub fn empty(order_id: u64) -> View {
+        View {
+            id: order_id,
+            order_id,
+            cust_nm: None,
+            cafe_id: None,
+            cafe_nm: None,
+            chk_date: None,
+            qty: None,
+            status: None,
+            order_version: None,
+            production_status: None,
+            production_version: None,
+        }
+    }
+}
+
+/// An `order.*` payload (the order record).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderEvent {
+    pub id: u64,
+    pub cust_nm: String,
+    pub cafe_id: u64,
+    pub cafe_nm: String,
+    pub chk_date: String,
+    #[serde(default = "one")]
+    pub qty: u32,
+    pub status: String,
+    pub version: u64,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A `production.*` payload (the production record); the descriptive
+/// fields only fill gaps while the order part has not arrived.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProductionEvent {
+    pub order_id: u64,
+    pub status: String,
+    pub version: u64,
+    pub cust_nm: Option<String>,
+    pub cafe_id: Option<u64>,
+    pub cafe_nm: Option<String>,
+    pub chk_date: Option<String>,
+    pub qty: Option<u32>,
+}
+
+pub fn key(id: u64) -> String {
+    id.to_string()
+}

@@ -1,0 +1,186 @@
+//! A deliberately hostile guest (world `platform`) for host tests: writes
+//! then traps or fails, loops forever, eats memory, busy-waits, and poisons
+//! or traps on events. Routes under `/faulty`; see README.md.
+
+wit_bindgen::generate!({ world: "platform", path: "../../../wit" });
+
+use std::time::{Duration, Instant};
+
+use exports::sktarbucks::platform::{event_handler, http_handler};
+use kit::Platform;
+use kit::http::{ApiError, ApiResult, Response as KitResponse, query_param, respond, segments};
+use sktarbucks::platform::types::{Error, Event, Request, Response};
+
+struct Host;
+kit::impl_platform!(Host, sktarbucks::platform);
+
+/// The exported component. `export!` is wasm-only: natively the WIT export
+/// symbols would not link into a cdylib.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+struct Component;
+
+impl http_handler::Guest for Component {
+    fn handle(req: Request) -> Response {
+        let r = respond(route(&req));
+        Response {
+            status: r.status,
+            headers: r.headers,
+            body: r.body,
+        }
+    }
+}
+
+impl event_handler::Guest for Component {
+    fn subscriptions() -> Vec<String> {
+        vec!["faulty.happened".to_owned(), "faulty.poison".to_owned()]
+    }
+
+    #[allow(clippy::panic)]
+    fn handle(ev: Event) -> Result<(), Error> {
+        match ev.payload.as_slice() {
+            b"poison" => Err(Error::Invalid("poison pill".to_owned())),
+            b"trap" => panic!("faulty: trap requested by event {}", ev.id),
+            payload => {
+                if let Some(ms) = payload
+                    .strip_prefix(b"sleep:")
+                    .and_then(|ms| std::str::from_utf8(ms).ok())
+                    .and_then(|ms| ms.parse::<u64>().ok())
+                {
+                    busy_wait(Duration::from_millis(ms));
+                }
+                Host.put("seen", &ev.id, payload);
+                // A read-modify-write counter per event key: unlike `seen`,
+                // applying one event twice shows up as 2 (tests count effects).
+                let count = Host
+                    .get("counts", &ev.key)
+                    .and_then(|raw| String::from_utf8(raw).ok())
+                    .and_then(|text| text.parse::<u64>().ok())
+                    .unwrap_or(0);
+                Host.put("counts", &ev.key, (count + 1).to_string().as_bytes());
+                Ok(())
+            }
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+fn route(req: &Request) -> ApiResult {
+    let method = req.method.as_str();
+    let path = req.path.as_str();
+    let Some(segs) = segments(path, "/faulty") else {
+        return Err(ApiError::no_route(method, path));
+    };
+    let [name] = segs.as_slice() else {
+        return Err(ApiError::no_route(method, path));
+    };
+    match (*name, method) {
+        ("write", "POST") => {
+            write(req);
+            Ok(KitResponse::ok(&serde_json::json!({"ok": true})))
+        }
+        ("write-then-trap", "POST") => {
+            write(req);
+            panic!("faulty: trap requested after writing");
+        }
+        ("write-then-500", "POST") => {
+            write(req);
+            Err(ApiError::internal(
+                "faulty: failure requested after writing",
+            ))
+        }
+        ("loop", "GET") => spin_forever(),
+        ("bomb", "GET") => eat_memory(),
+        ("sleep", "GET") => sleep(&req.query),
+        ("things", "GET") => Ok(dump("things")),
+        ("seen", "GET") => Ok(dump("seen")),
+        ("counts", "GET") => Ok(counts()),
+        ("write" | "write-then-trap" | "write-then-500", _) => {
+            Err(ApiError::method_not_allowed(method, path, &["POST"]))
+        }
+        ("loop" | "bomb" | "sleep" | "things" | "seen" | "counts", _) => {
+            Err(ApiError::method_not_allowed(method, path, &["GET"]))
+        }
+        _ => Err(ApiError::no_route(method, path)),
+    }
+}
+
+/// `put("things", key, body)` and `publish("faulty.happened", key, body)`.
+fn write(req: &Request) {
+    let key = query_param(&req.query, "key")
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "k".to_owned());
+    Host.put("things", &key, &req.body);
+    Host.publish("faulty.happened", &key, &req.body);
+}
+
+/// Never returns; `black_box` keeps the optimizer from removing the loop.
+fn spin_forever() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+/// Allocate and touch 1 MiB blocks, keeping them all, until allocation fails
+/// (which aborts: a trap).
+fn eat_memory() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut block = vec![0u8; 1 << 20];
+        for b in block.iter_mut().step_by(4096) {
+            *b = 1;
+        }
+        hoard.push(std::hint::black_box(block));
+    }
+}
+
+/// Busy-wait `ms` milliseconds (no host sleep is imported).
+fn sleep(query: &str) -> ApiResult {
+    let raw = query_param(query, "ms").unwrap_or_default();
+    let ms: u64 = raw.parse().map_err(|_| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "ms must be a whole number of milliseconds, got {}",
+                kit::http::echo_str(&raw)
+            ),
+        )
+    })?;
+    busy_wait(Duration::from_millis(ms));
+    Ok(KitResponse::ok(&serde_json::json!({"sleptMs": ms})))
+}
+
+/// A collection as `[{"key":..,"value":<utf-8, lossy>}]` in key order.
+fn dump(collection: &str) -> KitResponse {
+    let items: Vec<serde_json::Value> = Host
+        .list(collection)
+        .into_iter()
+        .map(|(key, value)| {
+            serde_json::json!({ "key": key, "value": String::from_utf8_lossy(&value) })
+        })
+        .collect();
+    KitResponse::ok(&items)
+}
+
+#[cfg(target_arch = "wasm32")]
+export!(Component);
+
+fn busy_wait(duration: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        std::hint::spin_loop();
+    }
+}
+
+/// `{"<event key>": <times applied>}` for every handled event key.
+fn counts() -> KitResponse {
+    let map: serde_json::Map<String, serde_json::Value> = Host
+        .list("counts")
+        .into_iter()
+        .map(|(key, raw)| {
+            let n = String::from_utf8_lossy(&raw).parse::<u64>().unwrap_or(0);
+            (key, serde_json::json!(n))
+        })
+        .collect();
+    KitResponse::ok(&serde_json::Value::Object(map))
+}
