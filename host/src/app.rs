@@ -16,7 +16,8 @@ use crate::runtime::Runtime;
 pub async fn open_backend(config: &Config) -> Result<SharedBackend> {
     if let Some(url) = &config.redis {
         let claim_idle = std::time::Duration::from_millis(config.events.claim_idle_ms);
-        let backend = RedisBackend::connect(url, &config.redis_prefix, claim_idle).await?;
+        let retain = std::time::Duration::from_millis(config.events.retain_ms);
+        let backend = RedisBackend::connect(url, &config.redis_prefix, claim_idle, retain).await?;
         tracing::info!(consumer = %backend.consumer(), "using redis at {url}");
         return Ok(Arc::new(backend));
     }
@@ -26,7 +27,11 @@ pub async fn open_backend(config: &Config) -> Result<SharedBackend> {
 
 /// Run the whole host on `listener` until `shutdown` resolves; then stop
 /// accepting, drain requests, let dispatchers finish their current event.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let backend = open_backend(&config).await?;
     // Compiling components takes seconds: keep it off the async workers.
     let rt = tokio::task::spawn_blocking(move || Runtime::start(config, backend))

@@ -84,6 +84,10 @@ pub struct EventsConfig {
     /// another host (its consumer is presumed dead). Must exceed every deadline.
     #[serde(default = "default_claim_idle_ms")]
     pub claim_idle_ms: u64,
+    /// Redis: acknowledged stream entries older than this are trimmed.
+    /// Entries some consumer group still needs are never trimmed.
+    #[serde(default = "default_retain_ms")]
+    pub retain_ms: u64,
 }
 
 impl Default for EventsConfig {
@@ -93,6 +97,7 @@ impl Default for EventsConfig {
             backoff_ms: default_backoff_ms(),
             backoff_max_ms: default_backoff_max_ms(),
             claim_idle_ms: default_claim_idle_ms(),
+            retain_ms: default_retain_ms(),
         }
     }
 }
@@ -180,6 +185,9 @@ fn default_redis_prefix() -> String {
 fn default_claim_idle_ms() -> u64 {
     15_000
 }
+fn default_retain_ms() -> u64 {
+    24 * 3600 * 1000
+}
 fn default_uow_attempts() -> u32 {
     16
 }
@@ -208,10 +216,10 @@ impl Config {
         if config.data.is_relative() {
             config.data = base.join(&config.data);
         }
-        if let Some(cache) = &mut config.compile_cache {
-            if cache.is_relative() {
-                *cache = base.join(&*cache);
-            }
+        if let Some(cache) = &mut config.compile_cache
+            && cache.is_relative()
+        {
+            *cache = base.join(&*cache);
         }
         for (name, component) in &mut config.components {
             if component.path.is_relative() {
@@ -219,7 +227,9 @@ impl Config {
             }
             for route in &component.routes {
                 if !route.starts_with('/') || (route.len() > 1 && route.ends_with('/')) {
-                    bail!("component {name:?}: route {route:?} must start with '/' and not end with '/'");
+                    bail!(
+                        "component {name:?}: route {route:?} must start with '/' and not end with '/'"
+                    );
                 }
             }
             if component.deadline_ms == 0 {
@@ -240,14 +250,21 @@ impl Config {
             }
             for (iface, provider) in &component.links {
                 if iface != "stock" {
-                    bail!("component {name:?}: unknown link {iface:?} (only \"stock\" can be linked)");
+                    bail!(
+                        "component {name:?}: unknown link {iface:?} (only \"stock\" can be linked)"
+                    );
                 }
                 if !self.components.contains_key(provider) {
                     bail!("component {name:?}: link {iface} = {provider:?} names no component");
                 }
             }
         }
-        let longest = self.components.values().map(|c| c.deadline_ms).max().unwrap_or(0);
+        let longest = self
+            .components
+            .values()
+            .map(|c| c.deadline_ms)
+            .max()
+            .unwrap_or(0);
         if self.events.claim_idle_ms <= longest + 1_000 {
             bail!(
                 "events.claim_idle_ms ({}) must exceed the longest deadline_ms ({longest}) by more than 1000, \
@@ -275,7 +292,10 @@ mod tests {
             "[components.cafe]\npath = \"c.wasm\"\nroutes = [\"/cafes\"]\n",
             Path::new("/etc/sk"),
         )?;
-        assert_eq!(config.components["cafe"].path, PathBuf::from("/etc/sk/c.wasm"));
+        assert_eq!(
+            config.components["cafe"].path,
+            PathBuf::from("/etc/sk/c.wasm")
+        );
         assert_eq!(config.listen.port(), 8080);
         Ok(())
     }

@@ -9,7 +9,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 /// How often the epoch advances: the granularity of deadlines and of the
 /// yields that keep a busy guest from starving its tokio worker.
@@ -40,9 +42,15 @@ pub fn build(max_memory: u64, cache_dir: Option<&Path>) -> Result<Engine> {
     if let Some(dir) = cache_dir {
         let mut cache = CacheConfig::new();
         cache.with_directory(dir);
-        config.cache(Some(Cache::new(cache).map_err(anyhow::Error::from).context("failed to set up the compile cache")?));
+        config.cache(Some(
+            Cache::new(cache)
+                .map_err(anyhow::Error::from)
+                .context("failed to set up the compile cache")?,
+        ));
     }
-    Engine::new(&config).map_err(anyhow::Error::from).context("failed to create the wasmtime engine")
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("failed to create the wasmtime engine")
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.

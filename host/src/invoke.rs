@@ -65,7 +65,9 @@ impl fmt::Display for Failure {
         match self {
             Failure::Trap { reason, stderr } if stderr.is_empty() => write!(f, "trapped: {reason}"),
             Failure::Trap { reason, stderr } => write!(f, "trapped: {reason} ({stderr})"),
-            Failure::Deadline(budget) => write!(f, "ran past its {} ms deadline", budget.as_millis()),
+            Failure::Deadline(budget) => {
+                write!(f, "ran past its {} ms deadline", budget.as_millis())
+            }
             Failure::Backend(reason) => write!(f, "state backend failed: {reason}"),
             Failure::Missing(what) => write!(f, "does not export {what}"),
         }

@@ -39,16 +39,26 @@ impl HostState {
             )));
         };
         let Some(provider) = self.rt.registry.get(name) else {
-            return Err(StockError::Unavailable(format!("{iface} provider {name:?} is not loaded")));
+            return Err(StockError::Unavailable(format!(
+                "{iface} provider {name:?} is not loaded"
+            )));
         };
         let Some(indices) = &provider.exports.stock else {
-            return Err(StockError::Unavailable(format!("component {name:?} does not export `{iface}`")));
+            return Err(StockError::Unavailable(format!(
+                "component {name:?} does not export `{iface}`"
+            )));
         };
         let budget = provider.config.deadline();
         let deadline = self.deadline.min(Instant::now() + budget);
         // The callee works on a fork of the caller's unit: it reads the
         // caller's writes, and its own become the caller's only on success.
-        let mut store = new_store(&self.rt, &provider, self.uow.clone(), deadline, self.depth + 1);
+        let mut store = new_store(
+            &self.rt,
+            &provider,
+            self.uow.clone(),
+            deadline,
+            self.depth + 1,
+        );
         let opened = bounded(deadline, budget, async {
             let instance = instantiate(&mut store, &provider, budget).await?;
             indices
@@ -68,7 +78,12 @@ impl HostState {
     }
 
     /// Keep the provider's effects if it answered `Ok`.
-    fn join<T>(&mut self, provider: Provider, result: Result<Result<T, StockError>, Failure>, name: &Arc<Loaded>) -> Result<T, StockError> {
+    fn join<T>(
+        &mut self,
+        provider: Provider,
+        result: Result<Result<T, StockError>, Failure>,
+        name: &Arc<Loaded>,
+    ) -> Result<T, StockError> {
         match result {
             Ok(Ok(value)) => {
                 self.uow = provider.store.into_data().uow;
@@ -99,7 +114,11 @@ impl stock::Host for HostState {
         let loaded = Arc::clone(&provider.store.data().component);
         let (deadline, budget) = (provider.deadline, provider.budget);
         let result = bounded(deadline, budget, async {
-            match provider.guest.call_reserve(&mut provider.store, &order_id, cafe_id, qty).await {
+            match provider
+                .guest
+                .call_reserve(&mut provider.store, &order_id, cafe_id, qty)
+                .await
+            {
                 Ok(r) => Ok(r),
                 Err(err) => Err(Failure::from_call(err, provider.store.data(), budget)),
             }
@@ -116,7 +135,11 @@ impl stock::Host for HostState {
         let loaded = Arc::clone(&provider.store.data().component);
         let (deadline, budget) = (provider.deadline, provider.budget);
         let result = bounded(deadline, budget, async {
-            match provider.guest.call_release(&mut provider.store, &order_id).await {
+            match provider
+                .guest
+                .call_release(&mut provider.store, &order_id)
+                .await
+            {
                 Ok(r) => Ok(r),
                 Err(err) => Err(Failure::from_call(err, provider.store.data(), budget)),
             }

@@ -7,10 +7,19 @@ use clap::{Parser, Subcommand};
 use sktarbucks::config::Config;
 
 #[derive(Parser)]
-#[command(name = "sktarbucks", version, about = "Hosts the sktarbucks cafe as WebAssembly components")]
+#[command(
+    name = "sktarbucks",
+    version,
+    about = "Hosts the sktarbucks cafe as WebAssembly components"
+)]
 struct Cli {
     /// The manifest listing components, routes and subscriptions.
-    #[arg(long, global = true, env = "SKTARBUCKS_CONFIG", default_value = "sktarbucks.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "SKTARBUCKS_CONFIG",
+        default_value = "sktarbucks.toml"
+    )]
     config: PathBuf,
     /// Data directory of the embedded backend (overrides the manifest).
     #[arg(long, global = true, env = "SKTARBUCKS_DATA")]
@@ -51,10 +60,13 @@ fn load_config(cli: &Cli) -> Result<Config> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
+    });
     let json = std::env::var("SKTARBUCKS_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

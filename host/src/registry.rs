@@ -50,7 +50,9 @@ impl Loaded {
         let pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("component {name:?} imports something the host does not provide"))?;
+            .with_context(|| {
+                format!("component {name:?} imports something the host does not provide")
+            })?;
         let exports = Exports {
             http: http_handler::GuestIndices::new(&pre).ok(),
             events: event_handler::GuestIndices::new(&pre).ok(),

@@ -70,7 +70,9 @@ impl Runtime {
             .unwrap_or_else(|| config.data.join("compile-cache"));
         let engine = engine::build(max_memory, Some(&cache_dir))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("failed to link WASI")?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(anyhow::Error::from)
+            .context("failed to link WASI")?;
         HostWorld::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(anyhow::Error::from)
             .context("failed to link the sktarbucks imports")?;
@@ -129,12 +131,10 @@ impl Runtime {
         let lane = self.lane(&loaded.name);
         let mut _serialized = None;
         for attempt in 1..=attempts {
-            if attempt > 1 {
-                if _serialized.is_none() {
-                    _serialized = Some(lane.lock().await);
-                }
-                let jitter = rand::random_range(0..=attempt.min(8) as u64 * 2);
-                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            if attempt > 1 && _serialized.is_none() {
+                // Inside the lane only first attempts compete with us, so
+                // retry at once: a sleep here would throttle the whole lane.
+                _serialized = Some(lane.lock().await);
             }
             let (response, uow) = self
                 .run_http_once(loaded, &req)
@@ -181,7 +181,11 @@ impl Runtime {
 
     /// Run `loaded`'s event handler on one delivery (no commit here: the
     /// dispatcher commits the changes together with the acknowledgement).
-    pub async fn handle_event(self: &Arc<Self>, loaded: &Arc<Loaded>, delivery: &Delivery) -> EventOutcome {
+    pub async fn handle_event(
+        self: &Arc<Self>,
+        loaded: &Arc<Loaded>,
+        delivery: &Delivery,
+    ) -> EventOutcome {
         let Some(indices) = &loaded.exports.events else {
             return EventOutcome::Failed("component does not export event-handler".into());
         };

@@ -55,7 +55,9 @@ impl HostState {
             .stderr(stderr.clone())
             .build();
         let limits = wasmtime::StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(component.config.memory_mib * 1024 * 1024).unwrap_or(usize::MAX))
+            .memory_size(
+                usize::try_from(component.config.memory_mib * 1024 * 1024).unwrap_or(usize::MAX),
+            )
             .build();
         Self {
             component,
@@ -77,13 +79,17 @@ impl HostState {
 
     /// What the guest wrote to stderr, for logs (panic messages).
     pub fn stderr_text(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim()
+            .to_owned()
     }
 
     fn charge(&mut self, what: &str) -> wasmtime::Result<()> {
         self.buffered += 1;
         if self.buffered > MAX_BUFFERED {
-            wasmtime::bail!("{what}: more than {MAX_BUFFERED} writes and events in one unit of work");
+            wasmtime::bail!(
+                "{what}: more than {MAX_BUFFERED} writes and events in one unit of work"
+            );
         }
         Ok(())
     }
@@ -91,14 +97,20 @@ impl HostState {
 
 fn check_name(what: &str, name: &str) -> wasmtime::Result<()> {
     if name.is_empty() || name.len() > MAX_NAME_BYTES {
-        wasmtime::bail!("{what} must be 1..={MAX_NAME_BYTES} bytes, got {} bytes", name.len());
+        wasmtime::bail!(
+            "{what} must be 1..={MAX_NAME_BYTES} bytes, got {} bytes",
+            name.len()
+        );
     }
     Ok(())
 }
 
 fn check_value(what: &str, value: &[u8]) -> wasmtime::Result<()> {
     if value.len() > MAX_VALUE_BYTES {
-        wasmtime::bail!("{what}: value of {} bytes exceeds {MAX_VALUE_BYTES}", value.len());
+        wasmtime::bail!(
+            "{what}: value of {} bytes exceeds {MAX_VALUE_BYTES}",
+            value.len()
+        );
     }
     Ok(())
 }
@@ -131,7 +143,12 @@ impl store::Host for HostState {
         Ok(read.value)
     }
 
-    async fn put(&mut self, collection: String, key: String, value: Vec<u8>) -> wasmtime::Result<()> {
+    async fn put(
+        &mut self,
+        collection: String,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<()> {
         check_name("collection", &collection)?;
         check_name("key", &key)?;
         check_value("store.put", &value)?;
@@ -153,7 +170,12 @@ impl store::Host for HostState {
     async fn list(&mut self, collection: String) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
         check_name("collection", &collection)?;
         let ns = self.ns().to_owned();
-        let stored = self.rt.backend.list(&ns, &collection).await.map_err(backend_error)?;
+        let stored = self
+            .rt
+            .backend
+            .list(&ns, &collection)
+            .await
+            .map_err(backend_error)?;
         let mut merged = std::collections::BTreeMap::new();
         for (key, value, version) in stored {
             self.uow
@@ -172,12 +194,21 @@ impl store::Host for HostState {
     async fn next_id(&mut self, sequence: String) -> wasmtime::Result<u64> {
         check_name("sequence", &sequence)?;
         let ns = self.ns().to_owned();
-        self.rt.backend.next_id(&ns, &sequence).await.map_err(backend_error)
+        self.rt
+            .backend
+            .next_id(&ns, &sequence)
+            .await
+            .map_err(backend_error)
     }
 }
 
 impl events::Host for HostState {
-    async fn publish(&mut self, topic: String, key: String, payload: Vec<u8>) -> wasmtime::Result<()> {
+    async fn publish(
+        &mut self,
+        topic: String,
+        key: String,
+        payload: Vec<u8>,
+    ) -> wasmtime::Result<()> {
         check_name("topic", &topic)?;
         if key.len() > MAX_NAME_BYTES {
             wasmtime::bail!("event key of {} bytes exceeds {MAX_NAME_BYTES}", key.len());

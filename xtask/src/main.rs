@@ -36,7 +36,15 @@ fn main() -> Result<()> {
         "bench" => {
             build()?;
             run(cargo()
-                .args(["run", "--release", "--package", "sktarbucks", "--example", "bench", "--"])
+                .args([
+                    "run",
+                    "--release",
+                    "--package",
+                    "sktarbucks",
+                    "--example",
+                    "bench",
+                    "--",
+                ])
                 .args(&rest))
         }
         _ => {
@@ -91,9 +99,12 @@ fn ensure_wasm_target() -> Result<()> {
 
 fn build_components() -> Result<()> {
     ensure_wasm_target()?;
-    run(cargo()
-        .current_dir(root().join("components"))
-        .args(["build", "--release", "--target", "wasm32-wasip2"]))
+    run(cargo().current_dir(root().join("components")).args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+    ]))
 }
 
 fn build() -> Result<()> {
@@ -126,17 +137,14 @@ fn ensure_redis() -> Result<()> {
 }
 
 fn which(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file()))
 }
 
 fn test(rest: &[String]) -> Result<()> {
     build()?;
     ensure_redis()?;
-    run(cargo()
-        .current_dir(root().join("components"))
-        .args(["test", "--package", "kit"]))?;
+    run(cargo().current_dir(root().join("components")).arg("test"))?;
     run(cargo()
         .args(["test", "--release", "--workspace"])
         .args(rest))

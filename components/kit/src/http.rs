@@ -102,7 +102,7 @@ impl ApiError {
     pub fn no_route(method: &str, path: &str) -> ApiError {
         ApiError::not_found(
             "not_found",
-            format!("no route for {method} {}", echo_str(path)),
+            format!("no route for {} {}", shorten(method), shorten(path)),
         )
     }
 
@@ -116,8 +116,8 @@ impl ApiError {
                 "method_not_allowed",
                 format!(
                     "method {} is not allowed on {}; use {allow}",
-                    echo_str(method),
-                    echo_str(path)
+                    shorten(method),
+                    shorten(path)
                 ),
             )
         }
@@ -221,6 +221,16 @@ pub fn echo_str(s: &str) -> String {
     echo(&serde_json::Value::String(s.to_owned()))
 }
 
+/// `s` as is (a method or path from the host), shortened for a message.
+fn shorten(s: &str) -> String {
+    if s.chars().count() <= MAX_ECHO {
+        s.to_owned()
+    } else {
+        let cut: String = s.chars().take(MAX_ECHO).collect();
+        format!("{cut}…")
+    }
+}
+
 /// `v` rendered as JSON, shortened for echoing in a message.
 pub fn echo(v: &serde_json::Value) -> String {
     let full = v.to_string();
@@ -257,6 +267,10 @@ mod tests {
         assert_eq!(r.status, 405);
         assert_eq!(r.header("allow"), Some("GET"));
         assert_eq!(body(&r)["error"], "method_not_allowed");
+        assert_eq!(
+            body(&r)["message"],
+            "method DELETE is not allowed on /productions/7; use GET"
+        );
     }
 
     #[test]

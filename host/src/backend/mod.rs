@@ -106,11 +106,22 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Apply the handler's unit and acknowledge the delivery, atomically.
     /// `Conflict` means nothing happened and the delivery should be retried.
-    async fn ack(&self, sub: &Subscription, delivery: &Delivery, changes: Changes) -> Result<Commit>;
+    async fn ack(
+        &self,
+        sub: &Subscription,
+        delivery: &Delivery,
+        changes: Changes,
+    ) -> Result<Commit>;
 
     /// Record a failed attempt. With `dead = true`, move the event to the
     /// dead letters and acknowledge it in the same step.
-    async fn fail(&self, sub: &Subscription, delivery: &Delivery, error: &str, dead: bool) -> Result<()>;
+    async fn fail(
+        &self,
+        sub: &Subscription,
+        delivery: &Delivery,
+        error: &str,
+        dead: bool,
+    ) -> Result<()>;
 
     /// Dead letters, newest last.
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>>;

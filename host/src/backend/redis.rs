@@ -115,6 +115,8 @@ pub struct RedisBackend {
     consumer: String,
     /// Entries idle longer than this in a dead consumer's list are taken over.
     claim_idle: Duration,
+    /// Acknowledged entries older than this are trimmed from the streams.
+    retain: Duration,
     blocking: tokio::sync::Mutex<HashMap<String, ConnectionManager>>,
     last_claim: Mutex<HashMap<String, Instant>>,
     commit: Script,
@@ -171,11 +173,20 @@ fn is_nogroup(e: &redis::RedisError) -> bool {
 impl RedisBackend {
     /// Connect to `url`; `prefix` namespaces every key (several deployments
     /// or test runs can share one Redis).
-    pub async fn connect(url: &str, prefix: &str, claim_idle: Duration) -> Result<Self> {
-        let client = redis::Client::open(url).with_context(|| format!("invalid redis url {url:?}"))?;
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config(Duration::from_secs(2)))
-            .await
-            .with_context(|| format!("failed to connect to redis at {url}"))?;
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        claim_idle: Duration,
+        retain: Duration,
+    ) -> Result<Self> {
+        let client =
+            redis::Client::open(url).with_context(|| format!("invalid redis url {url:?}"))?;
+        let conn = ConnectionManager::new_with_config(
+            client.clone(),
+            manager_config(Duration::from_secs(2)),
+        )
+        .await
+        .with_context(|| format!("failed to connect to redis at {url}"))?;
         let consumer = format!(
             "{}-{}-{:08x}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
@@ -188,6 +199,7 @@ impl RedisBackend {
             prefix: prefix.to_owned(),
             consumer,
             claim_idle,
+            retain,
             blocking: tokio::sync::Mutex::default(),
             last_claim: Mutex::default(),
             commit: Script::new(COMMIT_LUA),
@@ -246,7 +258,9 @@ impl RedisBackend {
             match created {
                 Ok(()) => {}
                 Err(e) if e.code() == Some("BUSYGROUP") => {}
-                Err(e) => return Err(anyhow!(e).context(format!("failed to create group on {stream}"))),
+                Err(e) => {
+                    return Err(anyhow!(e).context(format!("failed to create group on {stream}")));
+                }
             }
         }
         Ok(())
@@ -265,6 +279,58 @@ impl RedisBackend {
         .context("failed to open a blocking redis connection")?;
         conns.insert(component.to_owned(), conn.clone());
         Ok(conn)
+    }
+
+    /// Trim `stream` below the oldest entry some group still needs (pending,
+    /// or not yet delivered) and below the retention window. A stream nobody
+    /// has a group on is left alone. Returns the MINID used, if any.
+    pub async fn trim(&self, stream: &str) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await?;
+        let groups = group_infos(&groups);
+        if groups.is_empty() {
+            return Ok(None);
+        }
+        let retain_ms = u64::try_from(self.retain.as_millis()).unwrap_or(u64::MAX);
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let mut floor = StreamPos(now.saturating_sub(retain_ms), 0);
+        for (name, pending, last_delivered) in groups {
+            let needed = if pending > 0 {
+                let summary: Value = redis::cmd("XPENDING")
+                    .arg(stream)
+                    .arg(&name)
+                    .query_async(&mut conn)
+                    .await?;
+                match summary {
+                    Value::Array(parts) => parts
+                        .get(1)
+                        .and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+                        .and_then(|id| StreamPos::parse(&id))
+                        .unwrap_or(StreamPos(0, 0)),
+                    _ => StreamPos(0, 0),
+                }
+            } else {
+                // Everything up to last-delivered is acknowledged; keep the
+                // next one onward (MINID keeps ids >= floor).
+                StreamPos::parse(&last_delivered).map_or(StreamPos(0, 0), StreamPos::next)
+            };
+            floor = floor.min(needed);
+        }
+        if floor == StreamPos(0, 0) {
+            return Ok(None);
+        }
+        let minid = format!("{}-{}", floor.0, floor.1);
+        let _: i64 = redis::cmd("XTRIM")
+            .arg(stream)
+            .arg("MINID")
+            .arg(&minid)
+            .query_async(&mut conn)
+            .await?;
+        Ok(Some(minid))
     }
 
     /// Take over entries that a stopped consumer left pending too long.
@@ -297,7 +363,12 @@ impl RedisBackend {
                 // so an event that kills its host is dead-lettered eventually.
                 let id = self.delivery_id(&stream, &entry);
                 tracing::warn!(component = %sub.component, event_id = %id, "reclaimed an event from a stalled consumer");
-                let _: i64 = conn.hincr(self.attempts_key(&sub.component), &id, 1).await?;
+                let _: i64 = conn
+                    .hincr(self.attempts_key(&sub.component), &id, 1)
+                    .await?;
+            }
+            if let Err(e) = self.trim(&stream).await {
+                tracing::warn!(stream = %stream, error = %format!("{e:#}"), "trimming failed");
             }
         }
         Ok(())
@@ -314,7 +385,11 @@ impl RedisBackend {
         format!("{topic}@{}", entry.id)
     }
 
-    async fn to_deliveries(&self, sub: &Subscription, reply: StreamReadReply) -> Result<Vec<Delivery>> {
+    async fn to_deliveries(
+        &self,
+        sub: &Subscription,
+        reply: StreamReadReply,
+    ) -> Result<Vec<Delivery>> {
         let mut conn = self.conn.clone();
         let mut out = Vec::new();
         for key in reply.keys {
@@ -325,7 +400,8 @@ impl RedisBackend {
                     continue;
                 }
                 let id = self.delivery_id(&key.key, &entry);
-                let failures: Option<u32> = conn.hget(self.attempts_key(&sub.component), &id).await?;
+                let failures: Option<u32> =
+                    conn.hget(self.attempts_key(&sub.component), &id).await?;
                 out.push(Delivery {
                     id,
                     topic: text(&entry, "topic"),
@@ -353,9 +429,14 @@ impl RedisBackend {
     ) -> redis::RedisResult<StreamReadReply> {
         let streams = self.streams_of(sub);
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&sub.component).arg(&self.consumer).arg("COUNT").arg(count);
+        cmd.arg("GROUP")
+            .arg(&sub.component)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
         if let Some(block) = block {
-            cmd.arg("BLOCK").arg(u64::try_from(block.as_millis()).unwrap_or(1).max(1));
+            cmd.arg("BLOCK")
+                .arg(u64::try_from(block.as_millis()).unwrap_or(1).max(1));
         }
         cmd.arg("STREAMS").arg(&streams);
         for _ in &streams {
@@ -365,7 +446,12 @@ impl RedisBackend {
         Ok(reply.unwrap_or_default())
     }
 
-    async fn poll_once(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+    async fn poll_once(
+        &self,
+        sub: &Subscription,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>> {
         self.claim_stalled(sub).await?;
         let mut conn = self.conn.clone();
         // Our own pending entries first: failed ones awaiting retry, claimed ones.
@@ -380,7 +466,8 @@ impl RedisBackend {
             self.read_group(&mut conn, sub, ">", 1, None).await?
         } else {
             let mut blocking = self.blocking_conn(&sub.component, wait).await?;
-            self.read_group(&mut blocking, sub, ">", 1, Some(wait)).await?
+            self.read_group(&mut blocking, sub, ">", 1, Some(wait))
+                .await?
         };
         self.to_deliveries(sub, reply).await
     }
@@ -394,10 +481,13 @@ impl Backend for RedisBackend {
 
     async fn ready(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        let pong: String = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async(&mut conn))
-            .await
-            .map_err(|_| anyhow!("redis did not answer PING within 1 s"))?
-            .context("redis is unreachable")?;
+        let pong: String = tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| anyhow!("redis did not answer PING within 1 s"))?
+        .context("redis is unreachable")?;
         if pong != "PONG" {
             bail!("unexpected PING reply {pong:?}");
         }
@@ -458,7 +548,10 @@ impl Backend for RedisBackend {
 
     async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         match self.poll_once(sub, max, wait).await {
-            Err(e) if e.downcast_ref::<redis::RedisError>().is_some_and(is_nogroup) => {
+            Err(e)
+                if e.downcast_ref::<redis::RedisError>()
+                    .is_some_and(is_nogroup) =>
+            {
                 // Redis lost its data (restart without persistence): recreate and go on.
                 tracing::warn!(component = %sub.component, "consumer group missing; recreating it");
                 self.ensure_groups(sub).await?;
@@ -468,11 +561,22 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn ack(&self, sub: &Subscription, delivery: &Delivery, changes: Changes) -> Result<Commit> {
+    async fn ack(
+        &self,
+        sub: &Subscription,
+        delivery: &Delivery,
+        changes: Changes,
+    ) -> Result<Commit> {
         self.run_commit(&changes, Some((sub, delivery))).await
     }
 
-    async fn fail(&self, sub: &Subscription, delivery: &Delivery, error: &str, dead: bool) -> Result<()> {
+    async fn fail(
+        &self,
+        sub: &Subscription,
+        delivery: &Delivery,
+        error: &str,
+        dead: bool,
+    ) -> Result<()> {
         let Cursor::Stream { stream, entry } = &delivery.cursor else {
             bail!("not a redis delivery");
         };
@@ -561,27 +665,80 @@ impl Backend for RedisBackend {
     }
 }
 
+/// A stream entry id, ordered like Redis orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamPos(u64, u64);
+
+impl StreamPos {
+    fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-')?;
+        Some(Self(ms.parse().ok()?, seq.parse().ok()?))
+    }
+
+    fn next(self) -> Self {
+        Self(self.0, self.1.saturating_add(1))
+    }
+}
+
+/// (name, pending, last-delivered-id) of every group in an `XINFO GROUPS` reply.
+fn group_infos(groups: &Value) -> Vec<(String, u64, String)> {
+    let Value::Array(groups) = groups else {
+        return Vec::new();
+    };
+    groups
+        .iter()
+        .filter_map(|info| {
+            let pairs = info_pairs(info);
+            let get = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            };
+            let name = redis::from_redis_value::<String>(get("name")?).ok()?;
+            let pending = get("pending")
+                .and_then(|v| redis::from_redis_value::<u64>(v).ok())
+                .unwrap_or(0);
+            let last = redis::from_redis_value::<String>(get("last-delivered-id")?).ok()?;
+            Some((name, pending, last))
+        })
+        .collect()
+}
+
+fn info_pairs(info: &Value) -> Vec<(String, Value)> {
+    match info {
+        Value::Map(m) => m
+            .iter()
+            .filter_map(|(k, v)| {
+                redis::from_redis_value::<String>(k.clone())
+                    .ok()
+                    .map(|k| (k, v.clone()))
+            })
+            .collect(),
+        Value::Array(flat) => flat
+            .chunks(2)
+            .filter_map(|kv| {
+                let k = redis::from_redis_value::<String>(kv.first()?.clone()).ok()?;
+                Some((k, kv.get(1)?.clone()))
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// `pending + lag` of `group` in an `XINFO GROUPS` reply.
 fn group_backlog(groups: &Value, group: &str) -> u64 {
     let Value::Array(groups) = groups else {
         return 0;
     };
     for info in groups {
-        let pairs: Vec<(String, Value)> = match info {
-            Value::Map(m) => m
+        let pairs = info_pairs(info);
+        let get = |name: &str| {
+            pairs
                 .iter()
-                .filter_map(|(k, v)| redis::from_redis_value::<String>(k.clone()).ok().map(|k| (k, v.clone())))
-                .collect(),
-            Value::Array(flat) => flat
-                .chunks(2)
-                .filter_map(|kv| {
-                    let k = redis::from_redis_value::<String>(kv.first()?.clone()).ok()?;
-                    Some((k, kv.get(1)?.clone()))
-                })
-                .collect(),
-            _ => continue,
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
         };
-        let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
         let is_ours = get("name")
             .and_then(|v| redis::from_redis_value::<String>(v).ok())
             .is_some_and(|n| n == group);
@@ -599,7 +756,11 @@ fn group_backlog(groups: &Value, group: &str) -> u64 {
 }
 
 impl RedisBackend {
-    async fn run_commit(&self, changes: &Changes, ack: Option<(&Subscription, &Delivery)>) -> Result<Commit> {
+    async fn run_commit(
+        &self,
+        changes: &Changes,
+        ack: Option<(&Subscription, &Delivery)>,
+    ) -> Result<Commit> {
         let mut invocation = self.commit.prepare_invoke();
         invocation.arg(changes.reads.len());
         for (key, version) in &changes.reads {

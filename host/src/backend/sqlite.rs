@@ -178,9 +178,8 @@ impl SqliteBackend {
 /// Returns false (caller rolls back) when a read is stale.
 fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
     {
-        let mut version_of = tx.prepare_cached(
-            "SELECT version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3",
-        )?;
+        let mut version_of =
+            tx.prepare_cached("SELECT version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3")?;
         for (key, seen) in &changes.reads {
             let current: u64 = version_of
                 .query_row(params![key.ns, key.collection, key.key], |r| r.get(0))
@@ -214,7 +213,13 @@ fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
         )?;
         let now = now_ms();
         for event in &changes.events {
-            append.execute(params![event.topic, event.key, event.payload, event.source, now])?;
+            append.execute(params![
+                event.topic,
+                event.key,
+                event.payload,
+                event.source,
+                now
+            ])?;
         }
     }
     Ok(true)
@@ -286,7 +291,9 @@ impl Backend for SqliteBackend {
              WHERE ns = ?1 AND coll = ?2 AND value IS NOT NULL ORDER BY key",
         )?;
         let rows = stmt
-            .query_map(params![ns, collection], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .query_map(params![ns, collection], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -342,14 +349,17 @@ impl Backend for SqliteBackend {
         self.pending(sub, max)
     }
 
-    async fn ack(&self, sub: &Subscription, delivery: &Delivery, changes: Changes) -> Result<Commit> {
+    async fn ack(
+        &self,
+        sub: &Subscription,
+        delivery: &Delivery,
+        changes: Changes,
+    ) -> Result<Commit> {
         let has_events = !changes.events.is_empty();
         let subscriber = sub.component.clone();
         let cursor = delivery.cursor.clone();
         let outcome = self
-            .write_checked(move |tx| {
-                Ok(apply(tx, &changes)? && advance(tx, &subscriber, &cursor)?)
-            })
+            .write_checked(move |tx| Ok(apply(tx, &changes)? && advance(tx, &subscriber, &cursor)?))
             .await?;
         if has_events && outcome == Commit::Applied {
             self.appended.notify_waiters();
@@ -357,7 +367,13 @@ impl Backend for SqliteBackend {
         Ok(outcome)
     }
 
-    async fn fail(&self, sub: &Subscription, delivery: &Delivery, error: &str, dead: bool) -> Result<()> {
+    async fn fail(
+        &self,
+        sub: &Subscription,
+        delivery: &Delivery,
+        error: &str,
+        dead: bool,
+    ) -> Result<()> {
         let subscriber = sub.component.clone();
         let cursor = delivery.cursor.clone();
         let error = error.to_owned();
@@ -480,7 +496,8 @@ impl SqliteBackend {
                  FROM replays r JOIN events e ON e.seq = r.seq
                  WHERE r.subscriber = ?1 ORDER BY r.seq LIMIT ?2",
             )?;
-            let rows = replays.query_map(params![sub.component, limit], |r| row_to_delivery(r, true))?;
+            let rows =
+                replays.query_map(params![sub.component, limit], |r| row_to_delivery(r, true))?;
             for row in rows {
                 out.push(row?);
             }

@@ -23,7 +23,10 @@ const BATCH: usize = 16;
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
 /// Start a dispatcher for every loaded component that subscribes to something.
-pub async fn spawn_all(rt: &Arc<Runtime>, shutdown: watch::Receiver<bool>) -> Result<Vec<JoinHandle<()>>> {
+pub async fn spawn_all(
+    rt: &Arc<Runtime>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::new();
     for loaded in rt.registry.all() {
         let topics = rt.subscriptions(&loaded).await?;
@@ -92,7 +95,9 @@ async fn deliver(
         return false;
     };
     let span = tracing::info_span!("event", component = %sub.component, event_id = %delivery.id, topic = %delivery.topic, attempt = delivery.attempt);
-    handle(rt, sub, delivery, shutdown, loaded).instrument(span).await
+    handle(rt, sub, delivery, shutdown, loaded)
+        .instrument(span)
+        .await
 }
 
 async fn handle(

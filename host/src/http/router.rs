@@ -28,7 +28,8 @@ impl Router {
             .find(|(prefix, _)| {
                 prefix == "/"
                     || path == prefix
-                    || (path.starts_with(prefix.as_str()) && path.as_bytes().get(prefix.len()) == Some(&b'/'))
+                    || (path.starts_with(prefix.as_str())
+                        && path.as_bytes().get(prefix.len()) == Some(&b'/'))
             })
             .map(|(_, name)| name.as_str())
     }

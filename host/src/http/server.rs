@@ -105,7 +105,10 @@ impl App {
             return reply::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                format!("no route for {path}; routes: {}", self.router.prefixes().join(", ")),
+                format!(
+                    "no route for {path}; routes: {}",
+                    self.router.prefixes().join(", ")
+                ),
             );
         };
         let Some(loaded) = self.rt.registry.get(name) else {
@@ -120,7 +123,11 @@ impl App {
         self.invoke(loaded, req).instrument(span).await
     }
 
-    async fn invoke(&self, loaded: Arc<crate::registry::Loaded>, req: Request<Incoming>) -> Response<Body> {
+    async fn invoke(
+        &self,
+        loaded: Arc<crate::registry::Loaded>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
         let limit = self.rt.config.max_body_bytes;
         let too_large = || {
             reply::error(
@@ -140,7 +147,12 @@ impl App {
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return too_large(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return too_large();
+            }
             Err(e) => {
                 return reply::error(
                     StatusCode::BAD_REQUEST,
@@ -173,7 +185,10 @@ impl App {
                 reply::error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
-                    format!("{name} did not answer within {} ms; nothing was saved", budget.as_millis()),
+                    format!(
+                        "{name} did not answer within {} ms; nothing was saved",
+                        budget.as_millis()
+                    ),
                 )
             }
             HttpFailure::Invoke(Failure::Backend(reason)) | HttpFailure::Commit(reason) => {
@@ -181,7 +196,9 @@ impl App {
                 reply::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "backend_unavailable",
-                    format!("the state backend is unavailable ({reason}); nothing was saved, retry later"),
+                    format!(
+                        "the state backend is unavailable ({reason}); nothing was saved, retry later"
+                    ),
                 )
             }
             HttpFailure::Invoke(failure) => {
@@ -189,7 +206,9 @@ impl App {
                 reply::error(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "component_failed",
-                    format!("{name} failed while handling the request ({failure}); nothing was saved"),
+                    format!(
+                        "{name} failed while handling the request ({failure}); nothing was saved"
+                    ),
                 )
             }
             HttpFailure::Contended(attempts) => {
@@ -197,7 +216,9 @@ impl App {
                 let mut response = reply::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "contended",
-                    format!("the data changed concurrently {attempts} times in a row; nothing was saved, retry"),
+                    format!(
+                        "the data changed concurrently {attempts} times in a row; nothing was saved, retry"
+                    ),
                 );
                 response
                     .headers_mut()
@@ -250,10 +271,10 @@ fn to_hyper(response: bindings::Response) -> Response<Body> {
     let mut out = Response::new(Full::new(Bytes::from(response.body)));
     *out.status_mut() = status;
     for (name, value) in response.headers {
-        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-            if name != CONTENT_LENGTH {
-                out.headers_mut().append(name, value);
-            }
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value))
+            && name != CONTENT_LENGTH
+        {
+            out.headers_mut().append(name, value);
         }
     }
     out

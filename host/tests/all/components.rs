@@ -52,7 +52,14 @@ async fn cafe_registers_with_a_string_id_and_reposting_upserts(kind: Kind) {
     let (status, list) = h.client.get("/cafes").await;
     assert_eq!(status, 200);
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
-    let (status, body) = h.client.send("POST", "/cafes", json!({"cafeNm": "latte", "chkDate": "210714", "pcnt": 3})).await;
+    let (status, body) = h
+        .client
+        .send(
+            "POST",
+            "/cafes",
+            json!({"cafeNm": "latte", "chkDate": "210714", "pcnt": 3}),
+        )
+        .await;
     assert_eq!(status, 201, "{body}");
     assert!(body["cafeId"].as_u64().is_some_and(|id| id != 99), "{body}");
     h.stop().await;
@@ -67,13 +74,22 @@ async fn cafe_rejects_bad_input_with_clear_messages(kind: Kind) {
         (Some("{not json"), "json"),
         (Some("[1,2]"), "object"),
         (Some(r#"{"cafeNm":"a","chkDate":"1","pcnt":-1}"#), "pcnt"),
-        (Some(r#"{"cafeNm":"a","chkDate":"1","pcnt":"many"}"#), "pcnt"),
+        (
+            Some(r#"{"cafeNm":"a","chkDate":"1","pcnt":"many"}"#),
+            "pcnt",
+        ),
         (Some(r#"{"cafeNm":"a","chkDate":"1","pcnt":1.5}"#), "pcnt"),
         (Some(r#"{"chkDate":"1","pcnt":1}"#), "cafeNm"),
         (Some(r#"{"cafeNm":"  ","chkDate":"1","pcnt":1}"#), "cafeNm"),
         (Some(r#"{"cafeNm":"a","pcnt":1}"#), "chkDate"),
-        (Some(r#"{"cafeId":"x9","cafeNm":"a","chkDate":"1","pcnt":1}"#), "cafeId"),
-        (Some(r#"{"cafeId":0,"cafeNm":"a","chkDate":"1","pcnt":1}"#), "cafeId"),
+        (
+            Some(r#"{"cafeId":"x9","cafeNm":"a","chkDate":"1","pcnt":1}"#),
+            "cafeId",
+        ),
+        (
+            Some(r#"{"cafeId":0,"cafeNm":"a","chkDate":"1","pcnt":1}"#),
+            "cafeId",
+        ),
     ];
     for (body, needle) in cases {
         let (status, reply) = h.client.raw("POST", "/cafes", *body).await;
@@ -100,7 +116,11 @@ async fn cafe_delete_is_final_and_announced_once(kind: Kind) {
     assert_error(status, &body, 404, "5");
     let (status, body) = h
         .client
-        .send("POST", "/cafes", json!({"cafeId": 5, "cafeNm": "again", "chkDate": "1", "pcnt": 1}))
+        .send(
+            "POST",
+            "/cafes",
+            json!({"cafeId": 5, "cafeNm": "again", "chkDate": "1", "pcnt": 1}),
+        )
         .await;
     assert_error(status, &body, 409, "deleted");
     assert_eq!(h.count_events("cafe.deleted").await, 1);
@@ -118,14 +138,25 @@ async fn ordering_reserves_stock_synchronously_and_refuses_what_it_cannot_serve(
     assert_eq!(body["status"], "REQUESTED");
     let (status, body) = h
         .client
-        .send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 5, "qty": 2}))
+        .send(
+            "POST",
+            "/orders",
+            json!({"custNm": "Kim", "cafeId": 5, "qty": 2}),
+        )
         .await;
     assert_error(status, &body, 409, "left");
-    let (status, body) = h.client.send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 77})).await;
+    let (status, body) = h
+        .client
+        .send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 77}))
+        .await;
     assert_error(status, &body, 404, "77");
     let (status, body) = h
         .client
-        .send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 5, "cafeNm": "Latte"}))
+        .send(
+            "POST",
+            "/orders",
+            json!({"custNm": "Kim", "cafeId": 5, "cafeNm": "Latte"}),
+        )
         .await;
     assert_error(status, &body, 409, "Latte");
     for (bad, needle) in [
@@ -151,17 +182,40 @@ async fn cancelling_is_idempotent_and_publishes_once(kind: Kind) {
     cafe(&h, 5, 10).await;
     let id = order(&h, 5).await;
     let seed = json!({"custNm":"Hwang","cafeId":5,"cafeNm":"Coldbrew","chkDate":"20210713","status":"CANCELED"});
-    let (status, body) = h.client.send("PUT", &format!("/orders/{id}"), seed.clone()).await;
+    let (status, body) = h
+        .client
+        .send("PUT", &format!("/orders/{id}"), seed.clone())
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "CANCELED");
-    let (status, _) = h.client.send("PUT", &format!("/orders/{id}"), json!({"status": "CANCELED"})).await;
+    let (status, _) = h
+        .client
+        .send(
+            "PUT",
+            &format!("/orders/{id}"),
+            json!({"status": "CANCELED"}),
+        )
+        .await;
     assert_eq!(status, 200);
-    let (status, _) = h.client.raw("POST", &format!("/orders/{id}/cancel"), None).await;
+    let (status, _) = h
+        .client
+        .raw("POST", &format!("/orders/{id}/cancel"), None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(h.count_events("order.canceled").await, 1);
-    let (status, body) = h.client.send("PUT", &format!("/orders/{id}"), json!({"status": "ORDERED"})).await;
+    let (status, body) = h
+        .client
+        .send(
+            "PUT",
+            &format!("/orders/{id}"),
+            json!({"status": "ORDERED"}),
+        )
+        .await;
     assert_error(status, &body, 400, "CANCELED");
-    let (status, body) = h.client.send("PUT", "/orders/999", json!({"status": "CANCELED"})).await;
+    let (status, body) = h
+        .client
+        .send("PUT", "/orders/999", json!({"status": "CANCELED"}))
+        .await;
     assert_error(status, &body, 404, "999");
     h.drain().await;
     assert_eq!(pcnt(&h, 5).await, 10, "stock comes back once");
@@ -173,8 +227,12 @@ async fn a_duplicated_cancel_event_restores_stock_once(kind: Kind) {
     let h = Harness::start(kind).await;
     cafe(&h, 5, 10).await;
     let id = order(&h, 5).await;
-    let (_, canceled) = h.client.raw("POST", &format!("/orders/{id}/cancel"), None).await;
-    h.inject("order", "order.canceled", &id.to_string(), canceled.clone()).await;
+    let (_, canceled) = h
+        .client
+        .raw("POST", &format!("/orders/{id}/cancel"), None)
+        .await;
+    h.inject("order", "order.canceled", &id.to_string(), canceled.clone())
+        .await;
     h.drain_one("cafe").await;
     assert_eq!(pcnt(&h, 5).await, 10);
     h.stop().await;
@@ -200,22 +258,26 @@ async fn an_order_becomes_ordered_once_production_registers_it(kind: Kind) {
 /// production: a cancel seen before the request still ends CANCELED; duplicates register once.
 async fn production_is_order_insensitive_and_idempotent(kind: Kind) {
     let h = Harness::start(kind).await;
-    let snapshot = |status: &str, version: u64| {
-        json!({"id": 41, "custNm": "Lee", "cafeId": 3, "cafeNm": "Mocha", "chkDate": "1", "qty": 1, "status": status, "version": version})
-    };
+    let snapshot = |status: &str, version: u64| json!({"id": 41, "custNm": "Lee", "cafeId": 3, "cafeNm": "Mocha", "chkDate": "1", "qty": 1, "status": status, "version": version});
     // The cancel is delivered first (possible on Redis, where topics are separate streams).
-    h.inject("order", "order.canceled", "41", snapshot("CANCELED", 2)).await;
+    h.inject("order", "order.canceled", "41", snapshot("CANCELED", 2))
+        .await;
     h.drain_one("production").await;
     h.drain_one("mypage").await;
-    h.inject("order", "order.requested", "41", snapshot("REQUESTED", 1)).await;
-    h.inject("order", "order.requested", "41", snapshot("REQUESTED", 1)).await;
+    h.inject("order", "order.requested", "41", snapshot("REQUESTED", 1))
+        .await;
+    h.inject("order", "order.requested", "41", snapshot("REQUESTED", 1))
+        .await;
     h.drain_one("production").await;
     h.drain_one("mypage").await;
     let (_, list) = h.client.get("/productions").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list[0]["status"], "CANCELED", "{list}");
     let (_, view) = h.client.get("/myPages/41").await;
-    assert_eq!(view["status"], "CANCELED", "older snapshot must not win: {view}");
+    assert_eq!(
+        view["status"], "CANCELED",
+        "older snapshot must not win: {view}"
+    );
     assert_eq!(h.count_events("production.registered").await, 0);
     h.stop().await;
 }
@@ -228,23 +290,34 @@ async fn deleting_a_menu_item_force_cancels_its_orders_and_productions(kind: Kin
     let a = order(&h, 5).await;
     let b = order(&h, 5).await;
     let other = order(&h, 6).await;
-    h.client.raw("POST", &format!("/orders/{b}/cancel"), None).await;
+    h.client
+        .raw("POST", &format!("/orders/{b}/cancel"), None)
+        .await;
     h.drain().await;
     h.client.raw("DELETE", "/cafes/5", None).await;
     h.drain().await;
     let (_, oa) = h.client.get(&format!("/orders/{a}")).await;
     assert_eq!(oa["status"], "FORCE_CANCELED", "{oa}");
     let (_, ob) = h.client.get(&format!("/orders/{b}")).await;
-    assert_eq!(ob["status"], "CANCELED", "a canceled order stays canceled: {ob}");
+    assert_eq!(
+        ob["status"], "CANCELED",
+        "a canceled order stays canceled: {ob}"
+    );
     let (_, oo) = h.client.get(&format!("/orders/{other}")).await;
     assert_eq!(oo["status"], "ORDERED");
     let (_, pa) = h.client.get(&format!("/productions/{a}")).await;
     assert_eq!(pa["status"], "FORCE_CANCELED", "{pa}");
     let (_, view) = h.client.get(&format!("/myPages/{a}")).await;
     assert_eq!(view["status"], "FORCE_CANCELED", "{view}");
-    let (status, body) = h.client.raw("POST", &format!("/orders/{a}/cancel"), None).await;
+    let (status, body) = h
+        .client
+        .raw("POST", &format!("/orders/{a}/cancel"), None)
+        .await;
     assert_error(status, &body, 409, "force");
-    let (status, body) = h.client.send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 5})).await;
+    let (status, body) = h
+        .client
+        .send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 5}))
+        .await;
     assert_error(status, &body, 404, "5");
     // A request that raced the delete is force-canceled by production too.
     h.inject("order", "order.requested", "900", json!({"id": 900, "custNm": "Z", "cafeId": 5, "cafeNm": "Coldbrew", "chkDate": "1", "qty": 1, "status": "REQUESTED", "version": 1})).await;
@@ -259,7 +332,10 @@ async fn mypage_lists_filters_and_refuses_writes(kind: Kind) {
     let h = Harness::start(kind).await;
     cafe(&h, 5, 10).await;
     order(&h, 5).await;
-    let (_, _) = h.client.send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 5})).await;
+    let (_, _) = h
+        .client
+        .send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 5}))
+        .await;
     h.drain().await;
     let (_, all) = h.client.get("/myPages").await;
     assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");

@@ -24,17 +24,32 @@ async fn field_is(client: &Client, path: &str, field: &str, want: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_eleven_step_scenario_runs_over_http_against_the_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let host = Host::start(dir.path(), &manifest(dir.path(), ""), &["--listen", "127.0.0.1:0"]);
+    let host = Host::start(
+        dir.path(),
+        &manifest(dir.path(), ""),
+        &["--listen", "127.0.0.1:0"],
+    );
     eleven_steps(&host.client).await;
 }
 
 /// The scenario itself, shared with the Redis variant.
 pub async fn eleven_steps(c: &Client) {
-
     // 1. The owner registers menu items (the seed's body, id as a string).
-    let (s, b) = c.raw("POST", "/cafes", Some(r#"{"cafeId":"99","cafeNm":"coffee","chkDate":"210713","pcnt":20}"#)).await;
+    let (s, b) = c
+        .raw(
+            "POST",
+            "/cafes",
+            Some(r#"{"cafeId":"99","cafeNm":"coffee","chkDate":"210713","pcnt":20}"#),
+        )
+        .await;
     assert_eq!(s, 201, "{b}");
-    let (s, b) = c.raw("POST", "/cafes", Some(r#"{"cafeId":"5","cafeNm":"Coldbrew","chkDate":"20210713","pcnt":3}"#)).await;
+    let (s, b) = c
+        .raw(
+            "POST",
+            "/cafes",
+            Some(r#"{"cafeId":"5","cafeNm":"Coldbrew","chkDate":"20210713","pcnt":3}"#),
+        )
+        .await;
     assert_eq!(s, 201, "{b}");
 
     // 2. Customers order (the seed's body, twice: the seed cancels order 2).
@@ -43,12 +58,21 @@ pub async fn eleven_steps(c: &Client) {
     assert_eq!(s, 201, "{first}");
     let (s, second) = c.raw("POST", "/orders", Some(seed_order)).await;
     assert_eq!(s, 201, "{second}");
-    assert_eq!((first["id"].clone(), second["id"].clone()), (json!(1), json!(2)));
+    assert_eq!(
+        (first["id"].clone(), second["id"].clone()),
+        (json!(1), json!(2))
+    );
 
     // 3. Stock went down synchronously; a sold-out order is refused.
     let (_, cafe) = c.get("/cafes/5").await;
     assert_eq!(cafe["pcnt"], 1, "{cafe}");
-    let (s, b) = c.raw("POST", "/orders", Some(r#"{"custNm":"Kim","cafeId":5,"qty":2}"#)).await;
+    let (s, b) = c
+        .raw(
+            "POST",
+            "/orders",
+            Some(r#"{"custNm":"Kim","cafeId":5,"qty":2}"#),
+        )
+        .await;
     assert_eq!((s, b["error"].clone()), (409, json!("sold_out")), "{b}");
 
     // 4. + 5. Production registers the orders; the orders become ORDERED.
@@ -76,7 +100,10 @@ pub async fn eleven_steps(c: &Client) {
     field_is(c, "/productions/1", "status", "FORCE_CANCELED").await;
     field_is(c, "/orders/1", "status", "FORCE_CANCELED").await;
     let (_, canceled) = c.get("/orders/2").await;
-    assert_eq!(canceled["status"], "CANCELED", "a canceled order stays canceled");
+    assert_eq!(
+        canceled["status"], "CANCELED",
+        "a canceled order stays canceled"
+    );
 
     // 11. The customer's page shows each order's progress.
     field_is(c, "/myPages/1", "status", "FORCE_CANCELED").await;
@@ -85,7 +112,11 @@ pub async fn eleven_steps(c: &Client) {
     assert_eq!(s, 200);
     assert_eq!(pages.as_array().map(Vec::len), Some(2), "{pages}");
     let (s, lists) = c.get("/cafes").await;
-    assert_eq!((s, lists.as_array().map(Vec::len)), (200, Some(1)), "{lists}");
+    assert_eq!(
+        (s, lists.as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{lists}"
+    );
     let (s, b) = c.get("/orders/999").await;
     assert_eq!(s, 404, "{b}");
 }
@@ -96,10 +127,17 @@ pub async fn eleven_steps(c: &Client) {
 async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Durable commits make dispatch slow enough that the kill lands mid-stream.
-    let text = manifest(dir.path(), "").replace("synchronous = \"normal\"", "synchronous = \"full\"");
+    let text =
+        manifest(dir.path(), "").replace("synchronous = \"normal\"", "synchronous = \"full\"");
     let mut host = Host::start(dir.path(), &text, &["--listen", "127.0.0.1:0"]);
     let c = host.client.clone();
-    let (s, _) = c.send("POST", "/cafes", json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 1000})).await;
+    let (s, _) = c
+        .send(
+            "POST",
+            "/cafes",
+            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 1000}),
+        )
+        .await;
     assert_eq!(s, 201);
     let mut ids = Vec::new();
     for chunk in 0..6 {
@@ -107,7 +145,12 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
             .map(|i| {
                 let c = c.clone();
                 tokio::spawn(async move {
-                    c.send("POST", "/orders", json!({"custNm": format!("c{chunk}-{i}"), "cafeId": 1, "qty": 2})).await
+                    c.send(
+                        "POST",
+                        "/orders",
+                        json!({"custNm": format!("c{chunk}-{i}"), "cafeId": 1, "qty": 2}),
+                    )
+                    .await
                 })
             })
             .collect();
@@ -123,9 +166,15 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
         assert_eq!(s, 200, "{b}");
     }
     let (_, ready) = c.get("/health/ready").await;
-    let pending: u64 = ready["lag"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(0);
+    let pending: u64 = ready["lag"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
     host.kill();
-    eprintln!("killed with {pending} undelivered deliveries pending: {}", ready["lag"]);
+    eprintln!(
+        "killed with {pending} undelivered deliveries pending: {}",
+        ready["lag"]
+    );
 
     let host = Host::start(dir.path(), &text, &["--listen", "127.0.0.1:0"]);
     let c = host.client.clone();
@@ -143,33 +192,53 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
         (cafe["pcnt"] == json!(1000 - 2 * kept)).then_some(())
     })
     .await;
-    eventually("productions and pages settled", Duration::from_secs(60), || async {
-        let (_, prods) = c.get("/productions").await;
-        let (_, pages) = c.get("/myPages").await;
-        let prods = prods.as_array()?.clone();
-        let pages = pages.as_array()?.clone();
-        let prod_canceled = prods.iter().filter(|p| p["status"] == "CANCELED").count();
-        let page_canceled = pages.iter().filter(|p| p["status"] == "CANCELED").count();
-        (prods.len() == ids.len() && prod_canceled == canceled.len() && pages.len() == ids.len() && page_canceled == canceled.len())
+    eventually(
+        "productions and pages settled",
+        Duration::from_secs(60),
+        || async {
+            let (_, prods) = c.get("/productions").await;
+            let (_, pages) = c.get("/myPages").await;
+            let prods = prods.as_array()?.clone();
+            let pages = pages.as_array()?.clone();
+            let prod_canceled = prods.iter().filter(|p| p["status"] == "CANCELED").count();
+            let page_canceled = pages.iter().filter(|p| p["status"] == "CANCELED").count();
+            (prods.len() == ids.len()
+                && prod_canceled == canceled.len()
+                && pages.len() == ids.len()
+                && page_canceled == canceled.len())
             .then_some(())
-    })
+        },
+    )
     .await;
     let (_, ready) = c.get("/health/ready").await;
-    let lag: u64 = ready["lag"].as_object().map(|m| m.values().filter_map(Value::as_u64).sum()).unwrap_or(1);
+    let lag: u64 = ready["lag"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(1);
     assert_eq!(lag, 0, "{ready}");
     // Exactly once: count the effects' own events in the log.
     let db = rusqlite::Connection::open(dir.path().join("sktarbucks.db")).expect("db opens");
     let mut per_key: HashMap<(String, String), u32> = HashMap::new();
     let mut released_orders: HashMap<String, u32> = HashMap::new();
-    let mut stmt = db.prepare("SELECT topic, key, payload FROM events").expect("prepare");
+    let mut stmt = db
+        .prepare("SELECT topic, key, payload FROM events")
+        .expect("prepare");
     let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
         .expect("query");
     for row in rows {
         let (topic, key, payload) = row.expect("row");
         if topic == "cafe.stock-released" {
             let payload: Value = serde_json::from_slice(&payload).expect("json payload");
-            *released_orders.entry(payload["orderId"].to_string()).or_default() += 1;
+            *released_orders
+                .entry(payload["orderId"].to_string())
+                .or_default() += 1;
         } else if topic.starts_with("order.") || topic.starts_with("production.") {
             *per_key.entry((topic, key)).or_default() += 1;
         }
@@ -177,6 +246,13 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
     for ((topic, key), n) in &per_key {
         assert_eq!(*n, 1, "{topic} for {key} appeared {n} times");
     }
-    assert_eq!(released_orders.len(), canceled.len(), "each cancel released stock");
-    assert!(released_orders.values().all(|n| *n == 1), "stock released twice: {released_orders:?}");
+    assert_eq!(
+        released_orders.len(),
+        canceled.len(),
+        "each cancel released stock"
+    );
+    assert!(
+        released_orders.values().all(|n| *n == 1),
+        "stock released twice: {released_orders:?}"
+    );
 }

@@ -28,8 +28,14 @@ async fn a_memory_bomb_fails_only_its_own_invocation(kind: Kind) {
     assert_eq!(status, 500, "{body}");
     let (status, _) = h.client.get("/orders").await;
     assert_eq!(status, 200);
-    let (status, _) = h.client.raw("POST", "/faulty/write?key=after", Some("ok")).await;
-    assert_eq!(status, 200, "the faulty component itself recovers on a fresh instance");
+    let (status, _) = h
+        .client
+        .raw("POST", "/faulty/write?key=after", Some("ok"))
+        .await;
+    assert_eq!(
+        status, 200,
+        "the faulty component itself recovers on a fresh instance"
+    );
     h.stop().await;
 }
 
@@ -47,14 +53,23 @@ async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on(kind: Kind)
         ..Default::default()
     };
     h.backend.commit(changes).await.expect("commit");
-    h.inject("test", "faulty.happened", "after", json!("fine")).await;
+    h.inject("test", "faulty.happened", "after", json!("fine"))
+        .await;
     h.drain_one("faulty").await;
     let letters = h.backend.dead_letters().await.expect("dead letters");
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].attempts, 3);
-    assert!(letters[0].error.contains("poison pill"), "{}", letters[0].error);
+    assert!(
+        letters[0].error.contains("poison pill"),
+        "{}",
+        letters[0].error
+    );
     let (_, seen) = h.client.get("/faulty/seen").await;
-    assert_eq!(seen.as_array().map(Vec::len), Some(2), "the first and the later event were handled: {seen}");
+    assert_eq!(
+        seen.as_array().map(Vec::len),
+        Some(2),
+        "the first and the later event were handled: {seen}"
+    );
     // Replay puts it back; it fails again and returns to the dead letters.
     assert!(h.backend.replay(&letters[0].id).await.expect("replay"));
     assert!(h.backend.dead_letters().await.expect("dl").is_empty());
@@ -94,7 +109,13 @@ async fn oversized_bodies_and_unknown_routes_get_json_errors(kind: Kind) {
     assert_eq!(body["error"], "payload_too_large");
     let (status, body) = h.client.get("/nowhere").await;
     assert_eq!(status, 404);
-    assert!(body["message"].as_str().unwrap_or_default().contains("/orders"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/orders"),
+        "{body}"
+    );
     let (status, body) = h.client.get("/health/ready").await;
     assert_eq!(status, 200, "{body}");
     h.stop().await;

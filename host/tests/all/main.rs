@@ -5,5 +5,6 @@ mod components;
 mod e2e;
 mod faults;
 mod redis_hosts;
+mod redis_streams;
 mod support;
 mod unit_of_work;

@@ -16,18 +16,35 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// stalled for 7 s in a dead consumer are reclaimed.
 fn redis_manifest(dir: &std::path::Path, prefix: &str) -> String {
     manifest(dir, "")
-        .replacen("listen = ", &format!("redis_prefix = \"{prefix}\"\nlisten = "), 1)
-        .replace("backoff_max_ms = 100", "backoff_max_ms = 100\nclaim_idle_ms = 7000")
+        .replacen(
+            "listen = ",
+            &format!("redis_prefix = \"{prefix}\"\nlisten = "),
+            1,
+        )
+        .replace(
+            "backoff_max_ms = 100",
+            "backoff_max_ms = 100\nclaim_idle_ms = 7000",
+        )
 }
 
 fn start(dir: &std::path::Path, prefix: &str, redis: &RedisServer) -> Host {
-    Host::start(dir, &redis_manifest(dir, prefix), &["--listen", "127.0.0.1:0", "--redis", &redis.url])
+    Host::start(
+        dir,
+        &redis_manifest(dir, prefix),
+        &["--listen", "127.0.0.1:0", "--redis", &redis.url],
+    )
 }
 
 async fn xrange(redis: &RedisServer, stream: &str) -> Vec<HashMap<String, Value>> {
     let client = redis::Client::open(redis.url.as_str()).expect("client");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("conn");
-    let reply: redis::streams::StreamRangeReply = redis::AsyncCommands::xrange_all(&mut conn, stream).await.expect("xrange");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let reply: redis::streams::StreamRangeReply =
+        redis::AsyncCommands::xrange_all(&mut conn, stream)
+            .await
+            .expect("xrange");
     reply
         .ids
         .iter()
@@ -39,7 +56,10 @@ async fn xrange(redis: &RedisServer, stream: &str) -> Vec<HashMap<String, Value>
                         redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
                         other => format!("{other:?}"),
                     };
-                    (k.clone(), serde_json::from_str(&text).unwrap_or(Value::String(text)))
+                    (
+                        k.clone(),
+                        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                    )
                 })
                 .collect()
         })
@@ -86,16 +106,35 @@ async fn two_hosts_share_one_redis_with_exact_effects() {
         return;
     }
     let redis = RedisServer::start();
-    let (da, db) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
     let a = start(da.path(), "pair", &redis);
     let b = start(db.path(), "pair", &redis);
-    let (s, body) = a.client.send("POST", "/cafes", json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 100})).await;
+    let (s, body) = a
+        .client
+        .send(
+            "POST",
+            "/cafes",
+            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 100}),
+        )
+        .await;
     assert_eq!(s, 201, "{body}");
     let mut tasks = Vec::new();
     for i in 0..120 {
-        let c = if i % 2 == 0 { a.client.clone() } else { b.client.clone() };
+        let c = if i % 2 == 0 {
+            a.client.clone()
+        } else {
+            b.client.clone()
+        };
         tasks.push(tokio::spawn(async move {
-            c.send("POST", "/orders", json!({"custNm": format!("c{i}"), "cafeId": 1})).await
+            c.send(
+                "POST",
+                "/orders",
+                json!({"custNm": format!("c{i}"), "cafeId": 1}),
+            )
+            .await
         }));
     }
     let (mut accepted, mut sold_out) = (Vec::new(), 0);
@@ -116,7 +155,10 @@ async fn two_hosts_share_one_redis_with_exact_effects() {
         assert_eq!(s, 200, "{body}");
     }
     let orders = settle_orders(&b.client, 100).await;
-    assert_eq!(orders.iter().filter(|o| o["status"] == "CANCELED").count(), canceled.len());
+    assert_eq!(
+        orders.iter().filter(|o| o["status"] == "CANCELED").count(),
+        canceled.len()
+    );
     eventually("stock, productions and pages settled", PATIENCE, || async {
         let (_, cafe) = a.client.get("/cafes/1").await;
         let (_, prods) = a.client.get("/productions").await;
@@ -125,8 +167,11 @@ async fn two_hosts_share_one_redis_with_exact_effects() {
         let pages = pages.as_array()?.clone();
         let canceled_prods = prods.iter().filter(|p| p["status"] == "CANCELED").count();
         let canceled_pages = pages.iter().filter(|p| p["status"] == "CANCELED").count();
-        (cafe["pcnt"] == json!(canceled.len()) && prods.len() == 100 && pages.len() == 100
-            && canceled_prods == canceled.len() && canceled_pages == canceled.len())
+        (cafe["pcnt"] == json!(canceled.len())
+            && prods.len() == 100
+            && pages.len() == 100
+            && canceled_prods == canceled.len()
+            && canceled_pages == canceled.len())
         .then_some(())
     })
     .await;
@@ -135,11 +180,19 @@ async fn two_hosts_share_one_redis_with_exact_effects() {
     let mut released_per_order: HashMap<String, usize> = HashMap::new();
     for e in &released {
         let payload = e.get("payload").cloned().unwrap_or(Value::Null);
-        *released_per_order.entry(payload["orderId"].to_string()).or_default() += 1;
+        *released_per_order
+            .entry(payload["orderId"].to_string())
+            .or_default() += 1;
     }
-    assert!(registered.values().all(|n| *n == 1), "duplicate production.registered: {registered:?}");
+    assert!(
+        registered.values().all(|n| *n == 1),
+        "duplicate production.registered: {registered:?}"
+    );
     assert_eq!(released_per_order.len(), canceled.len());
-    assert!(released_per_order.values().all(|n| *n == 1), "{released_per_order:?}");
+    assert!(
+        released_per_order.values().all(|n| *n == 1),
+        "{released_per_order:?}"
+    );
     eprintln!(
         "two hosts: orders sent 120, accepted 100, canceled {}, productions 100, pages 100, stock releases {} (duplicates 0, lost 0)",
         canceled.len(),
@@ -155,18 +208,38 @@ async fn a_killed_hosts_pending_events_are_reclaimed_and_applied_once() {
         return;
     }
     let redis = RedisServer::start();
-    let (da, db) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
+    let (da, db) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
     let mut a = start(da.path(), "kill", &redis);
-    let (s, _) = a.client.send("POST", "/cafes", json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 1000})).await;
+    let (s, _) = a
+        .client
+        .send(
+            "POST",
+            "/cafes",
+            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 1000}),
+        )
+        .await;
     assert_eq!(s, 201);
     let mut ids = Vec::new();
     for i in 0..30 {
-        let (s, body) = a.client.send("POST", "/orders", json!({"custNm": format!("k{i}"), "cafeId": 1})).await;
+        let (s, body) = a
+            .client
+            .send(
+                "POST",
+                "/orders",
+                json!({"custNm": format!("k{i}"), "cafeId": 1}),
+            )
+            .await;
         assert_eq!(s, 201, "{body}");
         ids.push(body["id"].as_u64().expect("id"));
     }
     // A slow event (450 ms of a 500 ms deadline) that A will be in the middle of when it dies.
-    let (s, body) = a.client.raw("POST", "/faulty/write?key=slow", Some("sleep:450")).await;
+    let (s, body) = a
+        .client
+        .raw("POST", "/faulty/write?key=slow", Some("sleep:450"))
+        .await;
     assert_eq!(s, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(150)).await;
     let (_, ready) = a.client.get("/health/ready").await;
@@ -175,7 +248,10 @@ async fn a_killed_hosts_pending_events_are_reclaimed_and_applied_once() {
 
     let b = start(db.path(), "kill", &redis);
     let orders = settle_orders(&b.client, ids.len()).await;
-    assert!(orders.iter().all(|o| o["status"] == "ORDERED"), "{orders:?}");
+    assert!(
+        orders.iter().all(|o| o["status"] == "ORDERED"),
+        "{orders:?}"
+    );
     eventually("slow event applied", PATIENCE, || async {
         let (_, counts) = b.client.get("/faulty/counts").await;
         (counts["slow"] == 1).then_some(())
@@ -188,14 +264,18 @@ async fn a_killed_hosts_pending_events_are_reclaimed_and_applied_once() {
     })
     .await;
     assert!(
-        b.log_text().contains("reclaimed an event from a stalled consumer"),
+        b.log_text()
+            .contains("reclaimed an event from a stalled consumer"),
         "B should have taken over A's stalled event:\n{}",
         b.log_text()
     );
     // Give a late duplicate every chance to show up, then count effects.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_, counts) = b.client.get("/faulty/counts").await;
-    assert_eq!(counts["slow"], 1, "the slow event was applied exactly once: {counts}");
+    assert_eq!(
+        counts["slow"], 1,
+        "the slow event was applied exactly once: {counts}"
+    );
     let registered = per_key(&redis, "kill", "production.registered").await;
     assert_eq!(registered.len(), ids.len());
     assert!(registered.values().all(|n| *n == 1), "{registered:?}");
@@ -214,14 +294,23 @@ async fn a_killed_hosts_pending_events_are_reclaimed_and_applied_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     if !available() || !can_spawn() {
-        assert!(std::env::var("CI").map_or(true, |v| v != "true"), "restart test needs redis-server in CI");
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "restart test needs redis-server in CI"
+        );
         return;
     }
     let mut redis = RedisServer::spawn();
     let dir = tempfile::tempdir().expect("tempdir");
     let host = start(dir.path(), "restart", &redis);
     let c = host.client.clone();
-    let (s, _) = c.send("POST", "/cafes", json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 100000})).await;
+    let (s, _) = c
+        .send(
+            "POST",
+            "/cafes",
+            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 100000}),
+        )
+        .await;
     assert_eq!(s, 201);
     let load = {
         let c = c.clone();
@@ -230,8 +319,14 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
             let started = std::time::Instant::now();
             while started.elapsed() < Duration::from_secs(4) {
                 let t0 = std::time::Instant::now();
-                let (s, body) = c.send("POST", "/orders", json!({"custNm": "load", "cafeId": 1})).await;
-                assert!(t0.elapsed() < Duration::from_secs(8), "a request hung for {:?}", t0.elapsed());
+                let (s, body) = c
+                    .send("POST", "/orders", json!({"custNm": "load", "cafeId": 1}))
+                    .await;
+                assert!(
+                    t0.elapsed() < Duration::from_secs(8),
+                    "a request hung for {:?}",
+                    t0.elapsed()
+                );
                 match s {
                     201 => acked.push(body["id"].as_u64().expect("id")),
                     503 => refused += 1,
@@ -249,18 +344,31 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     redis.relaunch();
     let (acked, refused) = load.await.expect("load task");
-    eprintln!("redis restart: {} orders acknowledged, {refused} refused with 503 while down", acked.len());
+    eprintln!(
+        "redis restart: {} orders acknowledged, {refused} refused with 503 while down",
+        acked.len()
+    );
     assert!(refused > 0, "some requests should have met the outage");
-    eventually("ready again", PATIENCE, || async { (c.get("/health/ready").await.0 == 200).then_some(()) }).await;
-    let (s, body) = c.send("POST", "/orders", json!({"custNm": "after", "cafeId": 1})).await;
+    eventually("ready again", PATIENCE, || async {
+        (c.get("/health/ready").await.0 == 200).then_some(())
+    })
+    .await;
+    let (s, body) = c
+        .send("POST", "/orders", json!({"custNm": "after", "cafeId": 1}))
+        .await;
     assert_eq!(s, 201, "writes work again after the restart: {body}");
     let orders = settle_orders(&c, acked.len() + 1).await;
-    let present: std::collections::HashSet<u64> = orders.iter().filter_map(|o| o["id"].as_u64()).collect();
+    let present: std::collections::HashSet<u64> =
+        orders.iter().filter_map(|o| o["id"].as_u64()).collect();
     for id in &acked {
         assert!(present.contains(id), "acknowledged order {id} was lost");
     }
     let (_, cafe) = c.get("/cafes/1").await;
-    assert_eq!(cafe["pcnt"], json!(100000 - acked.len() - 1), "stock matches the orders that exist");
+    assert_eq!(
+        cafe["pcnt"],
+        json!(100000 - acked.len() - 1),
+        "stock matches the orders that exist"
+    );
     eventually("productions caught up", PATIENCE, || async {
         let (_, prods) = c.get("/productions").await;
         (prods.as_array()?.len() == acked.len() + 1).then_some(())

@@ -10,10 +10,16 @@ use crate::support::harness::{Harness, Kind};
 /// A component that writes, publishes and then traps persists and publishes nothing.
 async fn a_trap_after_writing_persists_nothing_and_publishes_nothing(kind: Kind) {
     let h = Harness::start(kind).await;
-    let (status, body) = h.client.raw("POST", "/faulty/write-then-trap?key=a", Some("x")).await;
+    let (status, body) = h
+        .client
+        .raw("POST", "/faulty/write-then-trap?key=a", Some("x"))
+        .await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"], "component_failed", "{body}");
-    let (status, body) = h.client.raw("POST", "/faulty/write-then-500?key=b", Some("y")).await;
+    let (status, body) = h
+        .client
+        .raw("POST", "/faulty/write-then-500?key=b", Some("y"))
+        .await;
     assert_eq!(status, 500, "{body}");
     let (_, things) = h.client.get("/faulty/things").await;
     assert_eq!(things, json!([]));
@@ -32,7 +38,11 @@ async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty(kind: 
     let h = Harness::start(kind).await;
     let (status, _) = h
         .client
-        .send("POST", "/cafes", json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "20210713", "pcnt": 50}))
+        .send(
+            "POST",
+            "/cafes",
+            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "20210713", "pcnt": 50}),
+        )
         .await;
     assert_eq!(status, 201);
     let client = Arc::new(h.client.clone());
@@ -41,7 +51,11 @@ async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty(kind: 
             let client = Arc::clone(&client);
             tokio::spawn(async move {
                 client
-                    .send("POST", "/orders", json!({"custNm": format!("c{i}"), "cafeId": 1}))
+                    .send(
+                        "POST",
+                        "/orders",
+                        json!({"custNm": format!("c{i}"), "cafeId": 1}),
+                    )
                     .await
             })
         })
@@ -69,13 +83,21 @@ async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty(kind: 
 async fn concurrent_duplicate_cancels_restore_stock_exactly_once(kind: Kind) {
     let h = Harness::start(kind).await;
     h.client
-        .send("POST", "/cafes", json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 20}))
+        .send(
+            "POST",
+            "/cafes",
+            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 20}),
+        )
         .await;
     let mut ids = Vec::new();
     for i in 0..10 {
         let (status, body) = h
             .client
-            .send("POST", "/orders", json!({"custNm": format!("c{i}"), "cafeId": 1}))
+            .send(
+                "POST",
+                "/orders",
+                json!({"custNm": format!("c{i}"), "cafeId": 1}),
+            )
             .await;
         assert_eq!(status, 201, "{body}");
         ids.push(body["id"].as_u64().expect("id"));
@@ -86,7 +108,11 @@ async fn concurrent_duplicate_cancels_restore_stock_exactly_once(kind: Kind) {
         .flat_map(|id| [*id, *id])
         .map(|id| {
             let client = Arc::clone(&client);
-            tokio::spawn(async move { client.raw("POST", &format!("/orders/{id}/cancel"), None).await })
+            tokio::spawn(async move {
+                client
+                    .raw("POST", &format!("/orders/{id}/cancel"), None)
+                    .await
+            })
         })
         .collect();
     for task in tasks {

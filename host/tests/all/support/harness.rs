@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use sktarbucks::backend::{SharedBackend, Subscription};
 use sktarbucks::backend::sqlite::SqliteBackend;
+use sktarbucks::backend::{SharedBackend, Subscription};
 use sktarbucks::config::Config;
 use sktarbucks::events::dispatcher;
 use sktarbucks::runtime::Runtime;
@@ -20,7 +20,12 @@ use super::{Client, manifest};
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish() as u32
 }
 
@@ -52,7 +57,8 @@ impl Harness {
 
     pub async fn start_with(kind: Kind, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config::parse(&manifest(dir.path(), extra), dir.path()).expect("test manifest parses");
+        let config =
+            Config::parse(&manifest(dir.path(), extra), dir.path()).expect("test manifest parses");
         let prefix = format!("t{:08x}", rand_u32());
         let mut redis = None;
         let backend: SharedBackend = match kind {
@@ -62,7 +68,8 @@ impl Harness {
             Kind::Redis => {
                 let server = RedisServer::start();
                 let claim_idle = std::time::Duration::from_millis(config.events.claim_idle_ms);
-                let backend = RedisBackend::connect(&server.url, &prefix, claim_idle)
+                let retain = std::time::Duration::from_millis(config.events.retain_ms);
+                let backend = RedisBackend::connect(&server.url, &prefix, claim_idle, retain)
                     .await
                     .expect("redis connects");
                 redis = Some(server);
@@ -76,7 +83,9 @@ impl Harness {
                 .expect("start task")
                 .expect("runtime starts")
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let served = Arc::clone(&rt);
@@ -153,7 +162,8 @@ impl Harness {
         let parse = |bytes: &[u8]| serde_json::from_slice(bytes).unwrap_or(serde_json::Value::Null);
         match self.kind {
             Kind::Sqlite => {
-                let conn = rusqlite::Connection::open(self.dir.path().join("sktarbucks.db")).expect("open db");
+                let conn = rusqlite::Connection::open(self.dir.path().join("sktarbucks.db"))
+                    .expect("open db");
                 let mut stmt = conn
                     .prepare("SELECT payload FROM events WHERE topic = ?1 ORDER BY seq")
                     .expect("prepare");
@@ -165,7 +175,10 @@ impl Harness {
             Kind::Redis => {
                 let url = &self.redis.as_ref().expect("redis server").url;
                 let client = redis::Client::open(url.as_str()).expect("redis client");
-                let mut conn = client.get_multiplexed_async_connection().await.expect("redis conn");
+                let mut conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .expect("redis conn");
                 let reply: redis::streams::StreamRangeReply = redis::AsyncCommands::xrange_all(
                     &mut conn,
                     format!("{}:stream:{topic}", self.prefix),

@@ -41,7 +41,9 @@ macro_rules! on_both_backends {
 
 /// A component built by `cargo xtask build`.
 pub fn wasm(name: &str) -> PathBuf {
-    let path = root().join(format!("components/target/wasm32-wasip2/release/{name}.wasm"));
+    let path = root().join(format!(
+        "components/target/wasm32-wasip2/release/{name}.wasm"
+    ));
     assert!(
         path.exists(),
         "{} is missing: run `cargo xtask build` first",
@@ -110,7 +112,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -134,7 +139,12 @@ impl Client {
     }
 
     /// Send `body` (raw text) and return status + parsed JSON (Null if empty/not JSON).
-    pub async fn raw(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(body) = body {
@@ -153,7 +163,12 @@ impl Client {
         self.raw("GET", path, None).await
     }
 
-    pub async fn send(&self, method: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         self.raw(method, path, Some(&body.to_string())).await
     }
 }

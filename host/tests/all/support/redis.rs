@@ -30,7 +30,8 @@ pub fn can_spawn() -> bool {
 }
 
 fn which(bin: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file()))
 }
 
 pub struct RedisServer {
@@ -66,7 +67,11 @@ impl RedisServer {
     }
 
     fn socket(&self) -> PathBuf {
-        self.dir.as_ref().expect("own server").path().join("redis.sock")
+        self.dir
+            .as_ref()
+            .expect("own server")
+            .path()
+            .join("redis.sock")
     }
 
     fn log(&self) -> String {
@@ -81,7 +86,16 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", "0", "--unixsocket"])
             .arg(self.socket())
-            .args(["--unixsocketperm", "700", "--save", "", "--appendonly", "yes", "--appendfsync", "always"])
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
             .arg("--dir")
             .arg(&dir)
             .arg("--logfile")
@@ -93,12 +107,12 @@ impl RedisServer {
         self.child = Some(child);
         let started = Instant::now();
         loop {
-            if let Ok(client) = redis::Client::open(self.url.as_str()) {
-                if let Ok(mut conn) = client.get_connection() {
-                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                        return;
-                    }
-                }
+            let ready = redis::Client::open(self.url.as_str())
+                .and_then(|client| client.get_connection())
+                .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn))
+                .is_ok();
+            if ready {
+                return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(10),

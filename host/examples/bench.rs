@@ -1,0 +1,328 @@
+//! `cargo xtask bench [seconds] [concurrency]`: throughput and latency of the
+//! host, measured in one run against a bare hyper server doing the same work
+//! (read one document from the same SQLite file, answer it as JSON), so the
+//! ratio — the price of a fresh wasm instance per request plus the unit of
+//! work — survives a noisy shared machine. Also: order placement (reserve
+//! through cafe + commit) and the event pipeline (order → production →
+//! order ORDERED → mypage). Only 127.0.0.1, bounded duration.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use sktarbucks::backend::SharedBackend;
+use sktarbucks::backend::sqlite::SqliteBackend;
+use sktarbucks::config::Config;
+use sktarbucks::runtime::Runtime;
+
+fn root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn manifest(data: &std::path::Path) -> String {
+    let wasm = |n: &str| root().join(format!("components/target/wasm32-wasip2/release/{n}.wasm"));
+    format!(
+        r#"
+data = "{data}"
+[sqlite]
+synchronous = "normal"
+[components.cafe]
+path = "{cafe}"
+routes = ["/cafes"]
+[components.order]
+path = "{order}"
+routes = ["/orders"]
+links = {{ stock = "cafe" }}
+[components.production]
+path = "{production}"
+routes = ["/productions"]
+[components.mypage]
+path = "{mypage}"
+routes = ["/myPages"]
+"#,
+        data = data.display(),
+        cafe = wasm("cafe").display(),
+        order = wasm("order").display(),
+        production = wasm("production").display(),
+        mypage = wasm("mypage").display(),
+    )
+}
+
+/// Latencies of one load run.
+struct Run {
+    name: String,
+    ok: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn pct(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[i]
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<34} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  ok {:>7}  failed {}",
+            self.name,
+            self.rps(),
+            self.pct(0.50).as_secs_f64() * 1e3,
+            self.pct(0.99).as_secs_f64() * 1e3,
+            self.ok,
+            self.failed
+        );
+    }
+}
+
+/// Drive `make` (method, url, body) from `concurrency` clients for `duration`.
+async fn load(
+    name: &str,
+    client: &reqwest::Client,
+    concurrency: usize,
+    duration: Duration,
+    make: impl Fn(usize) -> (reqwest::Method, String, Option<String>) + Send + Sync + 'static,
+) -> Run {
+    let make = Arc::new(make);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let (client, make, stop) = (client.clone(), Arc::clone(&make), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut failed, mut lat) = (0usize, 0usize, Vec::new());
+            let mut n = worker;
+            while !stop.load(Ordering::Relaxed) {
+                let (method, url, body) = make(n);
+                n += concurrency;
+                let t0 = Instant::now();
+                let mut req = client.request(method, url);
+                if let Some(body) = body {
+                    req = req.body(body);
+                }
+                match req.send().await {
+                    Ok(resp) if resp.status().is_success() || resp.status().as_u16() == 409 => {
+                        let _ = resp.bytes().await;
+                        ok += 1;
+                        lat.push(t0.elapsed());
+                    }
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed, lat)
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut run = Run {
+        name: name.to_owned(),
+        ok: 0,
+        failed: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for t in tasks {
+        if let Ok((ok, failed, lat)) = t.await {
+            run.ok += ok;
+            run.failed += failed;
+            run.latencies.extend(lat);
+        }
+    }
+    run.elapsed = started.elapsed();
+    run.latencies.sort_unstable();
+    run
+}
+
+/// The baseline: hyper reading the same row from the same SQLite file.
+async fn bare_hyper(db: std::path::PathBuf) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let pool: Arc<Vec<std::sync::Mutex<rusqlite::Connection>>> = Arc::new(
+        (0..4)
+            .map(|_| rusqlite::Connection::open(&db).map(std::sync::Mutex::new))
+            .collect::<rusqlite::Result<_>>()?,
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let pool = Arc::clone(&pool);
+                    async move {
+                        let key = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+                        let conn = pool
+                            .iter()
+                            .find_map(|c| c.try_lock().ok())
+                            .unwrap_or_else(|| pool[0].lock().unwrap_or_else(|p| p.into_inner()));
+                        let raw: Option<Vec<u8>> = conn
+                            .query_row(
+                                "SELECT value FROM docs WHERE ns = 'cafe' AND coll = 'cafes' AND key = ?1",
+                                [key],
+                                |r| r.get(0),
+                            )
+                            .ok();
+                        drop(conn);
+                        let value: serde_json::Value = raw
+                            .and_then(|r| serde_json::from_slice(&r).ok())
+                            .unwrap_or(serde_json::Value::Null);
+                        let body = serde_json::to_vec(&value).unwrap_or_default();
+                        let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
+                        resp.headers_mut().insert(
+                            hyper::header::CONTENT_TYPE,
+                            hyper::header::HeaderValue::from_static("application/json"),
+                        );
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seconds: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let concurrency: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
+    let duration = Duration::from_secs(seconds);
+
+    let dir = tempfile::tempdir()?;
+    let config = Config::parse(&manifest(dir.path()), dir.path())?;
+    let backend: SharedBackend = Arc::new(SqliteBackend::open(
+        &config.data,
+        config.sqlite.synchronous,
+    )?);
+    let rt = {
+        let backend = Arc::clone(&backend);
+        tokio::task::spawn_blocking(move || Runtime::start(config, backend))
+            .await?
+            .context("runtime starts (run `cargo xtask build` first)")?
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let dispatchers = sktarbucks::events::dispatcher::spawn_all(&rt, stop_rx).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let host = format!("http://{}", listener.local_addr()?);
+    let served = Arc::clone(&rt);
+    tokio::spawn(async move {
+        let _ = sktarbucks::http::serve(listener, served, std::future::pending()).await;
+    });
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let setup = client
+        .post(format!("{host}/cafes"))
+        .body(r#"{"cafeId":1,"cafeNm":"Coldbrew","chkDate":"20210713","pcnt":1000000}"#)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        setup.status().is_success(),
+        "setup failed: {}",
+        setup.status()
+    );
+    let bare = format!(
+        "http://{}",
+        bare_hyper(dir.path().join("sktarbucks.db")).await?
+    );
+
+    println!(
+        "sktarbucks bench: {seconds} s per run, {concurrency} concurrent clients, 127.0.0.1, same process"
+    );
+    let read_bare = {
+        let url = format!("{bare}/cafes/1");
+        load(
+            "GET /cafes/1  bare hyper + sqlite",
+            &client,
+            concurrency,
+            duration,
+            move |_| (reqwest::Method::GET, url.clone(), None),
+        )
+        .await
+    };
+    read_bare.print();
+    let read_host = {
+        let url = format!("{host}/cafes/1");
+        load(
+            "GET /cafes/1  sktarbucks (wasm)",
+            &client,
+            concurrency,
+            duration,
+            move |_| (reqwest::Method::GET, url.clone(), None),
+        )
+        .await
+    };
+    read_host.print();
+    println!(
+        "  ratio bare/host throughput {:.2}x, p50 latency host/bare {:.2}x",
+        read_bare.rps() / read_host.rps().max(1e-9),
+        read_host.pct(0.5).as_secs_f64() / read_bare.pct(0.5).as_secs_f64().max(1e-9)
+    );
+    let orders = {
+        let url = format!("{host}/orders");
+        load(
+            "POST /orders (order→cafe stock)",
+            &client,
+            concurrency,
+            duration,
+            move |n| {
+                (
+                    reqwest::Method::POST,
+                    url.clone(),
+                    Some(format!(r#"{{"custNm":"bench{n}","cafeId":1}}"#)),
+                )
+            },
+        )
+        .await
+    };
+    orders.print();
+
+    // Event pipeline: how long until every order placed above is ORDERED
+    // and visible on mypage (order → production → order → mypage).
+    let started = Instant::now();
+    let placed = orders.ok;
+    loop {
+        let lag: u64 = rt.lag().await?.iter().map(|(_, n)| n).sum();
+        if lag == 0 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            println!("event pipeline did not drain within 120 s (lag {lag})");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained = started.elapsed();
+    println!(
+        "event pipeline: backlog of {placed} orders drained {:.2} s after the load stopped",
+        drained.as_secs_f64()
+    );
+    let _ = stop_tx.send(true);
+    for d in dispatchers {
+        let _ = d.await;
+    }
+    Ok(())
+}
