@@ -37,6 +37,8 @@ pub enum Failure {
     Backend(String),
     /// The component lacks the export this call needs.
     Missing(String),
+    /// No instance slot was free (too many concurrent invocations).
+    Overloaded(String),
 }
 
 impl Failure {
@@ -44,6 +46,9 @@ impl Failure {
     pub fn from_call(err: wasmtime::Error, state: &HostState, budget: Duration) -> Self {
         if err.is::<DeadlineExceeded>() {
             return Failure::Deadline(budget);
+        }
+        if let Some(limit) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+            return Failure::Overloaded(limit.to_string());
         }
         let text = format!("{err:#}");
         if text.contains("state backend failed") {
@@ -70,6 +75,7 @@ impl fmt::Display for Failure {
             }
             Failure::Backend(reason) => write!(f, "state backend failed: {reason}"),
             Failure::Missing(what) => write!(f, "does not export {what}"),
+            Failure::Overloaded(why) => write!(f, "is overloaded ({why})"),
         }
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use bytes::BytesMut;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use hyper::service::service_fn;
@@ -141,18 +142,14 @@ impl App {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let (parts, body) = req.into_parts();
         if declared.is_some_and(|n| n > limit as u64) {
+            discard(body, limit).await;
             return too_large();
         }
-        let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e)
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return too_large();
-            }
+        let body = match read_body(body, limit).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return too_large(),
             Err(e) => {
                 return reply::error(
                     StatusCode::BAD_REQUEST,
@@ -200,6 +197,18 @@ impl App {
                         "the state backend is unavailable ({reason}); nothing was saved, retry later"
                     ),
                 )
+            }
+            HttpFailure::Invoke(Failure::Overloaded(why)) => {
+                tracing::warn!(reason = %why, "no instance slot free");
+                let mut response = reply::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    format!("{name} is at its concurrency limit; nothing was saved, retry"),
+                );
+                response
+                    .headers_mut()
+                    .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
             }
             HttpFailure::Invoke(failure) => {
                 tracing::error!(reason = %failure, "invocation failed");
@@ -263,6 +272,40 @@ impl App {
             ),
         }
     }
+}
+
+/// The body if it fits in `limit` bytes; `None` (after discarding the rest)
+/// if it does not.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, hyper::Error> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if buf.len() + data.len() > limit {
+                discard(body, limit).await;
+                return Ok(None);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Some(buf.freeze()))
+}
+
+/// Read and drop up to `limit` more bytes (for at most two seconds) before a
+/// 413, so a client still sending gets the answer instead of a reset
+/// connection; a bigger or slower body is cut off.
+async fn discard(mut body: Incoming, limit: usize) {
+    let mut seen = 0usize;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                seen += data.len();
+                if seen > limit {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
 }
 
 /// Turn a component's response into hyper's; headers it cannot legally send are dropped.

@@ -256,3 +256,129 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
         "stock released twice: {released_orders:?}"
     );
 }
+
+/// SIGTERM drains: an in-flight request finishes, then the process exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut host = Host::start(
+        dir.path(),
+        &manifest(dir.path(), ""),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let slow = {
+        let c = host.client.clone();
+        tokio::spawn(async move { c.get("/faulty/sleep?ms=300").await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = tokio::task::block_in_place(|| host.terminate());
+    let (s, body) = slow.await.expect("slow request task");
+    assert_eq!(s, 200, "the in-flight request completed: {body}");
+    assert!(
+        status.success(),
+        "exit status {status}\n{}",
+        host.log_text()
+    );
+}
+
+/// The dead-letter CLI lists a poisoned event with its error and replays it.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_listed_and_replayed_from_the_cli() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = manifest(dir.path(), "");
+    let host = Host::start(dir.path(), &text, &["--listen", "127.0.0.1:0"]);
+    let (s, _) = host
+        .client
+        .raw("POST", "/faulty/write?key=p", Some("poison"))
+        .await;
+    assert_eq!(s, 200);
+    let config = dir.path().join("sktarbucks.toml");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sktarbucks"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("cli runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let letters: Vec<Value> = eventually("a dead letter", PATIENCE, || async {
+        let (ok, out) = cli(&["dead-letters"]);
+        let letters: Vec<Value> = serde_json::from_str(&out).ok()?;
+        (ok && !letters.is_empty()).then_some(letters)
+    })
+    .await;
+    assert_eq!(letters[0]["topic"], "faulty.happened");
+    assert!(
+        letters[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("poison pill"),
+        "{letters:?}"
+    );
+    let id = letters[0]["id"].as_str().expect("id").to_owned();
+    let (ok, out) = cli(&["replay", &id]);
+    assert!(ok, "{out}");
+    let (ok, _) = cli(&["replay", "no-such-id"]);
+    assert!(!ok, "replaying an unknown id fails");
+    // Replayed, it fails again and comes back as a new dead letter.
+    eventually("dead-lettered again", PATIENCE, || async {
+        let (_, out) = cli(&["dead-letters"]);
+        let letters: Vec<Value> = serde_json::from_str(&out).ok()?;
+        (letters.len() == 1 && letters[0]["id"] != id.as_str()).then_some(())
+    })
+    .await;
+}
+
+/// Production down (not loaded) → orders are still accepted; when it comes
+/// back its events are waiting in the log and it catches up.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_are_accepted_while_production_is_down_and_it_catches_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let full = manifest(dir.path(), "");
+    let start = full
+        .find("[components.production]")
+        .expect("production block");
+    let end = start
+        + full[start..]
+            .find("[components.mypage]")
+            .expect("mypage block");
+    let without = format!("{}{}", &full[..start], &full[end..]);
+    let mut host = Host::start(dir.path(), &without, &["--listen", "127.0.0.1:0"]);
+    let c = host.client.clone();
+    let (s, _) = c
+        .send(
+            "POST",
+            "/cafes",
+            json!({"cafeId": 5, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 10}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    for i in 0..3 {
+        let (s, body) = c
+            .send(
+                "POST",
+                "/orders",
+                json!({"custNm": format!("c{i}"), "cafeId": 5}),
+            )
+            .await;
+        assert_eq!(s, 201, "{body}");
+    }
+    let (s, body) = c.get("/productions").await;
+    assert_eq!(s, 404, "production is not routed while down: {body}");
+    let (_, order) = c.get("/orders/1").await;
+    assert_eq!(order["status"], "REQUESTED", "nobody registered it yet");
+    host.terminate();
+
+    let host = Host::start(dir.path(), &full, &["--listen", "127.0.0.1:0"]);
+    let c = host.client.clone();
+    eventually("production caught up", PATIENCE, || async {
+        let (_, prods) = c.get("/productions").await;
+        let (_, orders) = c.get("/orders?status=ORDERED").await;
+        (prods.as_array()?.len() == 3 && orders.as_array()?.len() == 3).then_some(())
+    })
+    .await;
+}

@@ -315,7 +315,7 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     let load = {
         let c = c.clone();
         tokio::spawn(async move {
-            let (mut acked, mut refused) = (Vec::new(), 0);
+            let (mut acked, mut refused, mut worst) = (Vec::new(), 0, Duration::ZERO);
             let started = std::time::Instant::now();
             while started.elapsed() < Duration::from_secs(4) {
                 let t0 = std::time::Instant::now();
@@ -327,13 +327,14 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
                     "a request hung for {:?}",
                     t0.elapsed()
                 );
+                worst = worst.max(t0.elapsed());
                 match s {
                     201 => acked.push(body["id"].as_u64().expect("id")),
                     503 => refused += 1,
                     other => panic!("unexpected {other}: {body}"),
                 }
             }
-            (acked, refused)
+            (acked, refused, worst)
         })
     };
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -343,9 +344,9 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     assert_eq!(s, 503, "ready must be false while redis is down: {ready}");
     tokio::time::sleep(Duration::from_millis(600)).await;
     redis.relaunch();
-    let (acked, refused) = load.await.expect("load task");
+    let (acked, refused, worst) = load.await.expect("load task");
     eprintln!(
-        "redis restart: {} orders acknowledged, {refused} refused with 503 while down",
+        "redis restart: {} orders acknowledged, {refused} refused with 503 while down, slowest answer {worst:?}",
         acked.len()
     );
     assert!(refused > 0, "some requests should have met the outage");
@@ -357,7 +358,16 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
         .send("POST", "/orders", json!({"custNm": "after", "cafeId": 1}))
         .await;
     assert_eq!(s, 201, "writes work again after the restart: {body}");
-    let orders = settle_orders(&c, acked.len() + 1).await;
+    // A request cut off by the outage may have committed without its answer
+    // arriving (it got a 503): such an order exists too, so "at least" here,
+    // and stock must match exactly the orders that exist.
+    let orders = eventually("orders settled", PATIENCE, || async {
+        let (_, orders) = c.get("/orders").await;
+        let orders = orders.as_array()?.clone();
+        let settled = orders.iter().all(|o| o["status"] != "REQUESTED");
+        (orders.len() > acked.len() && settled).then_some(orders)
+    })
+    .await;
     let present: std::collections::HashSet<u64> =
         orders.iter().filter_map(|o| o["id"].as_u64()).collect();
     for id in &acked {
@@ -366,12 +376,13 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     let (_, cafe) = c.get("/cafes/1").await;
     assert_eq!(
         cafe["pcnt"],
-        json!(100000 - acked.len() - 1),
+        json!(100000 - orders.len()),
         "stock matches the orders that exist"
     );
+    let total = orders.len();
     eventually("productions caught up", PATIENCE, || async {
         let (_, prods) = c.get("/productions").await;
-        (prods.as_array()?.len() == acked.len() + 1).then_some(())
+        (prods.as_array()?.len() == total).then_some(())
     })
     .await;
 }
