@@ -203,10 +203,14 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read config {}", path.display()))?;
+        // Absolute, so nothing depends on the working directory later
+        // (wasmtime's compile cache insists on an absolute path).
+        let path = std::path::absolute(path)
+            .with_context(|| format!("invalid config path {}", path.display()))?;
         let base = path
             .parent()
             .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+            .unwrap_or_else(|| PathBuf::from("/"));
         Self::parse(&text, &base).with_context(|| format!("invalid config {}", path.display()))
     }
 

@@ -51,7 +51,8 @@ enum Command {
 fn load_config(cli: &Cli) -> Result<Config> {
     let mut config = Config::load(&cli.config)?;
     if let Some(data) = &cli.data {
-        config.data = data.clone();
+        config.data = std::path::absolute(data)
+            .with_context(|| format!("invalid data directory {}", data.display()))?;
     }
     if let Some(redis) = &cli.redis {
         config.redis = Some(redis.clone());

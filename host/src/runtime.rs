@@ -68,6 +68,8 @@ impl Runtime {
             .compile_cache
             .clone()
             .unwrap_or_else(|| config.data.join("compile-cache"));
+        let cache_dir = std::path::absolute(&cache_dir)
+            .with_context(|| format!("invalid compile cache path {}", cache_dir.display()))?;
         let engine = engine::build(max_memory, Some(&cache_dir))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)

@@ -382,3 +382,38 @@ async fn orders_are_accepted_while_production_is_down_and_it_catches_up() {
     })
     .await;
 }
+
+/// Run as a user would from a directory: relative manifest, relative data
+/// directory and the default compile cache under it.
+#[tokio::test(flavor = "multi_thread")]
+async fn relative_paths_work_like_for_a_user_in_a_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = manifest(dir.path(), "");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("data = ") && !l.starts_with("compile_cache = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let host = Host::start_in(
+        dir.path(),
+        &format!("data = \"./state\"\n{text}"),
+        &["--listen", "127.0.0.1:0"],
+    );
+    let (s, body) = host
+        .client
+        .raw(
+            "POST",
+            "/cafes",
+            Some(r#"{"cafeId":"99","cafeNm":"coffee","chkDate":"210713","pcnt":20}"#),
+        )
+        .await;
+    assert_eq!(s, 201, "{body}");
+    assert!(
+        dir.path().join("state/sktarbucks.db").exists(),
+        "data lives next to the manifest"
+    );
+    assert!(
+        dir.path().join("state/compile-cache").exists(),
+        "compile cache under the data directory"
+    );
+}

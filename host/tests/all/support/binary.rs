@@ -20,10 +20,21 @@ impl Host {
     /// Start `sktarbucks serve` with `manifest` (written into `dir`) and extra args.
     pub fn start(dir: &Path, manifest: &str, args: &[&str]) -> Self {
         let manifest_path: PathBuf = dir.join("sktarbucks.toml");
-        std::fs::write(&manifest_path, manifest).expect("manifest written");
+        Self::launch(dir, &manifest_path, manifest, args)
+    }
+
+    /// Like a user in `dir`: `sktarbucks --config sktarbucks.toml serve ...`
+    /// with relative paths, working directory `dir`.
+    pub fn start_in(dir: &Path, manifest: &str, args: &[&str]) -> Self {
+        Self::launch(dir, Path::new("sktarbucks.toml"), manifest, args)
+    }
+
+    fn launch(dir: &Path, manifest_path: &Path, manifest: &str, args: &[&str]) -> Self {
+        std::fs::write(dir.join("sktarbucks.toml"), manifest).expect("manifest written");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sktarbucks"))
+            .current_dir(dir)
             .arg("--config")
-            .arg(&manifest_path)
+            .arg(manifest_path)
             .arg("serve")
             .args(args)
             .env("RUST_LOG", "info,wasmtime=warn")
