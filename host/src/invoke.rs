@@ -54,9 +54,11 @@ impl Failure {
         if text.contains("state backend failed") {
             return Failure::Backend(root_line(&text));
         }
+        // A trap names itself; an import that refused (a host limit) is the
+        // root cause under wasmtime's "error while executing" context.
         let reason = match err.downcast_ref::<wasmtime::Trap>() {
             Some(trap) => trap.to_string(),
-            None => root_line(&text),
+            None => err.root_cause().to_string(),
         };
         Failure::Trap {
             reason,

@@ -21,6 +21,9 @@ const MAX_VALUE_BYTES: usize = 1024 * 1024;
 const MAX_NAME_BYTES: usize = 256;
 /// Most writes plus events one unit of work may buffer.
 const MAX_BUFFERED: usize = 10_000;
+/// Most bytes (values + payloads) one unit of work may buffer: the host's
+/// memory is not bounded by the guest's `StoreLimits`.
+const MAX_BUFFERED_BYTES: usize = 16 * 1024 * 1024;
 
 /// Everything the host needs while one component instance runs.
 pub struct HostState {
@@ -37,6 +40,7 @@ pub struct HostState {
     /// Guest stderr (panic messages) kept for the error log of a trap.
     pub stderr: MemoryOutputPipe,
     buffered: usize,
+    buffered_bytes: usize,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -68,6 +72,7 @@ impl HostState {
             limits,
             stderr,
             buffered: 0,
+            buffered_bytes: 0,
             wasi,
             table: ResourceTable::new(),
         }
@@ -84,11 +89,17 @@ impl HostState {
             .to_owned()
     }
 
-    fn charge(&mut self, what: &str) -> wasmtime::Result<()> {
+    fn charge(&mut self, what: &str, bytes: usize) -> wasmtime::Result<()> {
         self.buffered += 1;
+        self.buffered_bytes = self.buffered_bytes.saturating_add(bytes);
         if self.buffered > MAX_BUFFERED {
             wasmtime::bail!(
                 "{what}: more than {MAX_BUFFERED} writes and events in one unit of work"
+            );
+        }
+        if self.buffered_bytes > MAX_BUFFERED_BYTES {
+            wasmtime::bail!(
+                "{what}: more than {MAX_BUFFERED_BYTES} bytes buffered in one unit of work"
             );
         }
         Ok(())
@@ -152,7 +163,7 @@ impl store::Host for HostState {
         check_name("collection", &collection)?;
         check_name("key", &key)?;
         check_value("store.put", &value)?;
-        self.charge("store.put")?;
+        self.charge("store.put", value.len() + key.len())?;
         let doc = DocKey::new(self.ns(), &collection, &key);
         self.uow.put(doc, value);
         Ok(())
@@ -161,7 +172,7 @@ impl store::Host for HostState {
     async fn delete(&mut self, collection: String, key: String) -> wasmtime::Result<()> {
         check_name("collection", &collection)?;
         check_name("key", &key)?;
-        self.charge("store.delete")?;
+        self.charge("store.delete", key.len())?;
         let doc = DocKey::new(self.ns(), &collection, &key);
         self.uow.delete(doc);
         Ok(())
@@ -214,7 +225,7 @@ impl events::Host for HostState {
             wasmtime::bail!("event key of {} bytes exceeds {MAX_NAME_BYTES}", key.len());
         }
         check_value("events.publish", &payload)?;
-        self.charge("events.publish")?;
+        self.charge("events.publish", payload.len() + topic.len() + key.len())?;
         let source = self.ns().to_owned();
         self.uow.publish(NewEvent {
             topic,

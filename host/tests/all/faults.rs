@@ -39,6 +39,29 @@ async fn a_memory_bomb_fails_only_its_own_invocation(kind: Kind) {
     h.stop().await;
 }
 
+/// A guest cannot make the host buffer unbounded data: past 16 MiB in one unit it fails, storing nothing.
+async fn a_unit_of_work_cannot_buffer_unbounded_bytes(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let (status, body) = h.client.raw("POST", "/faulty/flood?n=2", None).await;
+    assert_eq!(status, 200, "2 MiB is fine: {body}");
+    let (status, body) = h.client.raw("POST", "/faulty/flood?n=40", None).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("bytes buffered"),
+        "{body}"
+    );
+    let (_, things) = h.client.get("/faulty/things").await;
+    assert_eq!(
+        things.as_array().map(Vec::len),
+        Some(2),
+        "only the first flood was kept"
+    );
+    h.stop().await;
+}
+
 /// A poison event is retried up to max_attempts, dead-lettered with its error, and later events still flow.
 async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on(kind: Kind) {
     let h = Harness::start(kind).await;
@@ -122,6 +145,7 @@ async fn oversized_bodies_and_unknown_routes_get_json_errors(kind: Kind) {
 }
 
 crate::on_both_backends!(
+    a_unit_of_work_cannot_buffer_unbounded_bytes,
     an_infinite_loop_times_out_without_blocking_other_routes,
     a_memory_bomb_fails_only_its_own_invocation,
     a_poison_event_is_dead_lettered_and_the_subscriber_moves_on,

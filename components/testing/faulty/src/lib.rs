@@ -94,7 +94,8 @@ fn route(req: &Request) -> ApiResult {
         ("things", "GET") => Ok(dump("things")),
         ("seen", "GET") => Ok(dump("seen")),
         ("counts", "GET") => Ok(counts()),
-        ("write" | "write-then-trap" | "write-then-500", _) => {
+        ("flood", "POST") => flood(&req.query),
+        ("write" | "write-then-trap" | "write-then-500" | "flood", _) => {
             Err(ApiError::method_not_allowed(method, path, &["POST"]))
         }
         ("loop" | "bomb" | "sleep" | "things" | "seen" | "counts", _) => {
@@ -183,4 +184,17 @@ fn counts() -> KitResponse {
         })
         .collect();
     KitResponse::ok(&serde_json::Value::Object(map))
+}
+
+/// Buffer `n` writes of 1 MiB each in one unit of work (the host caps the
+/// bytes a unit may buffer, whatever the guest's own memory limit).
+fn flood(query: &str) -> ApiResult {
+    let n: usize = query_param(query, "n")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(64);
+    let block = vec![b'f'; 1 << 20];
+    for i in 0..n {
+        Host.put("things", &format!("flood-{i}"), &block);
+    }
+    Ok(KitResponse::ok(&serde_json::json!({"written": n})))
 }
