@@ -21,8 +21,27 @@ pub async fn open_backend(config: &Config) -> Result<SharedBackend> {
         tracing::info!(consumer = %backend.consumer(), "using redis at {url}");
         return Ok(Arc::new(backend));
     }
-    let backend = SqliteBackend::open(&config.data, config.sqlite.synchronous)?;
+    let retain = std::time::Duration::from_millis(config.events.retain_ms);
+    let backend =
+        SqliteBackend::open(&config.data, config.sqlite.synchronous)?.with_retention(retain);
     Ok(Arc::new(backend))
+}
+
+/// Every minute: prune/trim the event log (see `Backend::maintain`).
+async fn maintain(rt: Arc<Runtime>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match rt.backend.maintain().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "event log trimmed"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "event log maintenance failed"),
+        }
+    }
 }
 
 /// Run the whole host on `listener` until `shutdown` resolves; then stop
@@ -39,7 +58,8 @@ pub async fn run(
         .context("runtime start task failed")?
         .context("failed to start the runtime")?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let dispatchers = crate::events::dispatcher::spawn_all(&rt, stop_rx).await?;
+    let mut dispatchers = crate::events::dispatcher::spawn_all(&rt, stop_rx.clone()).await?;
+    dispatchers.push(tokio::spawn(maintain(Arc::clone(&rt), stop_rx)));
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     // One machine-readable line on stdout: scripts and tests read the port

@@ -84,8 +84,8 @@ pub struct EventsConfig {
     /// another host (its consumer is presumed dead). Must exceed every deadline.
     #[serde(default = "default_claim_idle_ms")]
     pub claim_idle_ms: u64,
-    /// Redis: acknowledged stream entries older than this are trimmed.
-    /// Entries some consumer group still needs are never trimmed.
+    /// Acknowledged events older than this are removed from the log (SQLite
+    /// table, Redis streams). Events some subscriber still needs never are.
     #[serde(default = "default_retain_ms")]
     pub retain_ms: u64,
 }
@@ -183,7 +183,7 @@ fn default_redis_prefix() -> String {
     "sk".into()
 }
 fn default_claim_idle_ms() -> u64 {
-    15_000
+    30_000
 }
 fn default_retain_ms() -> u64 {
     24 * 3600 * 1000
@@ -269,11 +269,14 @@ impl Config {
             .map(|c| c.deadline_ms)
             .max()
             .unwrap_or(0);
-        if self.events.claim_idle_ms <= longest + 1_000 {
+        let needed = longest + self.events.backoff_max_ms + 1_000;
+        if self.events.claim_idle_ms <= needed {
             bail!(
-                "events.claim_idle_ms ({}) must exceed the longest deadline_ms ({longest}) by more than 1000, \
-                 or events still being handled would be taken over",
-                self.events.claim_idle_ms
+                "events.claim_idle_ms ({}) must exceed the longest deadline_ms ({longest}) plus \
+                 events.backoff_max_ms ({}) plus 1000, or events still being handled or retried \
+                 would be taken over",
+                self.events.claim_idle_ms,
+                self.events.backoff_max_ms
             );
         }
         if self.events.max_attempts == 0 {

@@ -51,6 +51,8 @@ pub enum EventOutcome {
     Handled(Changes),
     /// Handler returned an error or failed; retry later or dead-letter.
     Failed(String),
+    /// The state backend failed underneath; retry without counting an attempt.
+    Unavailable(String),
 }
 
 impl Runtime {
@@ -136,7 +138,11 @@ impl Runtime {
             if attempt > 1 && _serialized.is_none() {
                 // Inside the lane only first attempts compete with us, so
                 // retry at once: a sleep here would throttle the whole lane.
-                _serialized = Some(lane.lock().await);
+                // Waiting for it is bounded by the component's deadline.
+                match tokio::time::timeout(loaded.config.deadline(), lane.lock()).await {
+                    Ok(guard) => _serialized = Some(guard),
+                    Err(_) => return Err(HttpFailure::Contended(attempt - 1)),
+                }
             }
             let (response, uow) = self
                 .run_http_once(loaded, &req)
@@ -145,7 +151,13 @@ impl Runtime {
             if response.status >= 400 {
                 return Ok(response);
             }
-            match self.backend.commit(uow.into_changes()).await {
+            let changes = uow.into_changes();
+            if changes.is_write_free() {
+                // Nothing to persist: a read-only request answers from
+                // committed data (read committed) without taking the writer.
+                return Ok(response);
+            }
+            match self.backend.commit(changes).await {
                 Ok(Commit::Applied) => return Ok(response),
                 Ok(Commit::Conflict) => {
                     tracing::debug!(component = %loaded.name, attempt, "unit of work conflicted, retrying");
@@ -216,6 +228,7 @@ impl Runtime {
         match result {
             Ok(Ok(())) => EventOutcome::Handled(store.into_data().uow.into_changes()),
             Ok(Err(domain)) => EventOutcome::Failed(format!("handler returned {domain:?}")),
+            Err(Failure::Backend(reason)) => EventOutcome::Unavailable(reason),
             Err(failure) => EventOutcome::Failed(failure.to_string()),
         }
     }

@@ -5,7 +5,9 @@ use kit::fields::{self};
 use kit::http::{ApiError, ApiResult, Response, echo_str, path_id, query_param, respond, segments};
 use kit::stock::{Stock, StockFailure};
 
-use crate::model::{DELETED_CAFES, MAX_QTY, MIN_QTY, ORDER_SEQ, ORDERS, Order, Status, key};
+use crate::model::{
+    CafeIndexEntry, DELETED_CAFES, MAX_QTY, MIN_QTY, ORDER_SEQ, ORDERS, Order, Status, by_cafe, key,
+};
 
 pub const PREFIX: &str = "/orders";
 
@@ -157,6 +159,7 @@ fn place(p: &impl Platform, stock: &impl Stock, body: &[u8]) -> ApiResult {
         version: 1,
     };
     p.put_json(ORDERS, &key(id), &order)?;
+    p.put_json(&by_cafe(cafe_id), &key(id), &CafeIndexEntry { id })?;
     p.publish_json("order.requested", &key(id), &order)?;
     Ok(Response::created(&order))
 }

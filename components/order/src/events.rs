@@ -4,7 +4,7 @@
 use kit::{EventError, Platform, fields};
 use serde_json::Value;
 
-use crate::model::{DELETED_CAFES, DeletedCafe, ORDERS, Order, Status, key};
+use crate::model::{DELETED_CAFES, DeletedCafe, ORDERS, Order, Status, by_cafe, key};
 
 pub const SUBSCRIPTIONS: &[&str] = &["production.registered", "cafe.deleted"];
 
@@ -40,9 +40,14 @@ fn production_registered(p: &impl Platform, id: u64) -> Result<(), EventError> {
 }
 
 /// Step 10: every open order of the deleted item becomes FORCE_CANCELED.
+/// Reads only that item's index and orders (the host version-checks every
+/// document read: listing all orders would conflict with any order write).
 fn cafe_deleted(p: &impl Platform, cafe_id: u64) -> Result<(), EventError> {
     p.put_json(DELETED_CAFES, &key(cafe_id), &DeletedCafe { cafe_id })?;
-    for (k, mut order) in p.list_json::<Order>(ORDERS)? {
+    for (k, _) in p.list(&by_cafe(cafe_id)) {
+        let Some(mut order) = p.get_json::<Order>(ORDERS, &k)? else {
+            continue;
+        };
         if order.cafe_id == cafe_id && order.status.is_open() {
             order.advance(Status::ForceCanceled);
             p.put_json(ORDERS, &k, &order)?;

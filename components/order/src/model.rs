@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 pub const ORDERS: &str = "orders";
 /// Menu items known to be deleted (from `cafe.deleted`), key = cafe id.
 pub const DELETED_CAFES: &str = "deleted-cafes";
+/// Prefix of the per-item index collections, see [`by_cafe`].
+pub const BY_CAFE_PREFIX: &str = "by-cafe-";
 /// Sequence for order ids.
 pub const ORDER_SEQ: &str = "orders";
 
@@ -88,6 +90,21 @@ impl Order {
 #[serde(rename_all = "camelCase")]
 pub struct DeletedCafe {
     pub cafe_id: u64,
+}
+
+/// The document kept in a [`by_cafe`] index, key = order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CafeIndexEntry {
+    pub id: u64,
+}
+
+/// The index of every order of menu item `cafe_id`: collection
+/// `by-cafe-{cafeId}` (at most 28 bytes), key = order id. Written once, when
+/// the order is placed, so `cafe.deleted` reads only that item's orders
+/// instead of listing (and version-checking) all of them.
+pub fn by_cafe(cafe_id: u64) -> String {
+    format!("{BY_CAFE_PREFIX}{cafe_id}")
 }
 
 pub fn key(id: u64) -> String {

@@ -3,6 +3,7 @@
 //! (as cafe does when the host links it in).
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 use kit::stock::{Reserved, Stock, StockFailure};
 use kit::{EventError, MemPlatform, Platform};
@@ -165,6 +166,7 @@ fn stock_refusals_map_to_statuses_and_store_nothing() {
         }
     }
     assert!(p.list("orders").is_empty());
+    assert!(p.list("by-cafe-5").is_empty());
     assert!(p.published().is_empty());
 }
 
@@ -187,6 +189,7 @@ fn menu_mismatch_discards_the_reservation() {
     );
     assert!(p.list("fake-reservations").is_empty());
     assert!(p.list("orders").is_empty());
+    assert!(p.list("by-cafe-5").is_empty());
 }
 
 #[test]
@@ -309,6 +312,138 @@ fn cafe_deleted_force_cancels_open_orders_of_that_item() {
         (st, v["error"].as_str()),
         (409, Some("already_force_canceled"))
     );
+}
+
+/// A platform that remembers what was read: `(collection, Some(key))` for a
+/// get, `(collection, None)` for a list. The host version-checks exactly
+/// those documents at commit.
+struct Reads<'a> {
+    p: &'a MemPlatform,
+    read: RefCell<BTreeSet<(String, Option<String>)>>,
+}
+
+impl<'a> Reads<'a> {
+    fn new(p: &'a MemPlatform) -> Self {
+        Reads {
+            p,
+            read: RefCell::new(BTreeSet::new()),
+        }
+    }
+}
+
+impl Platform for Reads<'_> {
+    fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
+        self.read
+            .borrow_mut()
+            .insert((collection.into(), Some(key.into())));
+        self.p.get(collection, key)
+    }
+    fn put(&self, collection: &str, key: &str, value: &[u8]) {
+        self.p.put(collection, key, value)
+    }
+    fn delete(&self, collection: &str, key: &str) {
+        self.p.delete(collection, key)
+    }
+    fn list(&self, collection: &str) -> Vec<(String, Vec<u8>)> {
+        self.read.borrow_mut().insert((collection.into(), None));
+        self.p.list(collection)
+    }
+    fn next_id(&self, sequence: &str) -> u64 {
+        self.p.next_id(sequence)
+    }
+    fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
+        self.p.publish(topic, key, payload)
+    }
+}
+
+fn place_at(p: &MemPlatform, s: &FakeStock, cafe: u64) -> u64 {
+    let body = json!({"custNm":"Hwang","cafeId":cafe}).to_string();
+    let (st, v) = call(p, s, "POST", "/orders", &body);
+    assert_eq!(st, 201, "{v}");
+    p.take_published();
+    v["id"].as_u64().unwrap()
+}
+
+#[test]
+fn placing_an_order_indexes_it_under_its_item() {
+    let p = MemPlatform::new();
+    let s = FakeStock::new(&p);
+    let a = place_at(&p, &s, 5);
+    let b = place_at(&p, &s, 6);
+    let c = place_at(&p, &s, 5);
+    let keys = |coll: &str| -> Vec<String> { p.list(coll).into_iter().map(|(k, _)| k).collect() };
+    assert_eq!(keys("by-cafe-5"), vec![a.to_string(), c.to_string()]);
+    assert_eq!(keys("by-cafe-6"), vec![b.to_string()]);
+    let doc: Value = serde_json::from_slice(&p.get("by-cafe-5", &a.to_string()).unwrap()).unwrap();
+    assert_eq!(doc, json!({"id":a}));
+    // the largest id still makes a legal collection name
+    assert!(crate::model::by_cafe(u64::MAX).len() <= 256);
+}
+
+#[test]
+fn cafe_deleted_reads_and_changes_only_that_items_orders() {
+    let p = MemPlatform::new();
+    let s = FakeStock::new(&p);
+    // interleaved, a dozen open orders of item 5 (ids past 9, so key order is
+    // not numeric order) and open / ordered / canceled orders of item 6
+    let mut five = Vec::new();
+    let mut six = Vec::new();
+    for i in 0..12 {
+        five.push(place_at(&p, &s, 5));
+        if i % 4 == 0 {
+            six.push(place_at(&p, &s, 6));
+        }
+    }
+    event(&p, "production.registered", json!({"orderId":five[1]})).unwrap();
+    event(&p, "production.registered", json!({"orderId":six[1]})).unwrap();
+    call(&p, &s, "POST", &format!("/orders/{}/cancel", six[2]), "");
+    p.take_published();
+    let before: Vec<Value> = six
+        .iter()
+        .map(|id| call(&p, &s, "GET", &format!("/orders/{id}"), "").1)
+        .collect();
+
+    let r = Reads::new(&p);
+    let res = events::handle(&r, "cafe.deleted", br#"{"cafeId":5}"#);
+    p.finish(res.is_ok());
+    res.unwrap();
+
+    // read set: the item's index and the item's orders, nothing else
+    let mut expected: BTreeSet<(String, Option<String>)> = five
+        .iter()
+        .map(|id| ("orders".to_owned(), Some(id.to_string())))
+        .collect();
+    expected.insert(("by-cafe-5".into(), None));
+    assert_eq!(*r.read.borrow(), expected);
+
+    for (i, id) in five.iter().enumerate() {
+        let version = if i == 1 { 3 } else { 2 };
+        assert_eq!(status(&p, &s, *id), ("FORCE_CANCELED".into(), version));
+    }
+    let after: Vec<Value> = six
+        .iter()
+        .map(|id| call(&p, &s, "GET", &format!("/orders/{id}"), "").1)
+        .collect();
+    assert_eq!(after, before);
+    let ev = p.take_published();
+    assert!(ev.iter().all(|e| e.topic == "order.force-canceled"));
+    let mut keys: Vec<u64> = ev.iter().map(|e| e.key.parse().unwrap()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, five);
+    for e in &ev {
+        assert_eq!(e.json()["status"], "FORCE_CANCELED");
+        assert_eq!(e.json()["cafeId"], 5);
+    }
+
+    // redelivery: nothing open any more
+    event(&p, "cafe.deleted", json!({"cafeId":5})).unwrap();
+    assert!(p.take_published().is_empty());
+    // the other item's turn: its open orders go, its canceled one stays
+    event(&p, "cafe.deleted", json!({"cafeId":6})).unwrap();
+    assert_eq!(status(&p, &s, six[0]), ("FORCE_CANCELED".into(), 2));
+    assert_eq!(status(&p, &s, six[1]), ("FORCE_CANCELED".into(), 3));
+    assert_eq!(status(&p, &s, six[2]), ("CANCELED".into(), 2));
+    assert_eq!(p.take_published().len(), 2);
 }
 
 #[test]

@@ -6,7 +6,8 @@ use kit::{EventError, Platform, fields};
 use serde_json::Value;
 
 use crate::model::{
-    DELETED_CAFES, DeletedCafe, OrderSnapshot, PRODUCTIONS, Production, Status, key,
+    CafeIndexEntry, DELETED_CAFES, DeletedCafe, OrderSnapshot, PRODUCTIONS, Production, Status,
+    by_cafe, key,
 };
 
 pub const SUBSCRIPTIONS: &[&str] = &["order.requested", "order.canceled", "cafe.deleted"];
@@ -31,6 +32,18 @@ fn save(p: &impl Platform, x: &Production) -> Result<(), EventError> {
     Ok(())
 }
 
+/// A new record, in whatever status: indexed under its menu item first.
+fn create(p: &impl Platform, x: &Production) -> Result<(), EventError> {
+    p.put_json(
+        &by_cafe(x.cafe_id),
+        &key(x.order_id),
+        &CafeIndexEntry {
+            order_id: x.order_id,
+        },
+    )?;
+    save(p, x)
+}
+
 /// Step 5: register the order on the board, unless it is already there
 /// (redelivery, or its cancel got here first) or its item is gone.
 fn order_requested(p: &impl Platform, order: OrderSnapshot) -> Result<(), EventError> {
@@ -42,14 +55,14 @@ fn order_requested(p: &impl Platform, order: OrderSnapshot) -> Result<(), EventE
     } else {
         Status::Registered
     };
-    save(p, &order.production(status))
+    create(p, &order.production(status))
 }
 
 /// Step 8: cancel the production. Seen before the request: record it as
 /// CANCELED so the late request cannot resurrect it.
 fn order_canceled(p: &impl Platform, order: OrderSnapshot) -> Result<(), EventError> {
     match p.get_json::<Production>(PRODUCTIONS, &key(order.id))? {
-        None => save(p, &order.production(Status::Canceled)),
+        None => create(p, &order.production(Status::Canceled)),
         Some(mut x) if x.status == Status::Registered => {
             x.status = Status::Canceled;
             x.version += 1;
@@ -60,9 +73,14 @@ fn order_canceled(p: &impl Platform, order: OrderSnapshot) -> Result<(), EventEr
 }
 
 /// Step 10: every REGISTERED production of the deleted item is force-canceled.
+/// Reads only that item's index and records (the host version-checks every
+/// document read: listing all productions would conflict with any change).
 fn cafe_deleted(p: &impl Platform, cafe_id: u64) -> Result<(), EventError> {
     p.put_json(DELETED_CAFES, &key(cafe_id), &DeletedCafe { cafe_id })?;
-    for (_, mut x) in p.list_json::<Production>(PRODUCTIONS)? {
+    for (k, _) in p.list(&by_cafe(cafe_id)) {
+        let Some(mut x) = p.get_json::<Production>(PRODUCTIONS, &k)? else {
+            continue;
+        };
         if x.cafe_id == cafe_id && x.status == Status::Registered {
             x.status = Status::ForceCanceled;
             x.version += 1;

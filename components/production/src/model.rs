@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 /// One production per order, key = order id as a decimal string.
 pub const PRODUCTIONS: &str = "productions";
+/// Prefix of the per-item index collections, see [`by_cafe`].
+pub const BY_CAFE_PREFIX: &str = "by-cafe-";
 /// Menu items known to be deleted (from `cafe.deleted`), key = cafe id.
 pub const DELETED_CAFES: &str = "deleted-cafes";
 
@@ -101,6 +103,21 @@ impl OrderSnapshot {
 #[serde(rename_all = "camelCase")]
 pub struct DeletedCafe {
     pub cafe_id: u64,
+}
+
+/// The document kept in a [`by_cafe`] index, key = order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CafeIndexEntry {
+    pub order_id: u64,
+}
+
+/// The index of every production of menu item `cafe_id`: collection
+/// `by-cafe-{cafeId}` (at most 28 bytes), key = order id. Written once, when
+/// the record is created (in whatever status), so `cafe.deleted` reads only
+/// that item's productions instead of listing (and version-checking) all.
+pub fn by_cafe(cafe_id: u64) -> String {
+    format!("{BY_CAFE_PREFIX}{cafe_id}")
 }
 
 pub fn key(id: u64) -> String {

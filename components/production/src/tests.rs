@@ -1,7 +1,10 @@
 //! Native tests of the production logic, including events arriving in any
 //! order and more than once.
 
-use kit::{EventError, MemPlatform};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+use kit::{EventError, MemPlatform, Platform};
 use serde_json::{Value, json};
 
 use crate::{api, events};
@@ -105,6 +108,136 @@ fn request_after_delete_is_force_canceled() {
     event(&p, "order.requested", &order(7, 5, "REQUESTED", 1)).unwrap();
     assert_eq!(state(&p, 7), ("FORCE_CANCELED".into(), 1));
     assert_eq!(topics(&p), vec!["production.force-canceled"]);
+}
+
+/// A platform that remembers what was read: `(collection, Some(key))` for a
+/// get, `(collection, None)` for a list. The host version-checks exactly
+/// those documents at commit.
+struct Reads<'a> {
+    p: &'a MemPlatform,
+    read: RefCell<BTreeSet<(String, Option<String>)>>,
+}
+
+impl Platform for Reads<'_> {
+    fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
+        self.read
+            .borrow_mut()
+            .insert((collection.into(), Some(key.into())));
+        self.p.get(collection, key)
+    }
+    fn put(&self, collection: &str, key: &str, value: &[u8]) {
+        self.p.put(collection, key, value)
+    }
+    fn delete(&self, collection: &str, key: &str) {
+        self.p.delete(collection, key)
+    }
+    fn list(&self, collection: &str) -> Vec<(String, Vec<u8>)> {
+        self.read.borrow_mut().insert((collection.into(), None));
+        self.p.list(collection)
+    }
+    fn next_id(&self, sequence: &str) -> u64 {
+        self.p.next_id(sequence)
+    }
+    fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
+        self.p.publish(topic, key, payload)
+    }
+}
+
+fn index(p: &MemPlatform, cafe: u64) -> Vec<String> {
+    p.list(&format!("by-cafe-{cafe}"))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect()
+}
+
+#[test]
+fn every_created_record_is_indexed_under_its_item() {
+    let p = MemPlatform::new();
+    // REGISTERED
+    event(&p, "order.requested", &order(1, 5, "REQUESTED", 1)).unwrap();
+    // CANCELED: the cancel overtook the request
+    event(&p, "order.canceled", &order(2, 5, "CANCELED", 2)).unwrap();
+    event(&p, "order.requested", &order(2, 5, "REQUESTED", 1)).unwrap();
+    // FORCE_CANCELED: requested after its item was deleted
+    event(&p, "cafe.deleted", &json!({"cafeId":6})).unwrap();
+    event(&p, "order.requested", &order(3, 6, "REQUESTED", 1)).unwrap();
+    // changes do not rewrite the index
+    event(&p, "order.canceled", &order(1, 5, "CANCELED", 2)).unwrap();
+    assert_eq!(index(&p, 5), vec!["1", "2"]);
+    assert_eq!(index(&p, 6), vec!["3"]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&p.get("by-cafe-6", "3").unwrap()).unwrap(),
+        json!({"orderId":3})
+    );
+    assert_eq!(state(&p, 2), ("CANCELED".into(), 1));
+    assert_eq!(state(&p, 3), ("FORCE_CANCELED".into(), 1));
+    assert!(crate::model::by_cafe(u64::MAX).len() <= 256);
+}
+
+#[test]
+fn cafe_deleted_reads_and_changes_only_that_items_productions() {
+    let p = MemPlatform::new();
+    // ids 1..=12 for item 5 (past 9: key order is not numeric order),
+    // interleaved with 101..=103 for item 6
+    for id in 1..=12 {
+        event(&p, "order.requested", &order(id, 5, "REQUESTED", 1)).unwrap();
+        if id % 4 == 0 {
+            event(
+                &p,
+                "order.requested",
+                &order(100 + id / 4, 6, "REQUESTED", 1),
+            )
+            .unwrap();
+        }
+    }
+    event(&p, "order.canceled", &order(3, 5, "CANCELED", 2)).unwrap();
+    event(&p, "order.canceled", &order(102, 6, "CANCELED", 2)).unwrap();
+    p.take_published();
+    let six = |p: &MemPlatform| -> Vec<Value> {
+        (101..=103)
+            .map(|id| get(p, &format!("/productions/{id}")).1)
+            .collect()
+    };
+    let before = six(&p);
+
+    let r = Reads {
+        p: &p,
+        read: RefCell::new(BTreeSet::new()),
+    };
+    let res = events::handle(&r, "cafe.deleted", br#"{"cafeId":5}"#);
+    p.finish(res.is_ok());
+    res.unwrap();
+
+    let mut expected: BTreeSet<(String, Option<String>)> = (1..=12u64)
+        .map(|id| ("productions".to_owned(), Some(id.to_string())))
+        .collect();
+    expected.insert(("by-cafe-5".into(), None));
+    assert_eq!(*r.read.borrow(), expected);
+
+    for id in 1..=12 {
+        let want = if id == 3 {
+            ("CANCELED".into(), 2)
+        } else {
+            ("FORCE_CANCELED".into(), 2)
+        };
+        assert_eq!(state(&p, id), want, "production {id}");
+    }
+    assert_eq!(six(&p), before);
+    let ev = p.take_published();
+    assert!(ev.iter().all(|e| e.topic == "production.force-canceled"));
+    let mut keys: Vec<u64> = ev.iter().map(|e| e.key.parse().unwrap()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, (1..=12).filter(|&id| id != 3).collect::<Vec<_>>());
+
+    // redelivery: nothing left to do
+    event(&p, "cafe.deleted", &json!({"cafeId":5})).unwrap();
+    assert!(p.take_published().is_empty());
+    // the other item's turn
+    event(&p, "cafe.deleted", &json!({"cafeId":6})).unwrap();
+    assert_eq!(state(&p, 101), ("FORCE_CANCELED".into(), 2));
+    assert_eq!(state(&p, 102), ("CANCELED".into(), 2));
+    assert_eq!(state(&p, 103), ("FORCE_CANCELED".into(), 2));
+    assert_eq!(topics(&p).len(), 2);
 }
 
 #[test]

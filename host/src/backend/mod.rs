@@ -104,6 +104,11 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `max` deliveries for `sub`, waiting at most `wait` for the first.
     async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 
+    /// Called right before a delivery is handled: restarts its idle clock so
+    /// it is not taken over while it waited behind others. False if it is no
+    /// longer ours to handle (already acknowledged).
+    async fn touch(&self, sub: &Subscription, delivery: &Delivery) -> Result<bool>;
+
     /// Apply the handler's unit and acknowledge the delivery, atomically.
     /// `Conflict` means nothing happened and the delivery should be retried.
     async fn ack(
@@ -128,6 +133,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Put a dead letter back in front of its subscriber; returns false if unknown.
     async fn replay(&self, dead_letter_id: &str) -> Result<bool>;
+
+    /// Housekeeping, run periodically: drop log entries every subscriber has
+    /// acknowledged and that are older than the retention. Returns how many.
+    async fn maintain(&self) -> Result<u64>;
 
     /// Events published but not yet acknowledged, per subscriber (the lag).
     async fn lag(&self, sub: &Subscription) -> Result<u64>;

@@ -282,8 +282,8 @@ impl RedisBackend {
     }
 
     /// Trim `stream` below the oldest entry some group still needs (pending,
-    /// or not yet delivered) and below the retention window. A stream nobody
-    /// has a group on is left alone. Returns the MINID used, if any.
+    /// or not yet delivered) and below the retention window; a stream no
+    /// group reads is trimmed by retention alone. Returns the MINID used.
     pub async fn trim(&self, stream: &str) -> Result<Option<String>> {
         let mut conn = self.conn.clone();
         let groups: Value = redis::cmd("XINFO")
@@ -292,9 +292,6 @@ impl RedisBackend {
             .query_async(&mut conn)
             .await?;
         let groups = group_infos(&groups);
-        if groups.is_empty() {
-            return Ok(None);
-        }
         let retain_ms = u64::try_from(self.retain.as_millis()).unwrap_or(u64::MAX);
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let mut floor = StreamPos(now.saturating_sub(retain_ms), 0);
@@ -366,9 +363,6 @@ impl RedisBackend {
                 let _: i64 = conn
                     .hincr(self.attempts_key(&sub.component), &id, 1)
                     .await?;
-            }
-            if let Err(e) = self.trim(&stream).await {
-                tracing::warn!(stream = %stream, error = %format!("{e:#}"), "trimming failed");
             }
         }
         Ok(())
@@ -561,6 +555,26 @@ impl Backend for RedisBackend {
         }
     }
 
+    async fn touch(&self, sub: &Subscription, delivery: &Delivery) -> Result<bool> {
+        let Cursor::Stream { stream, entry } = &delivery.cursor else {
+            bail!("not a redis delivery");
+        };
+        // XCLAIM with min-idle 0 and JUSTID resets the idle time without
+        // bumping the delivery counter; an empty reply means it was acked.
+        let mut conn = self.conn.clone();
+        let claimed: Vec<String> = redis::cmd("XCLAIM")
+            .arg(stream)
+            .arg(&sub.component)
+            .arg(&self.consumer)
+            .arg(0)
+            .arg(entry)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await
+            .context("redis XCLAIM failed")?;
+        Ok(!claimed.is_empty())
+    }
+
     async fn ack(
         &self,
         sub: &Subscription,
@@ -647,6 +661,44 @@ impl Backend for RedisBackend {
             .await
             .context("redis replay script failed")?;
         Ok(moved == 1)
+    }
+
+    async fn maintain(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let mut streams = Vec::new();
+        for pattern in [
+            format!("{}:stream:*", self.prefix),
+            format!("{}:replay:*", self.prefix),
+        ] {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(200)
+                    .arg("TYPE")
+                    .arg("stream")
+                    .query_async(&mut conn)
+                    .await
+                    .context("redis SCAN failed")?;
+                streams.extend(keys);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let mut trimmed = 0u64;
+        for stream in streams {
+            let before: u64 = conn.xlen(&stream).await.unwrap_or(0);
+            if self.trim(&stream).await?.is_some() {
+                let after: u64 = conn.xlen(&stream).await.unwrap_or(0);
+                trimmed += before.saturating_sub(after);
+            }
+        }
+        Ok(trimmed)
     }
 
     async fn lag(&self, sub: &Subscription) -> Result<u64> {

@@ -38,7 +38,10 @@ CREATE TABLE IF NOT EXISTS events (
     source TEXT NOT NULL, created_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, seq);
-CREATE TABLE IF NOT EXISTS offsets (subscriber TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS topic_offsets (
+    subscriber TEXT NOT NULL, topic TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (subscriber, topic)
+);
 CREATE TABLE IF NOT EXISTS attempts (
     subscriber TEXT NOT NULL, seq INTEGER NOT NULL,
     attempts INTEGER NOT NULL, last_error TEXT NOT NULL,
@@ -68,6 +71,8 @@ pub struct SqliteBackend {
     readers: Vec<Mutex<Connection>>,
     /// Woken after every commit that appended events, so dispatchers don't poll.
     appended: Arc<Notify>,
+    /// Acknowledged events older than this are pruned by `maintain`.
+    retain: Duration,
 }
 
 fn now_ms() -> i64 {
@@ -114,7 +119,14 @@ impl SqliteBackend {
             writer: Arc::new(Mutex::new(writer)),
             readers,
             appended: Arc::new(Notify::new()),
+            retain: Duration::from_secs(24 * 3600),
         })
+    }
+
+    /// Keep acknowledged events this long before `maintain` prunes them.
+    pub fn with_retention(mut self, retain: Duration) -> Self {
+        self.retain = retain;
+        self
     }
 
     fn reader(&self) -> MutexGuard<'_, Connection> {
@@ -226,7 +238,7 @@ fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
 }
 
 /// Mark a delivery as done for its subscriber. False if another process got there first.
-fn advance(tx: &Transaction<'_>, subscriber: &str, cursor: &Cursor) -> Result<bool> {
+fn advance(tx: &Transaction<'_>, subscriber: &str, topic: &str, cursor: &Cursor) -> Result<bool> {
     let Cursor::Seq { seq, replay } = cursor else {
         anyhow::bail!("not a sqlite delivery");
     };
@@ -241,8 +253,8 @@ fn advance(tx: &Transaction<'_>, subscriber: &str, cursor: &Cursor) -> Result<bo
         )?
     } else {
         tx.execute(
-            "UPDATE offsets SET seq = ?2 WHERE subscriber = ?1 AND seq < ?2",
-            params![subscriber, seq],
+            "UPDATE topic_offsets SET seq = ?2 WHERE subscriber = ?1 AND topic = ?3 AND seq < ?2",
+            params![subscriber, seq, topic],
         )?
     };
     Ok(changed == 1)
@@ -322,12 +334,17 @@ impl Backend for SqliteBackend {
     }
 
     async fn subscribe(&self, sub: &Subscription) -> Result<()> {
+        // One offset per topic: a topic added to a subscriber later is read
+        // from the start of the log, like a new Redis consumer group.
         let name = sub.component.clone();
+        let topics = sub.topics.clone();
         self.write(move |tx| {
-            tx.execute(
-                "INSERT OR IGNORE INTO offsets (subscriber, seq) VALUES (?1, 0)",
-                params![name],
-            )?;
+            for topic in &topics {
+                tx.execute(
+                    "INSERT OR IGNORE INTO topic_offsets (subscriber, topic, seq) VALUES (?1, ?2, 0)",
+                    params![name, topic],
+                )?;
+            }
             Ok(Some(()))
         })
         .await
@@ -349,6 +366,11 @@ impl Backend for SqliteBackend {
         self.pending(sub, max)
     }
 
+    async fn touch(&self, _sub: &Subscription, _delivery: &Delivery) -> Result<bool> {
+        // Offsets, not leases: nothing can take a delivery over.
+        Ok(true)
+    }
+
     async fn ack(
         &self,
         sub: &Subscription,
@@ -357,9 +379,12 @@ impl Backend for SqliteBackend {
     ) -> Result<Commit> {
         let has_events = !changes.events.is_empty();
         let subscriber = sub.component.clone();
+        let topic = delivery.topic.clone();
         let cursor = delivery.cursor.clone();
         let outcome = self
-            .write_checked(move |tx| Ok(apply(tx, &changes)? && advance(tx, &subscriber, &cursor)?))
+            .write_checked(move |tx| {
+                Ok(apply(tx, &changes)? && advance(tx, &subscriber, &topic, &cursor)?)
+            })
             .await?;
         if has_events && outcome == Commit::Applied {
             self.appended.notify_waiters();
@@ -375,6 +400,7 @@ impl Backend for SqliteBackend {
         dead: bool,
     ) -> Result<()> {
         let subscriber = sub.component.clone();
+        let topic = delivery.topic.clone();
         let cursor = delivery.cursor.clone();
         let error = error.to_owned();
         let attempt = delivery.attempt;
@@ -383,7 +409,10 @@ impl Backend for SqliteBackend {
                 anyhow::bail!("not a sqlite delivery");
             };
             if dead {
-                advance(tx, &subscriber, &cursor)?;
+                if !advance(tx, &subscriber, &topic, &cursor)? {
+                    // Another process already completed it: no dead letter.
+                    return Ok(Some(()));
+                }
                 tx.execute(
                     "INSERT INTO dead_letters (subscriber, seq, attempts, error, dead_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -463,14 +492,33 @@ impl Backend for SqliteBackend {
         Ok(replayed)
     }
 
+    async fn maintain(&self) -> Result<u64> {
+        let cutoff =
+            now_ms().saturating_sub(i64::try_from(self.retain.as_millis()).unwrap_or(i64::MAX));
+        self.write(move |tx| {
+            // Gone only when every subscriber of its topic is past it, and no
+            // dead letter or replay still points at it.
+            let pruned = tx.execute(
+                "DELETE FROM events WHERE created_ms < ?1
+                   AND NOT EXISTS (SELECT 1 FROM topic_offsets o WHERE o.topic = events.topic AND o.seq < events.seq)
+                   AND seq NOT IN (SELECT seq FROM dead_letters)
+                   AND seq NOT IN (SELECT seq FROM replays)",
+                params![cutoff],
+            )?;
+            Ok(Some(pruned as u64))
+        })
+        .await
+    }
+
     async fn lag(&self, sub: &Subscription) -> Result<u64> {
         if sub.topics.is_empty() {
             return Ok(0);
         }
         let conn = self.reader();
         let sql = format!(
-            "SELECT (SELECT count(*) FROM events WHERE topic IN ({}) AND seq >
-                    (SELECT coalesce(max(seq), 0) FROM offsets WHERE subscriber = ?1))
+            "SELECT (SELECT count(*) FROM events e
+                     JOIN topic_offsets o ON o.subscriber = ?1 AND o.topic = e.topic
+                     WHERE e.topic IN ({}) AND e.seq > o.seq)
                   + (SELECT count(*) FROM replays WHERE subscriber = ?1) + 0 * ?2",
             topic_filter(&sub.topics)
         );
@@ -509,7 +557,8 @@ impl SqliteBackend {
             "SELECT e.seq, e.topic, e.key, e.payload, e.source,
                     coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = ?1 AND a.seq = e.seq), 0)
              FROM events e
-             WHERE e.seq > (SELECT seq FROM offsets WHERE subscriber = ?1)
+             JOIN topic_offsets o ON o.subscriber = ?1 AND o.topic = e.topic
+             WHERE e.seq > o.seq
                AND e.topic IN ({})
              ORDER BY e.seq LIMIT ?2",
             topic_filter(&sub.topics)

@@ -17,6 +17,28 @@ use tracing::Instrument;
 use crate::backend::{Commit, Delivery, Subscription};
 use crate::runtime::{EventOutcome, Runtime};
 
+/// Consecutive conflicts of one delivery before it counts as a failed attempt.
+const MAX_CONFLICTS: u32 = 20;
+
+/// Tracks consecutive commit conflicts of the delivery at the head.
+#[derive(Default)]
+struct Streak {
+    id: String,
+    conflicts: u32,
+}
+
+impl Streak {
+    /// Record a conflict of `id`; returns how many in a row.
+    fn bump(&mut self, id: &str) -> u32 {
+        if self.id != id {
+            self.id = id.to_owned();
+            self.conflicts = 0;
+        }
+        self.conflicts += 1;
+        self.conflicts
+    }
+}
+
 /// Deliveries fetched per poll.
 const BATCH: usize = 16;
 /// Longest wait for new events before polling again (covers other processes).
@@ -52,6 +74,7 @@ pub async fn spawn_all(
 
 async fn run(rt: Arc<Runtime>, sub: Subscription, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
+    let mut streak = Streak::default();
     while !*shutdown.borrow() {
         let polled = tokio::select! {
             polled = rt.backend.poll(&sub, BATCH, IDLE_WAIT) => polled,
@@ -73,7 +96,7 @@ async fn run(rt: Arc<Runtime>, sub: Subscription, mut shutdown: watch::Receiver<
             if *shutdown.borrow() {
                 return;
             }
-            if !deliver(&rt, &sub, &delivery, &mut shutdown).await {
+            if !deliver(&rt, &sub, &delivery, &mut shutdown, &mut streak).await {
                 // Failed, conflicted or backend trouble: poll again so the
                 // next attempt sees fresh state and attempt counts.
                 break;
@@ -88,6 +111,7 @@ async fn deliver(
     sub: &Subscription,
     delivery: &Delivery,
     shutdown: &mut watch::Receiver<bool>,
+    streak: &mut Streak,
 ) -> bool {
     let Some(loaded) = rt.registry.get(&sub.component) else {
         // Removed: its events wait in the log until it is back.
@@ -95,7 +119,7 @@ async fn deliver(
         return false;
     };
     let span = tracing::info_span!("event", component = %sub.component, event_id = %delivery.id, topic = %delivery.topic, attempt = delivery.attempt);
-    handle(rt, sub, delivery, shutdown, loaded)
+    handle(rt, sub, delivery, shutdown, loaded, streak)
         .instrument(span)
         .await
 }
@@ -106,12 +130,52 @@ async fn handle(
     delivery: &Delivery,
     shutdown: &mut watch::Receiver<bool>,
     loaded: Arc<crate::registry::Loaded>,
+    streak: &mut Streak,
 ) -> bool {
+    let max = rt.config.events.max_attempts;
+    if delivery.attempt > max {
+        // Delivered more often than allowed without ever completing: its
+        // handlers died with it (a crash, a kill). Stop here, before it can
+        // take down another host.
+        let reason = format!(
+            "delivered {} times without completing; the hosts handling it stopped",
+            delivery.attempt - 1
+        );
+        tracing::error!(reason = %reason, "event dead-lettered");
+        if let Err(e) = rt.backend.fail(sub, delivery, &reason, true).await {
+            tracing::warn!(error = %format!("{e:#}"), "dead-lettering failed");
+        }
+        return false;
+    }
+    match rt.backend.touch(sub, delivery).await {
+        Ok(true) => {}
+        Ok(false) => return false,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "event backend unavailable; retrying");
+            sleep_or_shutdown(Duration::from_millis(200), shutdown).await;
+            return false;
+        }
+    }
     match rt.handle_event(&loaded, delivery).await {
         EventOutcome::Handled(changes) => match rt.backend.ack(sub, delivery, changes).await {
             Ok(Commit::Applied) => true,
             Ok(Commit::Conflict) => {
-                tracing::debug!("event handling conflicted; redelivering");
+                let n = streak.bump(&delivery.id);
+                if n >= MAX_CONFLICTS {
+                    let reason =
+                        format!("kept conflicting with concurrent changes ({n} times in a row)");
+                    tracing::warn!(reason = %reason, "counting as a failed attempt");
+                    let dead = delivery.attempt >= max;
+                    if let Err(e) = rt.backend.fail(sub, delivery, &reason, dead).await {
+                        tracing::warn!(error = %format!("{e:#}"), "recording the failure failed");
+                    }
+                    streak.conflicts = 0;
+                } else {
+                    tracing::debug!(conflicts = n, "event handling conflicted; redelivering");
+                }
+                // Let the competing writers finish before trying again.
+                let jitter = rand::random_range(1..=u64::from(n.min(10)) * 5);
+                sleep_or_shutdown(Duration::from_millis(jitter), shutdown).await;
                 false
             }
             Err(e) => {
@@ -120,8 +184,14 @@ async fn handle(
                 false
             }
         },
+        EventOutcome::Unavailable(reason) => {
+            // The backend, not the handler, failed: not the event's fault,
+            // so no attempt is counted.
+            tracing::warn!(reason = %reason, "state backend unavailable; retrying the event");
+            sleep_or_shutdown(Duration::from_millis(500), shutdown).await;
+            false
+        }
         EventOutcome::Failed(reason) => {
-            let max = rt.config.events.max_attempts;
             let dead = delivery.attempt >= max;
             if dead {
                 tracing::error!(reason = %reason, "event dead-lettered after {max} attempts");
@@ -145,6 +215,7 @@ async fn handle(
 /// path is `spawn_all`.
 pub async fn drain(rt: &Arc<Runtime>, sub: &Subscription) -> Result<usize> {
     let (_keep, mut never) = watch::channel(false);
+    let mut streak = Streak::default();
     let mut attempted = 0;
     loop {
         let deliveries = rt.backend.poll(sub, BATCH, Duration::ZERO).await?;
@@ -153,7 +224,7 @@ pub async fn drain(rt: &Arc<Runtime>, sub: &Subscription) -> Result<usize> {
         }
         for delivery in deliveries {
             attempted += 1;
-            if !deliver(rt, sub, &delivery, &mut never).await {
+            if !deliver(rt, sub, &delivery, &mut never, &mut streak).await {
                 break;
             }
         }

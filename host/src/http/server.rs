@@ -28,6 +28,8 @@ use crate::runtime::{HttpFailure, Runtime};
 
 /// How long a client may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send its whole request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -147,10 +149,20 @@ impl App {
             discard(body, limit).await;
             return too_large();
         }
-        let body = match read_body(body, limit).await {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => return too_large(),
-            Err(e) => {
+        let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, limit)).await {
+            Err(_) => {
+                return reply::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                );
+            }
+            Ok(Ok(Some(bytes))) => bytes,
+            Ok(Ok(None)) => return too_large(),
+            Ok(Err(e)) => {
                 return reply::error(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
@@ -188,13 +200,24 @@ impl App {
                     ),
                 )
             }
-            HttpFailure::Invoke(Failure::Backend(reason)) | HttpFailure::Commit(reason) => {
+            HttpFailure::Invoke(Failure::Backend(reason)) => {
                 tracing::error!(reason = %reason, "state backend failed");
                 reply::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "backend_unavailable",
                     format!(
                         "the state backend is unavailable ({reason}); nothing was saved, retry later"
+                    ),
+                )
+            }
+            HttpFailure::Commit(reason) => {
+                tracing::error!(reason = %reason, "commit failed");
+                reply::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "commit_unknown",
+                    format!(
+                        "the state backend failed while committing ({reason}); the request may or may not \
+                         have been applied: check before retrying"
                     ),
                 )
             }

@@ -3,6 +3,7 @@
 
 mod components;
 mod e2e;
+mod event_log;
 mod faults;
 mod redis_hosts;
 mod redis_streams;

@@ -147,3 +147,25 @@ async fn a_lost_consumer_group_is_recreated() {
         "delivery resumes after the group is recreated"
     );
 }
+
+/// Streams nobody subscribes to are trimmed by retention alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsubscribed_streams_are_trimmed_by_retention() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let backend = RedisBackend::connect(
+        &redis.url,
+        "orphan",
+        Duration::from_secs(60),
+        Duration::ZERO,
+    )
+    .await
+    .expect("connect");
+    backend.commit(events(3)).await.expect("commit");
+    assert_eq!(xlen(&redis, "orphan:stream:t").await, 3);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(backend.maintain().await.expect("maintain"), 3);
+    assert_eq!(xlen(&redis, "orphan:stream:t").await, 0);
+}

@@ -1,0 +1,74 @@
+//! The embedded event log, driven directly: per-topic offsets and pruning.
+
+use std::time::Duration;
+
+use sktarbucks::backend::sqlite::SqliteBackend;
+use sktarbucks::backend::{Backend, Subscription};
+use sktarbucks::config::Synchronous;
+use sktarbucks::uow::{Changes, NewEvent};
+
+fn event(topic: &str, key: &str) -> Changes {
+    Changes {
+        events: vec![NewEvent {
+            topic: topic.into(),
+            key: key.into(),
+            payload: b"{}".to_vec(),
+            source: "test".into(),
+        }],
+        ..Changes::default()
+    }
+}
+
+fn count(dir: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(dir.join("sktarbucks.db")).expect("db");
+    conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .expect("count")
+}
+
+/// Pruning removes only events every subscriber of their topic has passed; a
+/// topic added to a subscriber later is read from the start of the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_keeps_what_subscribers_still_need_and_new_topics_start_at_the_beginning() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = SqliteBackend::open(dir.path(), Synchronous::Normal)
+        .expect("open")
+        .with_retention(Duration::ZERO);
+    let a = Subscription {
+        component: "a".into(),
+        topics: vec!["x".into()],
+    };
+    backend.subscribe(&a).await.expect("subscribe");
+    for i in 0..4 {
+        backend
+            .commit(event("x", &format!("x{i}")))
+            .await
+            .expect("commit");
+    }
+    backend.commit(event("y", "y0")).await.expect("commit");
+    for _ in 0..2 {
+        let got = backend.poll(&a, 1, Duration::ZERO).await.expect("poll");
+        backend
+            .ack(&a, &got[0], Changes::default())
+            .await
+            .expect("ack");
+    }
+    // x0, x1 acknowledged by their only subscriber; y0 has no subscriber.
+    assert_eq!(backend.maintain().await.expect("maintain"), 3);
+    assert_eq!(count(dir.path()), 2, "x2 and x3 are still needed by a");
+    // `a` now also takes topic y: nothing of y is left, but x continues where it was.
+    let a2 = Subscription {
+        component: "a".into(),
+        topics: vec!["x".into(), "y".into()],
+    };
+    backend.subscribe(&a2).await.expect("subscribe");
+    backend.commit(event("y", "y1")).await.expect("commit");
+    let mut keys = Vec::new();
+    loop {
+        let got = backend.poll(&a2, 1, Duration::ZERO).await.expect("poll");
+        let Some(d) = got.first() else { break };
+        keys.push(d.key.clone());
+        backend.ack(&a2, d, Changes::default()).await.expect("ack");
+    }
+    assert_eq!(keys, ["x2", "x3", "y1"]);
+    assert_eq!(backend.lag(&a2).await.expect("lag"), 0);
+}
