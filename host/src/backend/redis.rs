@@ -43,7 +43,9 @@ local i = 1
 local function take() local v = ARGV[i]; i = i + 1; return v end
 local nreads = tonumber(take())
 for _ = 1, nreads do
-  local h, f, want = take(), take(), tonumber(take())
+  local h = take()
+  local f = take()
+  local want = tonumber(take())
   local cur = redis.call('HGET', h, f)
   local seen = 0
   if cur then seen = tonumber(string.sub(cur, 1, 20)) end
@@ -51,7 +53,13 @@ for _ = 1, nreads do
 end
 local ack = nil
 if take() == '1' then
-  ack = { stream = take(), group = take(), entry = take(), done = take(), attempts = take(), id = take() }
+  ack = {}
+  ack.stream = take()
+  ack.group = take()
+  ack.entry = take()
+  ack.done = take()
+  ack.attempts = take()
+  ack.id = take()
   if redis.call('EXISTS', ack.done) == 1 then return 'duplicate' end
 end
 local version_key = take()
@@ -60,13 +68,20 @@ if nwrites > 0 then
   local version = redis.call('INCR', version_key)
   local stamp = string.format('%020d', version)
   for _ = 1, nwrites do
-    local h, f, flag, value = take(), take(), take(), take()
+    local h = take()
+    local f = take()
+    local flag = take()
+    local value = take()
     redis.call('HSET', h, f, stamp .. flag .. value)
   end
 end
 local nevents = tonumber(take())
 for _ = 1, nevents do
-  local stream, topic, key, payload, source = take(), take(), take(), take(), take()
+  local stream = take()
+  local topic = take()
+  local key = take()
+  local payload = take()
+  local source = take()
   redis.call('XADD', stream, '*', 'topic', topic, 'key', key, 'payload', payload, 'source', source)
 end
 if ack then
@@ -651,6 +666,9 @@ impl Backend for RedisBackend {
     }
 
     async fn replay(&self, dead_letter_id: &str) -> Result<bool> {
+        if StreamPos::parse(dead_letter_id).is_none() {
+            return Ok(false);
+        }
         let mut conn = self.conn.clone();
         let moved: i64 = self
             .replay

@@ -67,19 +67,37 @@ pub async fn spawn_all(
             .push(sub.clone());
         let rt = Arc::clone(rt);
         let shutdown = shutdown.clone();
-        handles.push(tokio::spawn(async move { run(rt, sub, shutdown).await }));
+        handles.push(tokio::spawn(supervise(rt, sub, shutdown)));
     }
     Ok(handles)
+}
+
+/// Keep a subscriber's dispatcher running: a panic in it is logged and the
+/// dispatcher restarted, instead of silently stopping delivery.
+async fn supervise(rt: Arc<Runtime>, sub: Subscription, shutdown: watch::Receiver<bool>) {
+    loop {
+        let task = tokio::spawn(run(Arc::clone(&rt), sub.clone(), shutdown.clone()));
+        match task.await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::error!(component = %sub.component, error = %e, "dispatcher crashed; restarting it");
+                if *shutdown.borrow() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 async fn run(rt: Arc<Runtime>, sub: Subscription, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     let mut streak = Streak::default();
     while !*shutdown.borrow() {
-        let polled = tokio::select! {
-            polled = rt.backend.poll(&sub, BATCH, IDLE_WAIT) => polled,
-            _ = shutdown.changed() => break,
-        };
+        // Not cancelled on shutdown: a blocking read that already took
+        // entries must hand them over, or they would sit pending until
+        // reclaimed. The wait is bounded by IDLE_WAIT.
+        let polled = rt.backend.poll(&sub, BATCH, IDLE_WAIT).await;
         let deliveries = match polled {
             Ok(d) => {
                 backoff = Duration::from_millis(100);

@@ -62,6 +62,38 @@ async fn a_unit_of_work_cannot_buffer_unbounded_bytes(kind: Kind) {
     h.stop().await;
 }
 
+/// An event whose deliveries never completed (its hosts died handling it) is
+/// dead-lettered without being run again once over the attempt limit.
+async fn an_event_that_keeps_killing_its_hosts_is_dead_lettered_without_running(kind: Kind) {
+    let h = Harness::start(kind).await;
+    h.inject("test", "faulty.happened", "killer", json!("x"))
+        .await;
+    let sub = h.subscription("faulty").await;
+    // Three deliveries that ended without an outcome (max_attempts = 3).
+    for _ in 0..3 {
+        let got = h
+            .backend
+            .poll(&sub, 1, std::time::Duration::ZERO)
+            .await
+            .expect("poll");
+        h.backend
+            .fail(&sub, &got[0], "host died", false)
+            .await
+            .expect("record");
+    }
+    h.drain_one("faulty").await;
+    let letters = h.backend.dead_letters().await.expect("dead letters");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0].error.contains("without completing"),
+        "{}",
+        letters[0].error
+    );
+    let (_, counts) = h.client.get("/faulty/counts").await;
+    assert_eq!(counts, json!({}), "the handler never ran");
+    h.stop().await;
+}
+
 /// A poison event is retried up to max_attempts, dead-lettered with its error, and later events still flow.
 async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on(kind: Kind) {
     let h = Harness::start(kind).await;
@@ -145,6 +177,7 @@ async fn oversized_bodies_and_unknown_routes_get_json_errors(kind: Kind) {
 }
 
 crate::on_both_backends!(
+    an_event_that_keeps_killing_its_hosts_is_dead_lettered_without_running,
     a_unit_of_work_cannot_buffer_unbounded_bytes,
     an_infinite_loop_times_out_without_blocking_other_routes,
     a_memory_bomb_fails_only_its_own_invocation,
