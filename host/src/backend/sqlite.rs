@@ -499,7 +499,7 @@ impl Backend for SqliteBackend {
             // Gone only when every subscriber of its topic is past it, and no
             // dead letter or replay still points at it.
             let pruned = tx.execute(
-                "DELETE FROM events WHERE created_ms < ?1
+                "DELETE FROM events WHERE created_ms <= ?1
                    AND NOT EXISTS (SELECT 1 FROM topic_offsets o WHERE o.topic = events.topic AND o.seq < events.seq)
                    AND seq NOT IN (SELECT seq FROM dead_letters)
                    AND seq NOT IN (SELECT seq FROM replays)",
