@@ -28,6 +28,8 @@ use crate::runtime::{HttpFailure, Runtime};
 
 /// How long a client may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections served at once.
+const MAX_CONNECTIONS: usize = 10_000;
 /// How long a client may take to send its whole request body.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for in-flight requests.
@@ -53,8 +55,18 @@ pub async fn serve(
         draining: AtomicBool::new(false),
     });
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        // Past the limit, stop accepting (the kernel backlog queues the rest)
+        // instead of spawning without bound.
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -82,6 +94,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     app.draining.store(true, Ordering::SeqCst);
