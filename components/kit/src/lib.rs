@@ -10,8 +10,9 @@
 //!   counts as numbers or digit strings, trimmed bounded strings).
 //! - [`platform`]: the [`Platform`] trait over a component's `store` and
 //!   `events` imports, its typed JSON helpers, [`impl_platform!`] to wire a
-//!   component's generated bindings, and [`MemPlatform`], an in-memory double
-//!   for native tests of component logic.
+//!   component's generated bindings, [`export_handlers!`] for its HTTP and
+//!   event exports, and [`MemPlatform`], an in-memory double for native tests
+//!   of component logic.
 //! - [`stock`]: mirrors of the WIT `stock` types and the caller's trait.
 
 pub mod fields;

@@ -3,7 +3,8 @@
 //! Each component implements [`Platform`] for a unit struct over its own
 //! generated bindings with [`impl_platform!`](crate::impl_platform), writes
 //! its logic against `&impl Platform`, and tests that logic natively with
-//! [`MemPlatform`].
+//! [`MemPlatform`]. [`export_handlers!`](crate::export_handlers) writes its
+//! `http-handler` and `event-handler` exports.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -180,6 +181,79 @@ macro_rules! impl_platform {
             }
             fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
                 $($ns)::+::events::publish(topic, key, payload)
+            }
+        }
+    };
+}
+
+/// `impl http_handler::Guest` and `impl event_handler::Guest` for the
+/// component type given, over the caller's generated bindings.
+///
+/// Exists because those two impls are the same glue in every component (kit
+/// [`Response`](crate::Response) → generated `response`, topics → `Vec<String>`,
+/// [`EventError`] → generated `error`) and kit cannot name the generated types
+/// itself. The paths in the expansion (`exports::sktarbucks::platform::..`,
+/// `sktarbucks::platform::types::..`) resolve at the call site, so invoke it in
+/// the module holding `wit_bindgen::generate!`.
+///
+/// - `http: |req| ..`: the kit response for `req` (a generated `request`).
+/// - `subscriptions: ..`: the topics, any iterable of `AsRef<str>`.
+/// - `event: |ev| ..`: `Result<(), kit::EventError>` for `ev` (a generated `event`).
+///
+/// ```ignore
+/// kit::export_handlers! {
+///     Component,
+///     http: |req| api::handle(&Host, &req.method, &req.path, &req.body),
+///     subscriptions: events::SUBSCRIPTIONS,
+///     event: |ev| events::handle(&Host, &ev.topic, &ev.payload),
+/// }
+/// ```
+#[macro_export]
+macro_rules! export_handlers {
+    (
+        $component:ty,
+        http: |$req:ident| $http:expr,
+        subscriptions: $subscriptions:expr,
+        event: |$ev:ident| $event:expr $(,)?
+    ) => {
+        impl exports::sktarbucks::platform::http_handler::Guest for $component {
+            fn handle(
+                $req: sktarbucks::platform::types::Request,
+            ) -> sktarbucks::platform::types::Response {
+                let r: $crate::Response = $http;
+                sktarbucks::platform::types::Response {
+                    status: r.status,
+                    headers: r.headers,
+                    body: r.body,
+                }
+            }
+        }
+
+        impl exports::sktarbucks::platform::event_handler::Guest for $component {
+            fn subscriptions() -> ::std::vec::Vec<::std::string::String> {
+                ::std::iter::IntoIterator::into_iter($subscriptions)
+                    .map(|t| ::std::convert::AsRef::<str>::as_ref(&t).to_owned())
+                    .collect()
+            }
+
+            fn handle(
+                $ev: sktarbucks::platform::types::Event,
+            ) -> ::std::result::Result<(), sktarbucks::platform::types::Error> {
+                let result: ::std::result::Result<(), $crate::EventError> = $event;
+                result.map_err(|e| match e {
+                    $crate::EventError::NotFound(m) => {
+                        sktarbucks::platform::types::Error::NotFound(m)
+                    }
+                    $crate::EventError::Invalid(m) => {
+                        sktarbucks::platform::types::Error::Invalid(m)
+                    }
+                    $crate::EventError::Conflict(m) => {
+                        sktarbucks::platform::types::Error::Conflict(m)
+                    }
+                    $crate::EventError::Unavailable(m) => {
+                        sktarbucks::platform::types::Error::Unavailable(m)
+                    }
+                })
             }
         }
     };

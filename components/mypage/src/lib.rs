@@ -18,9 +18,6 @@ mod tests;
 
 wit_bindgen::generate!({ world: "mypage", path: "../../wit" });
 
-use exports::sktarbucks::platform::{event_handler, http_handler};
-use sktarbucks::platform::types::{Error, Event, Request, Response};
-
 struct Host;
 kit::impl_platform!(Host, sktarbucks::platform);
 
@@ -29,30 +26,11 @@ kit::impl_platform!(Host, sktarbucks::platform);
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct Component;
 
-impl http_handler::Guest for Component {
-    fn handle(req: Request) -> Response {
-        let r = api::handle(&Host, &req.method, &req.path, &req.query);
-        Response {
-            status: r.status,
-            headers: r.headers,
-            body: r.body,
-        }
-    }
-}
-
-impl event_handler::Guest for Component {
-    fn subscriptions() -> Vec<String> {
-        events::subscriptions()
-    }
-
-    fn handle(ev: Event) -> Result<(), Error> {
-        events::handle(&Host, &ev.topic, &ev.payload).map_err(|e| match e {
-            kit::EventError::NotFound(m) => Error::NotFound(m),
-            kit::EventError::Invalid(m) => Error::Invalid(m),
-            kit::EventError::Conflict(m) => Error::Conflict(m),
-            kit::EventError::Unavailable(m) => Error::Unavailable(m),
-        })
-    }
+kit::export_handlers! {
+    Component,
+    http: |req| api::handle(&Host, &req.method, &req.path, &req.query),
+    subscriptions: events::subscriptions(),
+    event: |ev| events::handle(&Host, &ev.topic, &ev.payload),
 }
 
 #[cfg(target_arch = "wasm32")]

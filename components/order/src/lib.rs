@@ -18,9 +18,8 @@ mod tests;
 
 wit_bindgen::generate!({ world: "order", path: "../../wit" });
 
-use exports::sktarbucks::platform::{event_handler, http_handler};
 use kit::stock::{Reserved, StockFailure};
-use sktarbucks::platform::types::{Error, Event, Request, Response, StockError};
+use sktarbucks::platform::types::StockError;
 
 struct Host;
 kit::impl_platform!(Host, sktarbucks::platform);
@@ -53,40 +52,11 @@ impl kit::stock::Stock for StockImport {
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct Component;
 
-impl http_handler::Guest for Component {
-    fn handle(req: Request) -> Response {
-        let r = api::handle(
-            &Host,
-            &StockImport,
-            &req.method,
-            &req.path,
-            &req.query,
-            &req.body,
-        );
-        Response {
-            status: r.status,
-            headers: r.headers,
-            body: r.body,
-        }
-    }
-}
-
-impl event_handler::Guest for Component {
-    fn subscriptions() -> Vec<String> {
-        events::SUBSCRIPTIONS
-            .iter()
-            .map(|t| (*t).to_owned())
-            .collect()
-    }
-
-    fn handle(ev: Event) -> Result<(), Error> {
-        events::handle(&Host, &ev.topic, &ev.payload).map_err(|e| match e {
-            kit::EventError::NotFound(m) => Error::NotFound(m),
-            kit::EventError::Invalid(m) => Error::Invalid(m),
-            kit::EventError::Conflict(m) => Error::Conflict(m),
-            kit::EventError::Unavailable(m) => Error::Unavailable(m),
-        })
-    }
+kit::export_handlers! {
+    Component,
+    http: |req| api::handle(&Host, &StockImport, &req.method, &req.path, &req.query, &req.body),
+    subscriptions: events::SUBSCRIPTIONS,
+    event: |ev| events::handle(&Host, &ev.topic, &ev.payload),
 }
 
 #[cfg(target_arch = "wasm32")]

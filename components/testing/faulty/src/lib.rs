@@ -6,10 +6,9 @@ wit_bindgen::generate!({ world: "platform", path: "../../../wit" });
 
 use std::time::{Duration, Instant};
 
-use exports::sktarbucks::platform::{event_handler, http_handler};
-use kit::Platform;
 use kit::http::{ApiError, ApiResult, Response as KitResponse, query_param, respond, segments};
-use sktarbucks::platform::types::{Error, Event, Request, Response};
+use kit::{EventError, Platform};
+use sktarbucks::platform::types::{Event, Request};
 
 struct Host;
 kit::impl_platform!(Host, sktarbucks::platform);
@@ -19,46 +18,36 @@ kit::impl_platform!(Host, sktarbucks::platform);
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct Component;
 
-impl http_handler::Guest for Component {
-    fn handle(req: Request) -> Response {
-        let r = respond(route(&req));
-        Response {
-            status: r.status,
-            headers: r.headers,
-            body: r.body,
-        }
-    }
+kit::export_handlers! {
+    Component,
+    http: |req| respond(route(&req)),
+    subscriptions: ["faulty.happened", "faulty.poison"],
+    event: |ev| on_event(&ev),
 }
 
-impl event_handler::Guest for Component {
-    fn subscriptions() -> Vec<String> {
-        vec!["faulty.happened".to_owned(), "faulty.poison".to_owned()]
-    }
-
-    #[allow(clippy::panic)]
-    fn handle(ev: Event) -> Result<(), Error> {
-        match ev.payload.as_slice() {
-            b"poison" => Err(Error::Invalid("poison pill".to_owned())),
-            b"trap" => panic!("faulty: trap requested by event {}", ev.id),
-            payload => {
-                if let Some(ms) = payload
-                    .strip_prefix(b"sleep:")
-                    .and_then(|ms| std::str::from_utf8(ms).ok())
-                    .and_then(|ms| ms.parse::<u64>().ok())
-                {
-                    busy_wait(Duration::from_millis(ms));
-                }
-                Host.put("seen", &ev.id, payload);
-                // A read-modify-write counter per event key: unlike `seen`,
-                // applying one event twice shows up as 2 (tests count effects).
-                let count = Host
-                    .get("counts", &ev.key)
-                    .and_then(|raw| String::from_utf8(raw).ok())
-                    .and_then(|text| text.parse::<u64>().ok())
-                    .unwrap_or(0);
-                Host.put("counts", &ev.key, (count + 1).to_string().as_bytes());
-                Ok(())
+#[allow(clippy::panic)]
+fn on_event(ev: &Event) -> Result<(), EventError> {
+    match ev.payload.as_slice() {
+        b"poison" => Err(EventError::Invalid("poison pill".to_owned())),
+        b"trap" => panic!("faulty: trap requested by event {}", ev.id),
+        payload => {
+            if let Some(ms) = payload
+                .strip_prefix(b"sleep:")
+                .and_then(|ms| std::str::from_utf8(ms).ok())
+                .and_then(|ms| ms.parse::<u64>().ok())
+            {
+                busy_wait(Duration::from_millis(ms));
             }
+            Host.put("seen", &ev.id, payload);
+            // A read-modify-write counter per event key: unlike `seen`,
+            // applying one event twice shows up as 2 (tests count effects).
+            let count = Host
+                .get("counts", &ev.key)
+                .and_then(|raw| String::from_utf8(raw).ok())
+                .and_then(|text| text.parse::<u64>().ok())
+                .unwrap_or(0);
+            Host.put("counts", &ev.key, (count + 1).to_string().as_bytes());
+            Ok(())
         }
     }
 }
