@@ -59,6 +59,8 @@ impl HostState {
             deadline,
             self.depth + 1,
         );
+        // The unit's limits span the whole call chain.
+        store.data_mut().inherit_budget(self);
         let opened = bounded(deadline, budget, async {
             let instance = instantiate(&mut store, &provider, budget).await?;
             indices
@@ -86,7 +88,9 @@ impl HostState {
     ) -> Result<T, StockError> {
         match result {
             Ok(Ok(value)) => {
-                self.uow = provider.store.into_data().uow;
+                let callee = provider.store.into_data();
+                self.inherit_budget(&callee);
+                self.uow = callee.uow;
                 Ok(value)
             }
             Ok(Err(refusal)) => Err(refusal),

@@ -89,6 +89,13 @@ impl HostState {
             .to_owned()
     }
 
+    /// Continue counting from `other`'s buffered writes and bytes, so a
+    /// synchronous call chain shares one unit-of-work budget.
+    pub fn inherit_budget(&mut self, other: &HostState) {
+        self.buffered = other.buffered;
+        self.buffered_bytes = other.buffered_bytes;
+    }
+
     fn charge(&mut self, what: &str, bytes: usize) -> wasmtime::Result<()> {
         self.buffered += 1;
         self.buffered_bytes = self.buffered_bytes.saturating_add(bytes);

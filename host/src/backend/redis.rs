@@ -345,6 +345,62 @@ impl RedisBackend {
         Ok(Some(minid))
     }
 
+    /// Remove consumers of stopped processes from every group of `stream`:
+    /// only those holding nothing (pending 0) and idle for four claim
+    /// periods. A live consumer removed by mistake is recreated by its next
+    /// read, so this never loses anything.
+    async fn forget_idle_consumers(&self, stream: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let groups: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream)
+            .query_async(&mut conn)
+            .await?;
+        let idle_limit = u64::try_from((self.claim_idle * 4).as_millis()).unwrap_or(u64::MAX);
+        for (group, _, _) in group_infos(&groups) {
+            let consumers: Value = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(stream)
+                .arg(&group)
+                .query_async(&mut conn)
+                .await?;
+            let Value::Array(consumers) = consumers else {
+                continue;
+            };
+            for info in consumers {
+                let pairs = info_pairs(&info);
+                let get = |name: &str| {
+                    pairs
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                };
+                let Some(name) =
+                    get("name").and_then(|v| redis::from_redis_value::<String>(v).ok())
+                else {
+                    continue;
+                };
+                let pending = get("pending")
+                    .and_then(|v| redis::from_redis_value::<u64>(v).ok())
+                    .unwrap_or(1);
+                let idle = get("idle")
+                    .and_then(|v| redis::from_redis_value::<u64>(v).ok())
+                    .unwrap_or(0);
+                if name != self.consumer && pending == 0 && idle > idle_limit {
+                    let _: i64 = redis::cmd("XGROUP")
+                        .arg("DELCONSUMER")
+                        .arg(stream)
+                        .arg(&group)
+                        .arg(&name)
+                        .query_async(&mut conn)
+                        .await?;
+                    tracing::info!(stream = %stream, group = %group, consumer = %name, "removed an idle consumer");
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Take over entries that a stopped consumer left pending too long.
     async fn claim_stalled(&self, sub: &Subscription) -> Result<()> {
         {
@@ -709,6 +765,11 @@ impl Backend for RedisBackend {
             }
         }
         let mut trimmed = 0u64;
+        for stream in &streams {
+            if let Err(e) = self.forget_idle_consumers(stream).await {
+                tracing::warn!(stream = %stream, error = %format!("{e:#}"), "consumer cleanup failed");
+            }
+        }
         for stream in streams {
             let before: u64 = conn.xlen(&stream).await.unwrap_or(0);
             if self.trim(&stream).await?.is_some() {

@@ -169,3 +169,71 @@ async fn unsubscribed_streams_are_trimmed_by_retention() {
     assert_eq!(backend.maintain().await.expect("maintain"), 3);
     assert_eq!(xlen(&redis, "orphan:stream:t").await, 0);
 }
+
+/// Consumers of stopped processes that hold nothing are removed from their
+/// groups; consumers holding pending entries never are.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_consumers_holding_nothing_are_forgotten() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let backend = RedisBackend::connect(
+        &redis.url,
+        "gone",
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("connect");
+    let sub = Subscription {
+        component: "c".into(),
+        topics: vec!["t".into()],
+    };
+    backend.subscribe(&sub).await.expect("subscribe");
+    backend.commit(events(2)).await.expect("commit");
+    let client = redis::Client::open(redis.url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    // Two "stopped processes": one read and acked its entry, one still holds one.
+    for (consumer, ack) in [("dead-clean", true), ("dead-holding", false)] {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("c")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg("gone:stream:t")
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .expect("xreadgroup");
+        if ack {
+            let id = reply.keys[0].ids[0].id.clone();
+            let _: i64 = redis::AsyncCommands::xack(&mut conn, "gone:stream:t", "c", &[id])
+                .await
+                .expect("xack");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    backend.maintain().await.expect("maintain");
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("gone:stream:t")
+        .arg("c")
+        .query_async(&mut conn)
+        .await
+        .expect("xinfo");
+    let text = format!("{info:?}");
+    assert!(
+        !text.contains("dead-clean"),
+        "the idle, empty consumer is gone: {text}"
+    );
+    assert!(
+        text.contains("dead-holding"),
+        "a consumer holding an entry stays: {text}"
+    );
+}
