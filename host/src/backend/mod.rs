@@ -101,6 +101,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Prepare the subscriber's cursor/consumer group (idempotent).
     async fn subscribe(&self, sub: &Subscription) -> Result<()>;
 
+    /// The subscriber's dispatcher stopped cleanly (see the SQLite backend's
+    /// crash detection). Default: nothing to do.
+    async fn unsubscribe(&self, _sub: &Subscription) -> Result<()> {
+        Ok(())
+    }
+
     /// Up to `max` deliveries for `sub`, waiting at most `wait` for the first.
     async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 

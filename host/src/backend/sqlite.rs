@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     attempts INTEGER NOT NULL, last_error TEXT NOT NULL,
     PRIMARY KEY (subscriber, seq)
 );
+CREATE TABLE IF NOT EXISTS running (subscriber TEXT PRIMARY KEY, run INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS replays (
     subscriber TEXT NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (subscriber, seq)
@@ -73,6 +74,12 @@ pub struct SqliteBackend {
     appended: Arc<Notify>,
     /// Acknowledged events older than this are pruned by `maintain`.
     retain: Duration,
+    /// Identifies this process in the `running` table.
+    run: i64,
+    /// Subscribers whose previous process died without stopping cleanly: the
+    /// first delivery they see may be what killed it, so it is charged one
+    /// attempt (a crash loop ends in the dead letters, not forever).
+    suspects: Mutex<std::collections::HashSet<String>>,
 }
 
 fn now_ms() -> i64 {
@@ -120,6 +127,8 @@ impl SqliteBackend {
             readers,
             appended: Arc::new(Notify::new()),
             retain: Duration::from_secs(24 * 3600),
+            run: i64::from(rand::random::<u32>()) + 1,
+            suspects: Mutex::default(),
         })
     }
 
@@ -338,13 +347,47 @@ impl Backend for SqliteBackend {
         // from the start of the log, like a new Redis consumer group.
         let name = sub.component.clone();
         let topics = sub.topics.clone();
-        self.write(move |tx| {
-            for topic in &topics {
+        let run = self.run;
+        let crashed = self
+            .write(move |tx| {
+                for topic in &topics {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO topic_offsets (subscriber, topic, seq) VALUES (?1, ?2, 0)",
+                        params![name, topic],
+                    )?;
+                }
+                let previous: Option<i64> = tx
+                    .query_row(
+                        "SELECT run FROM running WHERE subscriber = ?1",
+                        params![name],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
                 tx.execute(
-                    "INSERT OR IGNORE INTO topic_offsets (subscriber, topic, seq) VALUES (?1, ?2, 0)",
-                    params![name, topic],
+                    "INSERT INTO running (subscriber, run) VALUES (?1, ?2)
+                     ON CONFLICT (subscriber) DO UPDATE SET run = excluded.run",
+                    params![name, run],
                 )?;
-            }
+                Ok(Some(previous.is_some_and(|p| p != run)))
+            })
+            .await?;
+        if crashed {
+            tracing::warn!(component = %sub.component, "previous host stopped without shutting down; its current event is charged one attempt");
+            self.suspects
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(sub.component.clone());
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, sub: &Subscription) -> Result<()> {
+        let (name, run) = (sub.component.clone(), self.run);
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM running WHERE subscriber = ?1 AND run = ?2",
+                params![name, run],
+            )?;
             Ok(Some(()))
         })
         .await
@@ -360,10 +403,11 @@ impl Backend for SqliteBackend {
         notified.as_mut().enable();
         let found = self.pending(sub, max)?;
         if !found.is_empty() || wait.is_zero() {
-            return Ok(found);
+            return self.charge_suspect(sub, found).await;
         }
         let _ = tokio::time::timeout(wait, notified).await;
-        self.pending(sub, max)
+        let found = self.pending(sub, max)?;
+        self.charge_suspect(sub, found).await
     }
 
     async fn touch(&self, _sub: &Subscription, _delivery: &Delivery) -> Result<bool> {
@@ -532,6 +576,40 @@ impl Backend for SqliteBackend {
 }
 
 impl SqliteBackend {
+    /// After a crash, record one attempt for the subscriber's first delivery.
+    async fn charge_suspect(
+        &self,
+        sub: &Subscription,
+        mut found: Vec<Delivery>,
+    ) -> Result<Vec<Delivery>> {
+        let Some(first) = found.first_mut() else {
+            return Ok(found);
+        };
+        let suspect = self
+            .suspects
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&sub.component);
+        if suspect {
+            let Cursor::Seq { seq, .. } = first.cursor else {
+                return Ok(found);
+            };
+            let (name, attempt) = (sub.component.clone(), first.attempt);
+            self.write(move |tx| {
+                tx.execute(
+                    "INSERT INTO attempts (subscriber, seq, attempts, last_error) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (subscriber, seq) DO UPDATE SET attempts = excluded.attempts,
+                     last_error = excluded.last_error",
+                    params![name, seq, attempt, "the host stopped while this event was pending"],
+                )?;
+                Ok(Some(()))
+            })
+            .await?;
+            first.attempt += 1;
+        }
+        Ok(found)
+    }
+
     /// Replayed dead letters first, then the log after the subscriber's offset.
     fn pending(&self, sub: &Subscription, max: usize) -> Result<Vec<Delivery>> {
         let conn = self.reader();

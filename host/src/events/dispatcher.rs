@@ -90,14 +90,21 @@ async fn supervise(rt: Arc<Runtime>, sub: Subscription, shutdown: watch::Receive
     }
 }
 
-async fn run(rt: Arc<Runtime>, sub: Subscription, mut shutdown: watch::Receiver<bool>) {
+async fn run(rt: Arc<Runtime>, sub: Subscription, shutdown: watch::Receiver<bool>) {
+    dispatch(&rt, &sub, shutdown).await;
+    if let Err(e) = rt.backend.unsubscribe(&sub).await {
+        tracing::warn!(component = %sub.component, error = %format!("{e:#}"), "unsubscribing failed");
+    }
+}
+
+async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     let mut streak = Streak::default();
     while !*shutdown.borrow() {
         // Not cancelled on shutdown: a blocking read that already took
         // entries must hand them over, or they would sit pending until
         // reclaimed. The wait is bounded by IDLE_WAIT.
-        let polled = rt.backend.poll(&sub, BATCH, IDLE_WAIT).await;
+        let polled = rt.backend.poll(sub, BATCH, IDLE_WAIT).await;
         let deliveries = match polled {
             Ok(d) => {
                 backoff = Duration::from_millis(100);
@@ -114,7 +121,7 @@ async fn run(rt: Arc<Runtime>, sub: Subscription, mut shutdown: watch::Receiver<
             if *shutdown.borrow() {
                 return;
             }
-            if !deliver(&rt, &sub, &delivery, &mut shutdown, &mut streak).await {
+            if !deliver(rt, sub, &delivery, &mut shutdown, &mut streak).await {
                 // Failed, conflicted or backend trouble: poll again so the
                 // next attempt sees fresh state and attempt counts.
                 break;

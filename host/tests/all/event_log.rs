@@ -72,3 +72,37 @@ async fn pruning_keeps_what_subscribers_still_need_and_new_topics_start_at_the_b
     assert_eq!(keys, ["x2", "x3", "y1"]);
     assert_eq!(backend.lag(&a2).await.expect("lag"), 0);
 }
+
+/// A host that died mid-event (no clean stop) charges that event one attempt
+/// when the next host starts, so an event that crashes hosts ends up
+/// dead-lettered instead of crashing them forever; a clean stop charges nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_charges_the_pending_event_an_attempt_and_a_clean_stop_does_not() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sub = Subscription {
+        component: "a".into(),
+        topics: vec!["x".into()],
+    };
+    {
+        let first = SqliteBackend::open(dir.path(), Synchronous::Normal).expect("open");
+        first.subscribe(&sub).await.expect("subscribe");
+        first.commit(event("x", "x0")).await.expect("commit");
+        let got = first.poll(&sub, 1, Duration::ZERO).await.expect("poll");
+        assert_eq!(got[0].attempt, 1);
+        // ... and the process dies here, without unsubscribe.
+    }
+    let second = SqliteBackend::open(dir.path(), Synchronous::Normal).expect("open");
+    second.subscribe(&sub).await.expect("subscribe");
+    let got = second.poll(&sub, 1, Duration::ZERO).await.expect("poll");
+    assert_eq!(got[0].attempt, 2, "the crash counted as an attempt");
+    // Repeated subscribe in one process is not a crash.
+    second.subscribe(&sub).await.expect("subscribe again");
+    let got = second.poll(&sub, 1, Duration::ZERO).await.expect("poll");
+    assert_eq!(got[0].attempt, 2);
+    second.unsubscribe(&sub).await.expect("clean stop");
+    drop(second);
+    let third = SqliteBackend::open(dir.path(), Synchronous::Normal).expect("open");
+    third.subscribe(&sub).await.expect("subscribe");
+    let got = third.poll(&sub, 1, Duration::ZERO).await.expect("poll");
+    assert_eq!(got[0].attempt, 2, "a clean stop charges nothing");
+}
