@@ -1,6 +1,7 @@
 //! Running one invocation: a fresh `Store` and instance per call, a wall-clock
-//! deadline enforced through epochs, and a classification of what went wrong.
-//! `new_store` is the only place a `Store` is created.
+//! deadline enforced through epochs (and a timer for host-side waits), and a
+//! classification of what went wrong. `Invocation::start` is the only place a
+//! `Store` is created.
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use crate::runtime::Runtime;
 use crate::state::HostState;
 use crate::uow::UnitOfWork;
 
-/// Raised from the epoch callback when an invocation runs past its deadline.
+/// Raised when an invocation runs past its deadline (from the epoch callback
+/// while wasm runs, from the timer while the host waits).
 #[derive(Debug)]
 pub struct DeadlineExceeded;
 
@@ -25,6 +27,19 @@ impl fmt::Display for DeadlineExceeded {
 }
 
 impl std::error::Error for DeadlineExceeded {}
+
+/// Raised by a host import when the state backend fails underneath it, so the
+/// invocation is classified as backend trouble, not as a guest bug.
+#[derive(Debug)]
+pub struct BackendUnavailable(pub String);
+
+impl fmt::Display for BackendUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "state backend failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for BackendUnavailable {}
 
 /// Why an invocation produced no usable result. Nothing it wrote is kept.
 #[derive(Debug)]
@@ -50,9 +65,8 @@ impl Failure {
         if let Some(limit) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
             return Failure::Overloaded(limit.to_string());
         }
-        let text = format!("{err:#}");
-        if text.contains("state backend failed") {
-            return Failure::Backend(root_line(&text));
+        if let Some(backend) = err.downcast_ref::<BackendUnavailable>() {
+            return Failure::Backend(backend.0.clone());
         }
         // A trap names itself; an import that refused (a host limit) is the
         // root cause under wasmtime's "error while executing" context.
@@ -82,56 +96,84 @@ impl fmt::Display for Failure {
     }
 }
 
-/// First line of an error chain's text (wasm backtraces follow it).
-fn root_line(text: &str) -> String {
-    text.lines().next().unwrap_or(text).to_owned()
-}
-
-/// A store ready to instantiate `loaded`, with limits and deadline applied.
-pub fn new_store(
-    rt: &Arc<Runtime>,
-    loaded: &Arc<Loaded>,
-    uow: UnitOfWork,
+/// One invocation in progress: its own store and its wall-clock budget.
+pub struct Invocation {
+    pub store: Store<HostState>,
     deadline: Instant,
-    depth: u8,
-) -> Store<HostState> {
-    let state = HostState::new(Arc::clone(loaded), Arc::clone(rt), uow, deadline, depth);
-    let mut store = Store::new(&rt.engine, state);
-    store.limiter(|s| &mut s.limits);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Err(wasmtime::Error::new(DeadlineExceeded))
-        } else {
-            // Yield every tick so a busy guest shares its worker thread.
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
-    store
+    budget: Duration,
 }
 
-/// Instantiate a fresh instance of `loaded` into `store`.
-pub async fn instantiate(
-    store: &mut Store<HostState>,
-    loaded: &Loaded,
-    budget: Duration,
-) -> Result<Instance, Failure> {
-    match loaded.pre.instantiate_async(&mut *store).await {
-        Ok(instance) => Ok(instance),
-        Err(err) => Err(Failure::from_call(err, store.data(), budget)),
+impl Invocation {
+    /// A fresh store for `loaded`, with limits and deadline applied. `cap`
+    /// (the caller's deadline) bounds a nested call: it gets no more time.
+    pub fn start(
+        rt: &Arc<Runtime>,
+        loaded: &Arc<Loaded>,
+        uow: UnitOfWork,
+        cap: Option<Instant>,
+        depth: u8,
+    ) -> Self {
+        let budget = loaded.config.deadline();
+        let own = Instant::now() + budget;
+        let deadline = cap.map_or(own, |cap| cap.min(own));
+        let state = HostState::new(Arc::clone(loaded), Arc::clone(rt), uow, deadline, depth);
+        let mut store = Store::new(&rt.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(wasmtime::Error::new(DeadlineExceeded))
+            } else {
+                // Yield every tick so a busy guest shares its worker thread.
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        Self {
+            store,
+            deadline,
+            budget,
+        }
+    }
+
+    /// When this invocation must be done.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Instantiate `loaded` and resolve one export with `load` (a generated
+    /// `GuestIndices::load`); `export` names it in the error.
+    pub async fn open<G>(
+        &mut self,
+        loaded: &Loaded,
+        export: &str,
+        load: impl FnOnce(&mut Store<HostState>, &Instance) -> wasmtime::Result<G>,
+    ) -> Result<G, Failure> {
+        let instantiated =
+            within(self.deadline, loaded.pre.instantiate_async(&mut self.store)).await;
+        let instance = instantiated.map_err(|e| self.failure(e))?;
+        load(&mut self.store, &instance).map_err(|e| Failure::Missing(format!("{export} ({e})")))
+    }
+
+    /// Classify an error of a guest call made on this invocation's store.
+    pub fn failure(&self, err: wasmtime::Error) -> Failure {
+        Failure::from_call(err, self.store.data(), self.budget)
+    }
+
+    /// The buffered effects, once the invocation is over.
+    pub fn into_state(self) -> HostState {
+        self.store.into_data()
     }
 }
 
 /// Await a guest call, bounding host-side waits too: the epoch deadline only
 /// fires while wasm runs, this also covers a hung import.
-pub async fn bounded<T>(
+pub async fn within<T>(
     deadline: Instant,
-    budget: Duration,
-    call: impl Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
+    call: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
     let grace = Duration::from_millis(500);
     match tokio::time::timeout_at((deadline + grace).into(), call).await {
         Ok(result) => result,
-        Err(_) => Err(Failure::Deadline(budget)),
+        Err(_) => Err(wasmtime::Error::new(DeadlineExceeded)),
     }
 }

@@ -3,14 +3,11 @@
 //! unit of work. The provider's writes join the caller's unit only when the
 //! call succeeds; a refusal, trap or timeout leaves nothing behind.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use wasmtime::Store;
 
 use crate::bindings::sktarbucks::platform::stock;
 use crate::bindings::{Reservation, StockError, stock_export};
-use crate::invoke::{Failure, bounded, instantiate, new_store};
+use crate::invoke::{Failure, Invocation, within};
 use crate::registry::Loaded;
 use crate::state::HostState;
 
@@ -19,10 +16,8 @@ const MAX_DEPTH: u8 = 4;
 
 /// A provider instance ready to be called.
 struct Provider {
-    store: Store<HostState>,
+    inv: Invocation,
     guest: stock_export::Guest,
-    deadline: Instant,
-    budget: std::time::Duration,
 }
 
 impl HostState {
@@ -48,53 +43,43 @@ impl HostState {
                 "component {name:?} does not export `{iface}`"
             )));
         };
-        let budget = provider.config.deadline();
-        let deadline = self.deadline.min(Instant::now() + budget);
         // The callee works on a fork of the caller's unit: it reads the
         // caller's writes, and its own become the caller's only on success.
-        let mut store = new_store(
+        let mut inv = Invocation::start(
             &self.rt,
             &provider,
             self.uow.clone(),
-            deadline,
+            Some(self.deadline),
             self.depth + 1,
         );
         // The unit's limits span the whole call chain.
-        store.data_mut().inherit_budget(self);
-        let opened = bounded(deadline, budget, async {
-            let instance = instantiate(&mut store, &provider, budget).await?;
-            indices
-                .load(&mut store, &instance)
-                .map_err(|e| Failure::Missing(format!("{iface} ({e})")))
-        })
-        .await;
-        match opened {
-            Ok(guest) => Ok(Provider {
-                store,
-                guest,
-                deadline,
-                budget,
-            }),
+        inv.store.data_mut().inherit_budget(self);
+        match inv.open(&provider, iface, |s, i| indices.load(s, i)).await {
+            Ok(guest) => Ok(Provider { inv, guest }),
             Err(failure) => Err(unavailable(&provider, &failure)),
         }
     }
 
-    /// Keep the provider's effects if it answered `Ok`.
-    fn join<T>(
+    /// Await a call on `provider` and keep its effects if it answered `Ok`.
+    async fn finish<T>(
         &mut self,
-        provider: Provider,
-        result: Result<Result<T, StockError>, Failure>,
-        name: &Arc<Loaded>,
+        mut provider: Provider,
+        call: impl AsyncFnOnce(
+            &stock_export::Guest,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<T, StockError>>,
     ) -> Result<T, StockError> {
-        match result {
+        let deadline = provider.inv.deadline();
+        let outcome = within(deadline, call(&provider.guest, &mut provider.inv.store)).await;
+        match outcome.map_err(|e| provider.inv.failure(e)) {
             Ok(Ok(value)) => {
-                let callee = provider.store.into_data();
+                let callee = provider.inv.into_state();
                 self.inherit_budget(&callee);
                 self.uow = callee.uow;
                 Ok(value)
             }
             Ok(Err(refusal)) => Err(refusal),
-            Err(failure) => Err(unavailable(name, &failure)),
+            Err(failure) => Err(unavailable(&provider.inv.into_state().component, &failure)),
         }
     }
 }
@@ -111,44 +96,26 @@ impl stock::Host for HostState {
         cafe_id: u64,
         qty: u32,
     ) -> wasmtime::Result<Result<Reservation, StockError>> {
-        let mut provider = match self.open_provider("stock").await {
+        let provider = match self.open_provider("stock").await {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        let loaded = Arc::clone(&provider.store.data().component);
-        let (deadline, budget) = (provider.deadline, provider.budget);
-        let result = bounded(deadline, budget, async {
-            match provider
-                .guest
-                .call_reserve(&mut provider.store, &order_id, cafe_id, qty)
-                .await
-            {
-                Ok(r) => Ok(r),
-                Err(err) => Err(Failure::from_call(err, provider.store.data(), budget)),
-            }
-        })
-        .await;
-        Ok(self.join(provider, result, &loaded))
+        Ok(self
+            .finish(provider, async |guest, store| {
+                guest.call_reserve(store, &order_id, cafe_id, qty).await
+            })
+            .await)
     }
 
     async fn release(&mut self, order_id: String) -> wasmtime::Result<Result<bool, StockError>> {
-        let mut provider = match self.open_provider("stock").await {
+        let provider = match self.open_provider("stock").await {
             Ok(p) => p,
             Err(e) => return Ok(Err(e)),
         };
-        let loaded = Arc::clone(&provider.store.data().component);
-        let (deadline, budget) = (provider.deadline, provider.budget);
-        let result = bounded(deadline, budget, async {
-            match provider
-                .guest
-                .call_release(&mut provider.store, &order_id)
-                .await
-            {
-                Ok(r) => Ok(r),
-                Err(err) => Err(Failure::from_call(err, provider.store.data(), budget)),
-            }
-        })
-        .await;
-        Ok(self.join(provider, result, &loaded))
+        Ok(self
+            .finish(provider, async |guest, store| {
+                guest.call_release(store, &order_id).await
+            })
+            .await)
     }
 }

@@ -10,10 +10,10 @@ use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::backend::{Commit, Delivery, SharedBackend};
-use crate::bindings::{Event, Request, Response, SktarbucksHost as HostWorld};
+use crate::bindings::{DomainError, Event, Request, Response, SktarbucksHost as HostWorld};
 use crate::config::Config;
 use crate::engine::{self, EpochTicker};
-use crate::invoke::{Failure, bounded, instantiate, new_store};
+use crate::invoke::{Failure, Invocation, within};
 use crate::registry::{Loaded, Registry};
 use crate::state::HostState;
 use crate::uow::{Changes, UnitOfWork};
@@ -28,7 +28,8 @@ pub struct Runtime {
     /// Per-component lanes: after a conflict, retries of one component run
     /// one at a time, so a hot key (the last cups of a menu item) makes
     /// progress instead of retrying in a storm.
-    lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Built once at start, one per manifest component.
+    lanes: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Active subscriptions, registered by the dispatchers (for lag reports).
     pub subscriptions: Mutex<Vec<crate::backend::Subscription>>,
     _ticker: EpochTicker,
@@ -93,13 +94,18 @@ impl Runtime {
             );
             registry.install(Arc::new(loaded));
         }
+        let lanes = config
+            .components
+            .keys()
+            .map(|name| (name.clone(), Arc::default()))
+            .collect();
         Ok(Arc::new(Self {
             engine,
             linker,
             registry,
             backend,
             config,
-            lanes: Mutex::default(),
+            lanes,
             subscriptions: Mutex::default(),
             _ticker: ticker,
         }))
@@ -119,11 +125,6 @@ impl Runtime {
         Ok(out)
     }
 
-    fn lane(&self, component: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(lanes.entry(component.to_owned()).or_default())
-    }
-
     /// Serve one request with `loaded`; commit its unit of work when the
     /// response is below 400, retrying the whole invocation on conflict.
     pub async fn serve_http(
@@ -132,7 +133,8 @@ impl Runtime {
         req: Request,
     ) -> Result<Response, HttpFailure> {
         let attempts = self.config.unit_of_work.max_attempts;
-        let lane = self.lane(&loaded.name);
+        // Every loaded component is in the manifest, so it has a lane.
+        let lane = self.lanes.get(&loaded.name).cloned().unwrap_or_default();
         let mut _serialized = None;
         for attempt in 1..=attempts {
             if attempt > 1 && _serialized.is_none() {
@@ -176,21 +178,15 @@ impl Runtime {
         let Some(indices) = &loaded.exports.http else {
             return Err(Failure::Missing("http-handler".into()));
         };
-        let budget = loaded.config.deadline();
-        let deadline = Instant::now() + budget;
-        let mut store = new_store(self, loaded, UnitOfWork::default(), deadline, 0);
-        bounded(deadline, budget, async {
-            let instance = instantiate(&mut store, loaded, budget).await?;
-            let guest = indices
-                .load(&mut store, &instance)
-                .map_err(|e| Failure::Missing(format!("http-handler ({e})")))?;
-            match guest.call_handle(&mut store, req).await {
-                Ok(response) => Ok(response),
-                Err(err) => Err(Failure::from_call(err, store.data(), budget)),
-            }
-        })
-        .await
-        .map(|response| (response, store.into_data().uow))
+        let mut inv = Invocation::start(self, loaded, UnitOfWork::default(), None, 0);
+        let guest = inv
+            .open(loaded, "http-handler", |s, i| indices.load(s, i))
+            .await?;
+        let deadline = inv.deadline();
+        let response = within(deadline, guest.call_handle(&mut inv.store, req))
+            .await
+            .map_err(|e| inv.failure(e))?;
+        Ok((response, inv.into_state().uow))
     }
 
     /// Run `loaded`'s event handler on one delivery (no commit here: the
@@ -200,12 +196,6 @@ impl Runtime {
         loaded: &Arc<Loaded>,
         delivery: &Delivery,
     ) -> EventOutcome {
-        let Some(indices) = &loaded.exports.events else {
-            return EventOutcome::Failed("component does not export event-handler".into());
-        };
-        let budget = loaded.config.deadline();
-        let deadline = Instant::now() + budget;
-        let mut store = new_store(self, loaded, UnitOfWork::default(), deadline, 0);
         let event = Event {
             id: delivery.id.clone(),
             topic: delivery.topic.clone(),
@@ -214,23 +204,31 @@ impl Runtime {
             source: delivery.source.clone(),
             attempt: delivery.attempt,
         };
-        let result = bounded(deadline, budget, async {
-            let instance = instantiate(&mut store, loaded, budget).await?;
-            let guest = indices
-                .load(&mut store, &instance)
-                .map_err(|e| Failure::Missing(format!("event-handler ({e})")))?;
-            match guest.call_handle(&mut store, &event).await {
-                Ok(result) => Ok(result),
-                Err(err) => Err(Failure::from_call(err, store.data(), budget)),
-            }
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => EventOutcome::Handled(store.into_data().uow.into_changes()),
-            Ok(Err(domain)) => EventOutcome::Failed(format!("handler returned {domain:?}")),
+        match self.run_event_once(loaded, &event).await {
+            Ok((Ok(()), uow)) => EventOutcome::Handled(uow.into_changes()),
+            Ok((Err(domain), _)) => EventOutcome::Failed(format!("handler returned {domain:?}")),
             Err(Failure::Backend(reason)) => EventOutcome::Unavailable(reason),
             Err(failure) => EventOutcome::Failed(failure.to_string()),
         }
+    }
+
+    async fn run_event_once(
+        self: &Arc<Self>,
+        loaded: &Arc<Loaded>,
+        event: &Event,
+    ) -> Result<(Result<(), DomainError>, UnitOfWork), Failure> {
+        let Some(indices) = &loaded.exports.events else {
+            return Err(Failure::Missing("event-handler".into()));
+        };
+        let mut inv = Invocation::start(self, loaded, UnitOfWork::default(), None, 0);
+        let guest = inv
+            .open(loaded, "event-handler", |s, i| indices.load(s, i))
+            .await?;
+        let deadline = inv.deadline();
+        let result = within(deadline, guest.call_handle(&mut inv.store, event))
+            .await
+            .map_err(|e| inv.failure(e))?;
+        Ok((result, inv.into_state().uow))
     }
 
     /// Topics `loaded` consumes: the manifest's list, or all it declares.
@@ -238,19 +236,16 @@ impl Runtime {
         let Some(indices) = &loaded.exports.events else {
             return Ok(loaded.config.subscribe.clone().unwrap_or_default());
         };
-        let budget = loaded.config.deadline();
-        let deadline = Instant::now() + budget;
-        let mut store = new_store(self, loaded, UnitOfWork::default(), deadline, 0);
-        let declared = bounded(deadline, budget, async {
-            let instance = instantiate(&mut store, loaded, budget).await?;
-            let guest = indices
-                .load(&mut store, &instance)
-                .map_err(|e| Failure::Missing(format!("event-handler ({e})")))?;
-            guest
-                .call_subscriptions(&mut store)
+        let mut inv = Invocation::start(self, loaded, UnitOfWork::default(), None, 0);
+        let declared = async {
+            let guest = inv
+                .open(loaded, "event-handler", |s, i| indices.load(s, i))
+                .await?;
+            let deadline = inv.deadline();
+            within(deadline, guest.call_subscriptions(&mut inv.store))
                 .await
-                .map_err(|err| Failure::from_call(err, store.data(), budget))
-        })
+                .map_err(|e| inv.failure(e))
+        }
         .await
         .map_err(|f| anyhow::anyhow!("component {:?}: subscriptions() {f}", loaded.name))?;
         match &loaded.config.subscribe {

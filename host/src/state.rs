@@ -134,7 +134,7 @@ fn check_value(what: &str, value: &[u8]) -> wasmtime::Result<()> {
 }
 
 fn backend_error(e: anyhow::Error) -> wasmtime::Error {
-    wasmtime::Error::from_anyhow(e.context("state backend failed"))
+    wasmtime::Error::new(crate::invoke::BackendUnavailable(format!("{e:#}")))
 }
 
 impl WasiView for HostState {

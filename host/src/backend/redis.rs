@@ -301,17 +301,23 @@ impl RedisBackend {
     /// group reads is trimmed by retention alone. Returns the MINID used.
     pub async fn trim(&self, stream: &str) -> Result<Option<String>> {
         let mut conn = self.conn.clone();
-        let groups: Value = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(&mut conn)
-            .await?;
-        let groups = group_infos(&groups);
+        let groups = infos(
+            &redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query_async(&mut conn)
+                .await?,
+        );
         let retain_ms = u64::try_from(self.retain.as_millis()).unwrap_or(u64::MAX);
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let mut floor = StreamPos(now.saturating_sub(retain_ms), 0);
-        for (name, pending, last_delivered) in groups {
-            let needed = if pending > 0 {
+        for group in groups {
+            let (Some(name), Some(last_delivered)) =
+                (group.text("name"), group.text("last-delivered-id"))
+            else {
+                continue;
+            };
+            let needed = if group.num("pending").unwrap_or(0) > 0 {
                 let summary: Value = redis::cmd("XPENDING")
                     .arg(stream)
                     .arg(&name)
@@ -351,41 +357,28 @@ impl RedisBackend {
     /// read, so this never loses anything.
     async fn forget_idle_consumers(&self, stream: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        let groups: Value = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(stream)
-            .query_async(&mut conn)
-            .await?;
+        let groups = infos(
+            &redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query_async(&mut conn)
+                .await?,
+        );
         let idle_limit = u64::try_from((self.claim_idle * 4).as_millis()).unwrap_or(u64::MAX);
-        for (group, _, _) in group_infos(&groups) {
+        for group in groups.iter().filter_map(|g| g.text("name")) {
             let consumers: Value = redis::cmd("XINFO")
                 .arg("CONSUMERS")
                 .arg(stream)
                 .arg(&group)
                 .query_async(&mut conn)
                 .await?;
-            let Value::Array(consumers) = consumers else {
-                continue;
-            };
-            for info in consumers {
-                let pairs = info_pairs(&info);
-                let get = |name: &str| {
-                    pairs
-                        .iter()
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.clone())
-                };
-                let Some(name) =
-                    get("name").and_then(|v| redis::from_redis_value::<String>(v).ok())
-                else {
+            for consumer in infos(&consumers) {
+                let Some(name) = consumer.text("name") else {
                     continue;
                 };
-                let pending = get("pending")
-                    .and_then(|v| redis::from_redis_value::<u64>(v).ok())
-                    .unwrap_or(1);
-                let idle = get("idle")
-                    .and_then(|v| redis::from_redis_value::<u64>(v).ok())
-                    .unwrap_or(0);
+                // Unknown pending counts as holding something: never delete then.
+                let pending = consumer.num("pending").unwrap_or(1);
+                let idle = consumer.num("idle").unwrap_or(0);
                 if name != self.consumer && pending == 0 && idle > idle_limit {
                     let _: i64 = redis::cmd("XGROUP")
                         .arg("DELCONSUMER")
@@ -784,13 +777,19 @@ impl Backend for RedisBackend {
         let mut conn = self.conn.clone();
         let mut total = 0u64;
         for stream in self.streams_of(sub) {
+            // A stream that does not exist yet has no backlog.
             let groups: Value = redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(&stream)
                 .query_async(&mut conn)
                 .await
                 .unwrap_or(Value::Nil);
-            total += group_backlog(&groups, &sub.component);
+            if let Some(ours) = infos(&groups)
+                .into_iter()
+                .find(|g| g.text("name").as_deref() == Some(sub.component.as_str()))
+            {
+                total += ours.num("pending").unwrap_or(0) + ours.num("lag").unwrap_or(0);
+            }
         }
         Ok(total)
     }
@@ -811,79 +810,49 @@ impl StreamPos {
     }
 }
 
-/// (name, pending, last-delivered-id) of every group in an `XINFO GROUPS` reply.
-fn group_infos(groups: &Value) -> Vec<(String, u64, String)> {
-    let Value::Array(groups) = groups else {
+/// One entry of an `XINFO GROUPS` / `XINFO CONSUMERS` reply (RESP2 flat
+/// list or RESP3 map), read by field name.
+struct Info(Vec<(String, Value)>);
+
+impl Info {
+    fn get(&self, name: &str) -> Option<Value> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn text(&self, name: &str) -> Option<String> {
+        redis::from_redis_value(self.get(name)?).ok()
+    }
+
+    fn num(&self, name: &str) -> Option<u64> {
+        redis::from_redis_value(self.get(name)?).ok()
+    }
+}
+
+/// Every entry of an `XINFO` reply.
+fn infos(reply: &Value) -> Vec<Info> {
+    let Value::Array(entries) = reply else {
         return Vec::new();
     };
-    groups
+    entries
         .iter()
-        .filter_map(|info| {
-            let pairs = info_pairs(info);
-            let get = |name: &str| {
-                pairs
+        .map(|entry| {
+            let key = |k: &Value| redis::from_redis_value::<String>(k.clone()).ok();
+            Info(match entry {
+                Value::Map(m) => m
                     .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-            };
-            let name = redis::from_redis_value::<String>(get("name")?).ok()?;
-            let pending = get("pending")
-                .and_then(|v| redis::from_redis_value::<u64>(v).ok())
-                .unwrap_or(0);
-            let last = redis::from_redis_value::<String>(get("last-delivered-id")?).ok()?;
-            Some((name, pending, last))
+                    .filter_map(|(k, v)| Some((key(k)?, v.clone())))
+                    .collect(),
+                Value::Array(flat) => flat
+                    .chunks(2)
+                    .filter_map(|kv| Some((key(kv.first()?)?, kv.get(1)?.clone())))
+                    .collect(),
+                _ => Vec::new(),
+            })
         })
         .collect()
-}
-
-fn info_pairs(info: &Value) -> Vec<(String, Value)> {
-    match info {
-        Value::Map(m) => m
-            .iter()
-            .filter_map(|(k, v)| {
-                redis::from_redis_value::<String>(k.clone())
-                    .ok()
-                    .map(|k| (k, v.clone()))
-            })
-            .collect(),
-        Value::Array(flat) => flat
-            .chunks(2)
-            .filter_map(|kv| {
-                let k = redis::from_redis_value::<String>(kv.first()?.clone()).ok()?;
-                Some((k, kv.get(1)?.clone()))
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// `pending + lag` of `group` in an `XINFO GROUPS` reply.
-fn group_backlog(groups: &Value, group: &str) -> u64 {
-    let Value::Array(groups) = groups else {
-        return 0;
-    };
-    for info in groups {
-        let pairs = info_pairs(info);
-        let get = |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        let is_ours = get("name")
-            .and_then(|v| redis::from_redis_value::<String>(v).ok())
-            .is_some_and(|n| n == group);
-        if !is_ours {
-            continue;
-        }
-        let num = |name: &str| {
-            get(name)
-                .and_then(|v| redis::from_redis_value::<u64>(v).ok())
-                .unwrap_or(0)
-        };
-        return num("pending") + num("lag");
-    }
-    0
 }
 
 impl RedisBackend {

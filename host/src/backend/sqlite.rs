@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::Notify;
@@ -147,51 +147,53 @@ impl SqliteBackend {
         lock(&self.readers[0])
     }
 
-    /// Run `f` in one IMMEDIATE transaction on the writer, off the async threads.
-    async fn write<R, F>(&self, f: F) -> Result<R>
+    /// Run `f` in one IMMEDIATE transaction on the writer, off the async
+    /// threads; it commits when `f` says so (`true`) and rolls back otherwise.
+    async fn transact<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<Option<R>> + Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<(R, bool)> + Send + 'static,
     {
         let writer = Arc::clone(&self.writer);
-        tokio::task::spawn_blocking(move || -> Result<Option<R>> {
+        tokio::task::spawn_blocking(move || -> Result<R> {
             let mut conn = lock(&writer);
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            match f(&tx)? {
-                Some(result) => {
-                    tx.commit().context("sqlite commit failed")?;
-                    Ok(Some(result))
-                }
-                None => {
-                    tx.rollback()?;
-                    Ok(None)
-                }
+            let (result, keep) = f(&tx)?;
+            if keep {
+                tx.commit().context("sqlite commit failed")?;
+            } else {
+                tx.rollback()?;
             }
+            Ok(result)
         })
         .await
         .context("sqlite writer task failed")?
-        .and_then(|r| r.ok_or_else(|| anyhow!("transaction rolled back")))
     }
 
-    /// Like `write`, but `None` from `f` means "conflict, rolled back".
+    /// A transaction that always commits.
+    async fn write<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<R> + Send + 'static,
+    {
+        self.transact(move |tx| Ok((f(tx)?, true))).await
+    }
+
+    /// A transaction that commits iff `f` returns true (false: a conflict).
     async fn write_checked<F>(&self, f: F) -> Result<Commit>
     where
         F: FnOnce(&Transaction<'_>) -> Result<bool> + Send + 'static,
     {
-        let writer = Arc::clone(&self.writer);
-        tokio::task::spawn_blocking(move || -> Result<Commit> {
-            let mut conn = lock(&writer);
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            if f(&tx)? {
-                tx.commit().context("sqlite commit failed")?;
-                Ok(Commit::Applied)
+        self.transact(move |tx| {
+            let applied = f(tx)?;
+            let outcome = if applied {
+                Commit::Applied
             } else {
-                tx.rollback()?;
-                Ok(Commit::Conflict)
-            }
+                Commit::Conflict
+            };
+            Ok((outcome, applied))
         })
         .await
-        .context("sqlite writer task failed")?
     }
 }
 
@@ -244,6 +246,23 @@ fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// Remember that delivery `seq` to `subscriber` has failed `attempts` times.
+fn record_attempt(
+    tx: &Transaction<'_>,
+    subscriber: &str,
+    seq: i64,
+    attempts: u32,
+    error: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO attempts (subscriber, seq, attempts, last_error) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (subscriber, seq) DO UPDATE SET attempts = excluded.attempts,
+         last_error = excluded.last_error",
+        params![subscriber, seq, attempts, error],
+    )?;
+    Ok(())
 }
 
 /// Mark a delivery as done for its subscriber. False if another process got there first.
@@ -328,7 +347,7 @@ impl Backend for SqliteBackend {
                 params![ns, sequence],
                 |r| r.get(0),
             )?;
-            Ok(Some(id))
+            Ok(id)
         })
         .await
     }
@@ -368,7 +387,7 @@ impl Backend for SqliteBackend {
                      ON CONFLICT (subscriber) DO UPDATE SET run = excluded.run",
                     params![name, run],
                 )?;
-                Ok(Some(previous.is_some_and(|p| p != run)))
+                Ok(previous.is_some_and(|p| p != run))
             })
             .await?;
         if crashed {
@@ -388,7 +407,7 @@ impl Backend for SqliteBackend {
                 "DELETE FROM running WHERE subscriber = ?1 AND run = ?2",
                 params![name, run],
             )?;
-            Ok(Some(()))
+            Ok(())
         })
         .await
     }
@@ -455,7 +474,7 @@ impl Backend for SqliteBackend {
             if dead {
                 if !advance(tx, &subscriber, &topic, &cursor)? {
                     // Another process already completed it: no dead letter.
-                    return Ok(Some(()));
+                    return Ok(());
                 }
                 tx.execute(
                     "INSERT INTO dead_letters (subscriber, seq, attempts, error, dead_ms)
@@ -463,14 +482,9 @@ impl Backend for SqliteBackend {
                     params![subscriber, seq, attempt, error, now_ms()],
                 )?;
             } else {
-                tx.execute(
-                    "INSERT INTO attempts (subscriber, seq, attempts, last_error) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (subscriber, seq) DO UPDATE SET attempts = excluded.attempts,
-                     last_error = excluded.last_error",
-                    params![subscriber, seq, attempt, error],
-                )?;
+                record_attempt(tx, &subscriber, seq, attempt, &error)?;
             }
-            Ok(Some(()))
+            Ok(())
         })
         .await
     }
@@ -517,7 +531,7 @@ impl Backend for SqliteBackend {
                     )
                     .optional()?;
                 let Some((subscriber, seq)) = row else {
-                    return Ok(Some(false));
+                    return Ok(false);
                 };
                 tx.execute(
                     "UPDATE dead_letters SET replayed = 1 WHERE id = ?1",
@@ -527,7 +541,7 @@ impl Backend for SqliteBackend {
                     "INSERT OR IGNORE INTO replays (subscriber, seq) VALUES (?1, ?2)",
                     params![subscriber, seq],
                 )?;
-                Ok(Some(true))
+                Ok(true)
             })
             .await?;
         if replayed {
@@ -549,7 +563,7 @@ impl Backend for SqliteBackend {
                    AND seq NOT IN (SELECT seq FROM replays)",
                 params![cutoff],
             )?;
-            Ok(Some(pruned as u64))
+            Ok(pruned as u64)
         })
         .await
     }
@@ -596,13 +610,14 @@ impl SqliteBackend {
             };
             let (name, attempt) = (sub.component.clone(), first.attempt);
             self.write(move |tx| {
-                tx.execute(
-                    "INSERT INTO attempts (subscriber, seq, attempts, last_error) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (subscriber, seq) DO UPDATE SET attempts = excluded.attempts,
-                     last_error = excluded.last_error",
-                    params![name, seq, attempt, "the host stopped while this event was pending"],
+                record_attempt(
+                    tx,
+                    &name,
+                    seq,
+                    attempt,
+                    "the host stopped while this event was pending",
                 )?;
-                Ok(Some(()))
+                Ok(())
             })
             .await?;
             first.attempt += 1;
