@@ -13,12 +13,18 @@
 //!   component's generated bindings, [`export_handlers!`] for its HTTP and
 //!   event exports, and [`MemPlatform`], an in-memory double for native tests
 //!   of component logic.
+//! - [`keys`]: zero-padded id keys (the store orders keys bytewise) and
+//!   hashed names for free-text index collections.
+//! - [`page`]: the paging convention of every list route (`limit`,
+//!   `after`, `Link: rel="next"`) and a bounded index scan.
 //! - [`stock`]: mirrors of the WIT `stock` types and the caller's trait.
 
 pub mod fields;
 pub mod http;
+pub mod keys;
+pub mod page;
 pub mod platform;
 pub mod stock;
 
 pub use http::{ApiError, ApiResult, Response};
-pub use platform::{EventError, MemPlatform, Platform, StoreError};
+pub use platform::{EventError, MemPlatform, Platform, RangePage, StoreError};

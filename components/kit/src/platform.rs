@@ -23,10 +23,15 @@ pub trait Platform {
     fn put(&self, collection: &str, key: &str, value: &[u8]);
     /// Remove a document (no-op when absent).
     fn delete(&self, collection: &str, key: &str);
-    /// Every document of a collection, ordered by key string.
-    fn list(&self, collection: &str) -> Vec<(String, Vec<u8>)>;
+    /// Up to `limit` documents with keys after `after`, in key order (bytes),
+    /// and whether more may follow. The host may return fewer than `limit`
+    /// (it caps entries and bytes per call) with `more = true`.
+    fn range(&self, collection: &str, after: Option<&str>, limit: u32) -> RangePage;
     /// A fresh number from a sequence (outside the unit of work; gaps allowed).
     fn next_id(&self, sequence: &str) -> u64;
+    /// Make sure `sequence` never hands out `value` or less (outside the unit
+    /// of work, one step whatever the gap).
+    fn advance_sequence(&self, sequence: &str, value: u64);
     /// Publish an event (committed with the unit of work).
     fn publish(&self, topic: &str, key: &str, payload: &[u8]);
 
@@ -58,15 +63,20 @@ pub trait Platform {
         Ok(())
     }
 
-    /// Every document of `collection` decoded as `T`, with its key, in key order.
-    fn list_json<T: DeserializeOwned>(
+    /// [`range`](Platform::range) with every value decoded as `T`.
+    fn range_json<T: DeserializeOwned>(
         &self,
         collection: &str,
-    ) -> Result<Vec<(String, T)>, StoreError> {
-        self.list(collection)
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<(String, T)>, bool), StoreError> {
+        let page = self.range(collection, after, limit);
+        let entries = page
+            .entries
             .into_iter()
             .map(|(key, bytes)| decode(collection, &key, &bytes).map(|v| (key, v)))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((entries, page.more))
     }
 
     /// Publish `value` as a JSON payload.
@@ -92,6 +102,15 @@ fn decode<T: DeserializeOwned>(collection: &str, key: &str, bytes: &[u8]) -> Res
         key: key.to_owned(),
         reason: e.to_string(),
     })
+}
+
+/// One slice of a collection (WIT `store.range-page`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RangePage {
+    /// Documents in ascending key order.
+    pub entries: Vec<(String, Vec<u8>)>,
+    /// Documents after the last entry may exist.
+    pub more: bool,
 }
 
 /// A stored document that cannot be read or written as its type: corrupt
@@ -173,11 +192,23 @@ macro_rules! impl_platform {
             fn delete(&self, collection: &str, key: &str) {
                 $($ns)::+::store::delete(collection, key)
             }
-            fn list(&self, collection: &str) -> Vec<(String, Vec<u8>)> {
-                $($ns)::+::store::list(collection)
+            fn range(
+                &self,
+                collection: &str,
+                after: Option<&str>,
+                limit: u32,
+            ) -> $crate::platform::RangePage {
+                let page = $($ns)::+::store::range(collection, after, limit);
+                $crate::platform::RangePage {
+                    entries: page.entries,
+                    more: page.more,
+                }
             }
             fn next_id(&self, sequence: &str) -> u64 {
                 $($ns)::+::store::next_id(sequence)
+            }
+            fn advance_sequence(&self, sequence: &str, value: u64) {
+                $($ns)::+::store::advance_sequence(sequence, value)
             }
             fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
                 $($ns)::+::events::publish(topic, key, payload)
@@ -261,11 +292,14 @@ macro_rules! export_handlers {
 
 type Key = (String, String);
 
+/// Entries one `range` call of [`MemPlatform`] returns at most, as the host.
+pub const DEFAULT_RANGE_CAP: u32 = 1000;
+
 /// An in-memory [`Platform`] with the host's unit-of-work semantics, for
 /// native tests of component logic: writes and events are pending until
 /// [`finish`](MemPlatform::finish) commits or discards them; reads see
 /// pending writes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct MemPlatform {
     committed: RefCell<BTreeMap<Key, Vec<u8>>>,
     /// `None` marks a pending delete.
@@ -273,6 +307,8 @@ pub struct MemPlatform {
     pending_events: RefCell<Vec<Published>>,
     events: RefCell<Vec<Published>>,
     sequences: RefCell<BTreeMap<String, u64>>,
+    /// Most entries one `range` call returns, like the host's cap.
+    range_cap: std::cell::Cell<u32>,
 }
 
 /// One committed event.
@@ -321,6 +357,12 @@ impl MemPlatform {
         std::mem::take(&mut *self.events.borrow_mut())
     }
 
+    /// Cap what one `range` call returns (default [`DEFAULT_RANGE_CAP`]), to
+    /// test that callers follow `more` instead of trusting `limit`.
+    pub fn set_range_cap(&self, cap: u32) {
+        self.range_cap.set(cap);
+    }
+
     /// Make the next [`Platform::next_id`] of `sequence` return `next`.
     pub fn set_sequence(&self, sequence: &str, next: u64) {
         self.sequences
@@ -351,23 +393,32 @@ impl Platform for MemPlatform {
             .insert((collection.to_owned(), key.to_owned()), None);
     }
 
-    fn list(&self, collection: &str) -> Vec<(String, Vec<u8>)> {
+    fn range(&self, collection: &str, after: Option<&str>, limit: u32) -> RangePage {
+        let cap = match self.range_cap.get() {
+            0 => DEFAULT_RANGE_CAP,
+            n => n,
+        };
+        let take = limit.min(cap) as usize;
         let mut merged: BTreeMap<String, Vec<u8>> = self
             .committed
             .borrow()
             .iter()
-            .filter(|((c, _), _)| c == collection)
+            .filter(|((c, k), _)| c == collection && after.is_none_or(|a| k.as_str() > a))
             .map(|((_, k), v)| (k.clone(), v.clone()))
             .collect();
         for ((c, k), v) in self.pending.borrow().iter() {
-            if c == collection {
+            if c == collection && after.is_none_or(|a| k.as_str() > a) {
                 match v {
                     Some(v) => merged.insert(k.clone(), v.clone()),
                     None => merged.remove(k),
                 };
             }
         }
-        merged.into_iter().collect()
+        let more = merged.len() > take;
+        RangePage {
+            entries: merged.into_iter().take(take).collect(),
+            more,
+        }
     }
 
     fn next_id(&self, sequence: &str) -> u64 {
@@ -375,6 +426,12 @@ impl Platform for MemPlatform {
         let n = seqs.entry(sequence.to_owned()).or_insert(0);
         *n += 1;
         *n
+    }
+
+    fn advance_sequence(&self, sequence: &str, value: u64) {
+        let mut seqs = self.sequences.borrow_mut();
+        let n = seqs.entry(sequence.to_owned()).or_insert(0);
+        *n = (*n).max(value);
     }
 
     fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
@@ -415,12 +472,12 @@ mod tests {
         p.put("c", "10", b"10");
         p.publish("t", "k", b"{}");
         assert_eq!(
-            p.list("c"),
+            p.range("c", None, 10).entries,
             vec![("10".into(), b"10".to_vec()), ("2".into(), b"2".to_vec())]
         );
         p.finish(true);
         assert_eq!(p.get("c", "1"), None);
-        assert_eq!(p.list("c").len(), 2);
+        assert_eq!(p.range("c", None, 10).entries.len(), 2);
         assert_eq!(p.take_published()[0].topic, "t");
         assert!(p.published().is_empty());
     }
@@ -431,8 +488,35 @@ mod tests {
         p.put("c", "1", b"not json");
         let e = p.get_json::<serde_json::Value>("c", "1").unwrap_err();
         assert_eq!((e.collection.as_str(), e.key.as_str()), ("c", "1"));
-        assert!(p.list_json::<serde_json::Value>("c").is_err());
+        assert!(p.range_json::<serde_json::Value>("c", None, 10).is_err());
         assert_eq!(ApiError::from(e).status, 500);
+    }
+
+    #[test]
+    fn ranges_page_in_key_order_and_respect_the_cap() {
+        let p = MemPlatform::new();
+        for k in ["a", "b", "c", "d"] {
+            p.put("c", k, k.as_bytes());
+        }
+        p.finish(true);
+        p.delete("c", "b");
+        let page = p.range("c", Some("a"), 2);
+        assert_eq!(page.entries, vec![("c".into(), b"c".to_vec()), ("d".into(), b"d".to_vec())]);
+        assert!(!page.more);
+        p.set_range_cap(1);
+        let page = p.range("c", None, 5);
+        assert_eq!((page.entries.len(), page.more), (1, true));
+        assert!(p.range("c", Some("d"), 5).entries.is_empty());
+        assert!(p.range("c", None, 0).more);
+    }
+
+    #[test]
+    fn advancing_a_sequence_skips_past_the_value_at_once() {
+        let p = MemPlatform::new();
+        p.advance_sequence("s", 30_000);
+        assert_eq!(p.next_id("s"), 30_001);
+        p.advance_sequence("s", 5);
+        assert_eq!(p.next_id("s"), 30_002);
     }
 
     #[test]
