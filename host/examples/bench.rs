@@ -4,7 +4,9 @@
 //! ratio — the price of a fresh wasm instance per request plus the unit of
 //! work — survives a noisy shared machine. Also: order placement (reserve
 //! through cafe + commit) and the event pipeline (order → production →
-//! order ORDERED → mypage). Only 127.0.0.1, bounded duration.
+//! order ORDERED → mypage), and data growth: paging through 20,000
+//! maximum-length orders and force-cancelling them all by deleting their
+//! item. Only 127.0.0.1, bounded duration.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -204,6 +206,121 @@ async fn bare_hyper(db: std::path::PathBuf) -> Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
+/// Orders of the data-growth runs.
+const GROWTH_ORDERS: usize = 20_000;
+
+async fn wait_drained(rt: &Runtime, limit: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let lag: u64 = rt.lag().await?.iter().map(|(_, n)| n).sum();
+        if lag == 0 {
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "events did not drain within {limit:?} (lag {lag})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Follow `rel="next"` links from `path`; returns (items, pages).
+async fn page_through(client: &reqwest::Client, host: &str, path: &str) -> Result<(usize, usize)> {
+    let (mut items, mut pages) = (0, 0);
+    let mut next = Some(path.to_owned());
+    while let Some(path) = next.take() {
+        let resp = client.get(format!("{host}{path}")).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        next = resp
+            .headers()
+            .get("link")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once('>'))
+            .map(|(target, _)| target.trim_start_matches('<').to_owned());
+        let page: Vec<serde_json::Value> = resp.json().await?;
+        items += page.len();
+        pages += 1;
+    }
+    Ok((items, pages))
+}
+
+/// 20,000 maximum-length orders on one item: time to page through every
+/// order, and to force-cancel them all by deleting the item (chunked sweep
+/// through order, then production and mypage following its events).
+async fn data_growth(
+    client: &reqwest::Client,
+    host: &str,
+    rt: &Runtime,
+    concurrency: usize,
+) -> Result<()> {
+    use futures::StreamExt;
+    let long = |tag: char| format!("{}{tag}", "🙂".repeat(199));
+    let item: serde_json::Value = client
+        .post(format!("{host}/cafes"))
+        .body(
+            serde_json::json!({"cafeNm": long('n'), "chkDate": long('d'), "pcnt": 1_000_000})
+                .to_string(),
+        )
+        .send()
+        .await?
+        .json()
+        .await?;
+    let cafe_id = item["cafeId"].as_u64().context("the item has an id")?;
+    let loaded = Instant::now();
+    let failures = futures::stream::iter(0..GROWTH_ORDERS)
+        .map(|i| {
+            let body = serde_json::json!({"custNm": long(char::from(b'a' + (i % 26) as u8)), "cafeId": cafe_id});
+            let req = client.post(format!("{host}/orders")).body(body.to_string());
+            async move { req.send().await.map(|r| r.status().as_u16() != 201).unwrap_or(true) }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|failed| std::future::ready(*failed))
+        .count()
+        .await;
+    anyhow::ensure!(failures == 0, "{failures} of {GROWTH_ORDERS} orders failed");
+    wait_drained(rt, Duration::from_secs(600)).await?;
+    println!(
+        "data growth: {GROWTH_ORDERS} max-length orders placed and their events drained in {:.1} s",
+        loaded.elapsed().as_secs_f64()
+    );
+    for path in [
+        format!("/orders?cafeId={cafe_id}"),
+        format!("/orders?cafeId={cafe_id}&limit=1000"),
+        "/myPages?limit=1000".to_owned(),
+    ] {
+        let t0 = Instant::now();
+        let (items, pages) = page_through(client, host, &path).await?;
+        println!(
+            "  page through {path:<34} {items:>6} items in {pages:>4} pages: {:>7.1} ms",
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let t0 = Instant::now();
+    let deleted = client
+        .delete(format!("{host}/cafes/{cafe_id}"))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        deleted.status().is_success(),
+        "delete: {}",
+        deleted.status()
+    );
+    wait_drained(rt, Duration::from_secs(600)).await?;
+    let open = page_through(
+        client,
+        host,
+        &format!("/orders?cafeId={cafe_id}&status=ORDERED&limit=1000"),
+    )
+    .await?
+    .0;
+    anyhow::ensure!(open == 0, "{open} orders were not force-cancelled");
+    println!(
+        "  force-cancel {GROWTH_ORDERS} orders (delete → order, production, mypage settled): {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -320,6 +437,7 @@ async fn main() -> Result<()> {
         "event pipeline: backlog of {placed} orders drained {:.2} s after the load stopped",
         drained.as_secs_f64()
     );
+    data_growth(&client, &host, &rt, concurrency).await?;
     let _ = stop_tx.send(true);
     for d in dispatchers {
         let _ = d.await;

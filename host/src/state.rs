@@ -10,6 +10,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::backend::RangeLimit;
 use crate::bindings::sktarbucks::platform::{events, store, types};
 use crate::registry::Loaded;
 use crate::runtime::Runtime;
@@ -19,6 +20,10 @@ use crate::uow::{DocKey, NewEvent, UnitOfWork};
 const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Longest collection, key, sequence or topic name.
 const MAX_NAME_BYTES: usize = 256;
+/// Most entries one `store.range` call returns, whatever the guest asks.
+pub const MAX_RANGE_ENTRIES: usize = 1000;
+/// Most value bytes one `store.range` call returns (beyond its first entry).
+pub const MAX_RANGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most writes plus events one unit of work may buffer.
 const MAX_BUFFERED: usize = 10_000;
 /// Most bytes (values + payloads) one unit of work may buffer: the host's
@@ -185,28 +190,66 @@ impl store::Host for HostState {
         Ok(())
     }
 
-    async fn list(&mut self, collection: String) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+    async fn range(
+        &mut self,
+        collection: String,
+        after: Option<String>,
+        limit: u32,
+    ) -> wasmtime::Result<store::RangePage> {
         check_name("collection", &collection)?;
+        if let Some(after) = &after {
+            check_name("after", after)?;
+        }
+        if limit == 0 {
+            return Ok(store::RangePage {
+                entries: Vec::new(),
+                more: true,
+            });
+        }
         let ns = self.ns().to_owned();
+        let cap = RangeLimit {
+            entries: usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .min(MAX_RANGE_ENTRIES),
+            bytes: MAX_RANGE_BYTES,
+        };
         let stored = self
             .rt
             .backend
-            .list(&ns, &collection)
+            .range(&ns, &collection, after.as_deref(), cap)
             .await
             .map_err(backend_error)?;
+        // Buffered writes are merged in only up to the last stored key when
+        // the backend stopped early: beyond it, the next call's `after`
+        // would skip stored documents.
+        let upper = if stored.more {
+            stored.entries.last().map(|(k, _, _)| k.clone())
+        } else {
+            None
+        };
         let mut merged = std::collections::BTreeMap::new();
-        for (key, value, version) in stored {
+        for (key, value, version) in stored.entries {
             self.uow
                 .record_read(DocKey::new(&ns, &collection, &key), version);
             merged.insert(key, value);
         }
         for (key, value) in self.uow.writes_in(&ns, &collection) {
+            let after_start = after.as_deref().is_none_or(|a| key > a);
+            let before_end = upper.as_deref().is_none_or(|u| key <= u);
+            if !(after_start && before_end) {
+                continue;
+            }
             match value {
                 Some(value) => merged.insert(key.to_owned(), value.to_vec()),
                 None => merged.remove(key),
             };
         }
-        Ok(merged.into_iter().collect())
+        let mut more = stored.more;
+        if merged.len() > cap.entries {
+            more = true;
+        }
+        let entries: Vec<(String, Vec<u8>)> = merged.into_iter().take(cap.entries).collect();
+        Ok(store::RangePage { entries, more })
     }
 
     async fn next_id(&mut self, sequence: String) -> wasmtime::Result<u64> {
@@ -215,6 +258,16 @@ impl store::Host for HostState {
         self.rt
             .backend
             .next_id(&ns, &sequence)
+            .await
+            .map_err(backend_error)
+    }
+
+    async fn advance_sequence(&mut self, sequence: String, value: u64) -> wasmtime::Result<()> {
+        check_name("sequence", &sequence)?;
+        let ns = self.ns().to_owned();
+        self.rt
+            .backend
+            .advance_sequence(&ns, &sequence, value)
             .await
             .map_err(backend_error)
     }

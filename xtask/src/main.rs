@@ -144,8 +144,70 @@ fn which(bin: &str) -> bool {
 fn test(rest: &[String]) -> Result<()> {
     build()?;
     ensure_redis()?;
-    run(cargo().current_dir(root().join("components")).arg("test"))?;
-    run(cargo()
-        .args(["test", "--release", "--workspace"])
-        .args(rest))
+    let mut totals = Totals::default();
+    let components = run_tests(
+        cargo().current_dir(root().join("components")).arg("test"),
+        &mut totals,
+    );
+    let host = run_tests(
+        cargo()
+            .args(["test", "--release", "--workspace"])
+            .args(rest),
+        &mut totals,
+    );
+    // The last line is the plain total over every test binary (CI reads it).
+    println!("{} passed, {} failed", totals.passed, totals.failed);
+    components?;
+    host
+}
+
+/// Passed and failed tests summed over every `test result:` line.
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+impl Totals {
+    /// Add the counts of a libtest summary line
+    /// (`test result: ok. 12 passed; 0 failed; 1 ignored; ...`).
+    fn add_line(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let words: Vec<&str> = part.split_whitespace().collect();
+            if let [.., n, what] = words.as_slice() {
+                let n: u64 = n.parse().unwrap_or(0);
+                match *what {
+                    "passed" => self.passed += n,
+                    "failed" => self.failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+/// Run a `cargo test`, echoing its output, and add its summary lines to
+/// `totals`. A run that fails without a summary line (it did not build)
+/// still fails the whole command.
+fn run_tests(cmd: &mut Command, totals: &mut Totals) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line.context("failed to read test output")?;
+            println!("{line}");
+            totals.add_line(&line);
+        }
+    }
+    let status = child.wait().context("failed to wait for cargo test")?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
 }

@@ -23,6 +23,23 @@ pub struct Read {
     pub version: u64,
 }
 
+/// How much one ranged read may return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RangeLimit {
+    /// Most entries.
+    pub entries: usize,
+    /// Most value bytes in all; the first entry is returned whatever its size.
+    pub bytes: usize,
+}
+
+/// One ranged read: `(key, value, version)` in key order, and whether live
+/// documents after the last one may exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Range {
+    pub entries: Vec<(String, Vec<u8>, u64)>,
+    pub more: bool,
+}
+
 /// The outcome of an optimistic commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -89,11 +106,23 @@ pub trait Backend: Send + Sync + 'static {
     /// Current value and version of one document.
     async fn get(&self, key: &DocKey) -> Result<Read>;
 
-    /// Every live document of a collection, ordered by key, with versions.
-    async fn list(&self, ns: &str, collection: &str) -> Result<Vec<(String, Vec<u8>, u64)>>;
+    /// Live documents of a collection with keys after `after`, ascending
+    /// (bytewise), with versions: at most `limit` of them and, beyond the
+    /// first, at most `max_bytes` of values in all.
+    async fn range(
+        &self,
+        ns: &str,
+        collection: &str,
+        after: Option<&str>,
+        limit: RangeLimit,
+    ) -> Result<Range>;
 
     /// Next number of a sequence; committed immediately, outside any unit.
     async fn next_id(&self, ns: &str, sequence: &str) -> Result<u64>;
+
+    /// Make sure the sequence never hands out `value` or less again;
+    /// committed immediately, outside any unit. O(1) whatever the gap.
+    async fn advance_sequence(&self, ns: &str, sequence: &str, value: u64) -> Result<()>;
 
     /// Apply a unit of work atomically iff every read version still holds.
     async fn commit(&self, changes: Changes) -> Result<Commit>;

@@ -12,6 +12,7 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `sk:doc:{ns}:{collection}` | hash | key → 20-digit version, `1`/`0` (live/deleted), value |
+//! | `sk:keys:{ns}:{collection}` | sorted set | live keys, score 0 (lexicographic ranges) |
 //! | `sk:version` | string | global commit counter |
 //! | `sk:seq:{ns}` | hash | sequence name → last id |
 //! | `sk:stream:{topic}` | stream | events (`topic`, `key`, `payload`, `source`) |
@@ -30,7 +31,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamReadReply};
 use redis::{AsyncCommands, Script, Value};
 
-use super::{Backend, Commit, Cursor, DeadLetter, Delivery, Read, Subscription};
+use super::{Backend, Commit, Cursor, DeadLetter, Delivery, Range, RangeLimit, Read, Subscription};
 use crate::uow::{Changes, DocKey};
 
 /// How long a processed marker is kept: longer than any plausible stall.
@@ -69,10 +70,12 @@ if nwrites > 0 then
   local stamp = string.format('%020d', version)
   for _ = 1, nwrites do
     local h = take()
+    local z = take()
     local f = take()
     local flag = take()
     local value = take()
     redis.call('HSET', h, f, stamp .. flag .. value)
+    if flag == '1' then redis.call('ZADD', z, 0, f) else redis.call('ZREM', z, f) end
   end
 end
 local nevents = tonumber(take())
@@ -90,6 +93,39 @@ if ack then
   redis.call('HDEL', ack.attempts, ack.id)
 end
 return 'ok'
+"#;
+
+/// A ranged read in one snapshot: live keys after ARGV[3] from the key index
+/// (a sorted set, lexicographic), their documents, capped by count and bytes.
+/// Returns `{more, {key, raw, key, raw, ...}}`.
+const RANGE_LUA: &str = r#"
+local z, h, after, n, maxbytes = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local lo = '-'
+if after ~= '' then lo = '(' .. after end
+local keys = redis.call('ZRANGEBYLEX', z, lo, '+', 'LIMIT', 0, n + 1)
+local out = {}
+local bytes = 0
+local more = 0
+for idx, k in ipairs(keys) do
+  if idx > n then more = 1; break end
+  local raw = redis.call('HGET', h, k)
+  if raw then
+    bytes = bytes + #raw
+    if #out > 0 and bytes > maxbytes then more = 1; break end
+    out[#out + 1] = k
+    out[#out + 1] = raw
+  end
+end
+return {more, out}
+"#;
+
+/// Raise a sequence to at least ARGV[3] (ids as decimal strings compared
+/// by width then digits, so values beyond 2^53 stay exact).
+const ADVANCE_SEQUENCE_LUA: &str = r#"
+local cur = redis.call('HGET', ARGV[1], ARGV[2]) or '0'
+local v = ARGV[3]
+if #v > #cur or (#v == #cur and v > cur) then redis.call('HSET', ARGV[1], ARGV[2], v) end
+return 1
 "#;
 
 /// Move a delivery to the dead letters and acknowledge it, atomically.
@@ -137,6 +173,8 @@ pub struct RedisBackend {
     commit: Script,
     dead_letter: Script,
     replay: Script,
+    range: Script,
+    advance_sequence: Script,
 }
 
 fn now_ms() -> i64 {
@@ -220,6 +258,8 @@ impl RedisBackend {
             commit: Script::new(COMMIT_LUA),
             dead_letter: Script::new(DEAD_LETTER_LUA),
             replay: Script::new(REPLAY_LUA),
+            range: Script::new(RANGE_LUA),
+            advance_sequence: Script::new(ADVANCE_SEQUENCE_LUA),
         })
     }
 
@@ -230,6 +270,15 @@ impl RedisBackend {
 
     fn doc_hash(&self, ns: &str, collection: &str) -> String {
         format!("{}:doc:{ns}:{collection}", self.prefix)
+    }
+
+    /// Sorted set of the live keys of a collection (ranged reads).
+    fn key_index(&self, ns: &str, collection: &str) -> String {
+        format!("{}:keys:{ns}:{collection}", self.prefix)
+    }
+
+    fn sequence_hash(&self, ns: &str) -> String {
+        format!("{}:seq:{ns}", self.prefix)
     }
 
     fn stream(&self, topic: &str) -> String {
@@ -570,30 +619,63 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn list(&self, ns: &str, collection: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
+    async fn range(
+        &self,
+        ns: &str,
+        collection: &str,
+        after: Option<&str>,
+        limit: RangeLimit,
+    ) -> Result<Range> {
+        let mut invocation = self.range.prepare_invoke();
+        invocation
+            .arg(self.key_index(ns, collection))
+            .arg(self.doc_hash(ns, collection))
+            .arg(after.unwrap_or(""))
+            .arg(limit.entries)
+            .arg(limit.bytes);
         let mut conn = self.conn.clone();
-        let all: HashMap<String, Vec<u8>> = conn
-            .hgetall(self.doc_hash(ns, collection))
+        let (more, flat): (i64, Vec<Vec<u8>>) = invocation
+            .invoke_async(&mut conn)
             .await
-            .context("redis HGETALL failed")?;
-        let mut out = Vec::with_capacity(all.len());
-        for (key, raw) in all {
+            .context("redis range script failed")?;
+        let mut out = Range {
+            entries: Vec::with_capacity(flat.len() / 2),
+            more: more == 1,
+        };
+        let mut pairs = flat.into_iter();
+        while let (Some(key), Some(raw)) = (pairs.next(), pairs.next()) {
             let (version, value) = decode(&raw)?;
             if let Some(value) = value {
-                out.push((key, value, version));
+                let key = String::from_utf8(key).context("a stored key is not UTF-8")?;
+                out.entries.push((key, value, version));
             }
         }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
     }
 
     async fn next_id(&self, ns: &str, sequence: &str) -> Result<u64> {
         let mut conn = self.conn.clone();
         let id: u64 = conn
-            .hincr(format!("{}:seq:{ns}", self.prefix), sequence, 1)
+            .hincr(self.sequence_hash(ns), sequence, 1)
             .await
             .context("redis HINCRBY failed")?;
         Ok(id)
+    }
+
+    async fn advance_sequence(&self, ns: &str, sequence: &str, value: u64) -> Result<()> {
+        // HINCRBY works on i64: an id beyond that cannot be handed out anyway.
+        let value = value.min(i64::MAX as u64);
+        let mut invocation = self.advance_sequence.prepare_invoke();
+        invocation
+            .arg(self.sequence_hash(ns))
+            .arg(sequence)
+            .arg(value.to_string());
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation
+            .invoke_async(&mut conn)
+            .await
+            .context("redis advance-sequence script failed")?;
+        Ok(())
     }
 
     async fn commit(&self, changes: Changes) -> Result<Commit> {
@@ -892,6 +974,7 @@ impl RedisBackend {
         for (key, value) in &changes.writes {
             invocation
                 .arg(self.doc_hash(&key.ns, &key.collection))
+                .arg(self.key_index(&key.ns, &key.collection))
                 .arg(&key.key);
             match value {
                 Some(value) => invocation.arg("1").arg(value.as_slice()),

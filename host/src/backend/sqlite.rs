@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::Notify;
 
-use super::{Backend, Commit, Cursor, DeadLetter, Delivery, Read, Subscription};
+use super::{Backend, Commit, Cursor, DeadLetter, Delivery, Range, RangeLimit, Read, Subscription};
 use crate::config::Synchronous;
 use crate::uow::{Changes, DocKey};
 
@@ -324,18 +324,36 @@ impl Backend for SqliteBackend {
         }))
     }
 
-    async fn list(&self, ns: &str, collection: &str) -> Result<Vec<(String, Vec<u8>, u64)>> {
+    async fn range(
+        &self,
+        ns: &str,
+        collection: &str,
+        after: Option<&str>,
+        limit: RangeLimit,
+    ) -> Result<Range> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT key, value, version FROM docs
-             WHERE ns = ?1 AND coll = ?2 AND value IS NOT NULL ORDER BY key",
+             WHERE ns = ?1 AND coll = ?2 AND key > ?3 AND value IS NOT NULL
+             ORDER BY key LIMIT ?4",
         )?;
-        let rows = stmt
-            .query_map(params![ns, collection], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        // One row beyond the limit tells whether more follow.
+        let fetch = i64::try_from(limit.entries.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![ns, collection, after.unwrap_or(""), fetch])?;
+        let mut out = Range::default();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.next()? {
+            let value: Vec<u8> = row.get(1)?;
+            bytes = bytes.saturating_add(value.len());
+            if out.entries.len() == limit.entries
+                || (!out.entries.is_empty() && bytes > limit.bytes)
+            {
+                out.more = true;
+                break;
+            }
+            out.entries.push((row.get(0)?, value, row.get(2)?));
+        }
+        Ok(out)
     }
 
     async fn next_id(&self, ns: &str, sequence: &str) -> Result<u64> {
@@ -348,6 +366,24 @@ impl Backend for SqliteBackend {
                 |r| r.get(0),
             )?;
             Ok(id)
+        })
+        .await
+    }
+
+    async fn advance_sequence(&self, ns: &str, sequence: &str, value: u64) -> Result<()> {
+        // SQLite integers are i64: an id beyond that cannot be handed out anyway.
+        let value = i64::try_from(value).unwrap_or(i64::MAX);
+        if self.sequence_at_least(ns, sequence, value)? {
+            return Ok(());
+        }
+        let (ns, sequence) = (ns.to_owned(), sequence.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO sequences (ns, name, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (ns, name) DO UPDATE SET value = max(value, excluded.value)",
+                params![ns, sequence, value],
+            )?;
+            Ok(())
         })
         .await
     }
@@ -590,6 +626,18 @@ impl Backend for SqliteBackend {
 }
 
 impl SqliteBackend {
+    /// True when the sequence is already at `value` or beyond (a read, so the
+    /// common case of an id behind the sequence never takes the writer).
+    fn sequence_at_least(&self, ns: &str, sequence: &str, value: i64) -> Result<bool> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached("SELECT value FROM sequences WHERE ns = ?1 AND name = ?2")?;
+        let current: Option<i64> = stmt
+            .query_row(params![ns, sequence], |r| r.get(0))
+            .optional()?;
+        Ok(current.is_some_and(|c| c >= value))
+    }
+
     /// After a crash, record one attempt for the subscriber's first delivery.
     async fn charge_suspect(
         &self,

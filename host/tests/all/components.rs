@@ -170,7 +170,7 @@ async fn ordering_reserves_stock_synchronously_and_refuses_what_it_cannot_serve(
         assert_error(status, &body, 400, needle);
     }
     assert_eq!(pcnt(&h, 5).await, 1, "refused orders must not touch stock");
-    let (_, orders) = h.client.get("/orders").await;
+    let (_, orders) = h.client.get("/orders?limit=1000").await;
     assert_eq!(orders.as_array().map(Vec::len), Some(1), "{orders}");
     assert_eq!(h.count_events("order.requested").await, 1);
     h.stop().await;
@@ -270,7 +270,7 @@ async fn production_is_order_insensitive_and_idempotent(kind: Kind) {
         .await;
     h.drain_one("production").await;
     h.drain_one("mypage").await;
-    let (_, list) = h.client.get("/productions").await;
+    let (_, list) = h.client.get("/productions?limit=1000").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list[0]["status"], "CANCELED", "{list}");
     let (_, view) = h.client.get("/myPages/41").await;
@@ -337,7 +337,7 @@ async fn mypage_lists_filters_and_refuses_writes(kind: Kind) {
         .send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 5}))
         .await;
     h.drain().await;
-    let (_, all) = h.client.get("/myPages").await;
+    let (_, all) = h.client.get("/myPages?limit=1000").await;
     assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
     let (_, mine) = h.client.get("/myPages?custNm=Kim").await;
     assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");

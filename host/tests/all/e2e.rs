@@ -180,7 +180,7 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
     let c = host.client.clone();
     let kept = ids.len() - canceled.len();
     eventually("every order settled", Duration::from_secs(60), || async {
-        let (_, orders) = c.get("/orders").await;
+        let (_, orders) = c.get("/orders?limit=1000").await;
         let orders = orders.as_array()?.clone();
         let ordered = orders.iter().filter(|o| o["status"] == "ORDERED").count();
         let cancel = orders.iter().filter(|o| o["status"] == "CANCELED").count();
@@ -196,8 +196,8 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
         "productions and pages settled",
         Duration::from_secs(60),
         || async {
-            let (_, prods) = c.get("/productions").await;
-            let (_, pages) = c.get("/myPages").await;
+            let (_, prods) = c.get("/productions?limit=1000").await;
+            let (_, pages) = c.get("/myPages?limit=1000").await;
             let prods = prods.as_array()?.clone();
             let pages = pages.as_array()?.clone();
             let prod_canceled = prods.iter().filter(|p| p["status"] == "CANCELED").count();
@@ -367,7 +367,7 @@ async fn orders_are_accepted_while_production_is_down_and_it_catches_up() {
             .await;
         assert_eq!(s, 201, "{body}");
     }
-    let (s, body) = c.get("/productions").await;
+    let (s, body) = c.get("/productions?limit=1000").await;
     assert_eq!(s, 404, "production is not routed while down: {body}");
     let (_, order) = c.get("/orders/1").await;
     assert_eq!(order["status"], "REQUESTED", "nobody registered it yet");
@@ -376,8 +376,8 @@ async fn orders_are_accepted_while_production_is_down_and_it_catches_up() {
     let host = Host::start(dir.path(), &full, &["--listen", "127.0.0.1:0"]);
     let c = host.client.clone();
     eventually("production caught up", PATIENCE, || async {
-        let (_, prods) = c.get("/productions").await;
-        let (_, orders) = c.get("/orders?status=ORDERED").await;
+        let (_, prods) = c.get("/productions?limit=1000").await;
+        let (_, orders) = c.get("/orders?status=ORDERED&limit=1000").await;
         (prods.as_array()?.len() == 3 && orders.as_array()?.len() == 3).then_some(())
     })
     .await;

@@ -2,6 +2,7 @@
 //! built from `components/` (run `cargo xtask build` first).
 
 mod components;
+mod data_growth;
 mod e2e;
 mod event_log;
 mod faults;

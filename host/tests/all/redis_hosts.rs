@@ -15,7 +15,13 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// A manifest for a Redis-backed host with its own key prefix; events
 /// stalled for 7 s in a dead consumer are reclaimed.
 fn redis_manifest(dir: &std::path::Path, prefix: &str) -> String {
-    manifest(dir, "")
+    with_redis_prefix(&manifest(dir, ""), prefix)
+}
+
+/// `manifest` for a Redis-backed host with its own key prefix; events
+/// stalled for 7 s in a dead consumer are reclaimed.
+pub fn with_redis_prefix(manifest: &str, prefix: &str) -> String {
+    manifest
         .replacen(
             "listen = ",
             &format!("redis_prefix = \"{prefix}\"\nlisten = "),
@@ -78,7 +84,7 @@ async fn per_key(redis: &RedisServer, prefix: &str, topic: &str) -> HashMap<Stri
 
 async fn settle_orders(c: &Client, expected: usize) -> Vec<Value> {
     eventually("orders settled", PATIENCE, || async {
-        let (_, orders) = c.get("/orders").await;
+        let (_, orders) = c.get("/orders?limit=1000").await;
         let orders = orders.as_array()?.clone();
         let settled = orders.iter().all(|o| o["status"] != "REQUESTED");
         (orders.len() == expected && settled).then_some(orders)
@@ -161,8 +167,8 @@ async fn two_hosts_share_one_redis_with_exact_effects() {
     );
     eventually("stock, productions and pages settled", PATIENCE, || async {
         let (_, cafe) = a.client.get("/cafes/1").await;
-        let (_, prods) = a.client.get("/productions").await;
-        let (_, pages) = b.client.get("/myPages").await;
+        let (_, prods) = a.client.get("/productions?limit=1000").await;
+        let (_, pages) = b.client.get("/myPages?limit=1000").await;
         let prods = prods.as_array()?.clone();
         let pages = pages.as_array()?.clone();
         let canceled_prods = prods.iter().filter(|p| p["status"] == "CANCELED").count();
@@ -258,8 +264,8 @@ async fn a_killed_hosts_pending_events_are_reclaimed_and_applied_once() {
     })
     .await;
     eventually("productions and pages", PATIENCE, || async {
-        let (_, prods) = b.client.get("/productions").await;
-        let (_, pages) = b.client.get("/myPages").await;
+        let (_, prods) = b.client.get("/productions?limit=1000").await;
+        let (_, pages) = b.client.get("/myPages?limit=1000").await;
         (prods.as_array()?.len() == ids.len() && pages.as_array()?.len() == ids.len()).then_some(())
     })
     .await;
@@ -363,7 +369,7 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     // arriving (it got a 503): such an order exists too, so "at least" here,
     // and stock must match exactly the orders that exist.
     let orders = eventually("orders settled", PATIENCE, || async {
-        let (_, orders) = c.get("/orders").await;
+        let (_, orders) = c.get("/orders?limit=1000").await;
         let orders = orders.as_array()?.clone();
         let settled = orders.iter().all(|o| o["status"] != "REQUESTED");
         (orders.len() > acked.len() && settled).then_some(orders)
@@ -382,7 +388,7 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     );
     let total = orders.len();
     eventually("productions caught up", PATIENCE, || async {
-        let (_, prods) = c.get("/productions").await;
+        let (_, prods) = c.get("/productions?limit=1000").await;
         (prods.as_array()?.len() == total).then_some(())
     })
     .await;

@@ -73,7 +73,7 @@ async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty(kind: 
     assert_eq!((accepted, sold_out), (50, 150));
     let (_, cafe) = h.client.get("/cafes/1").await;
     assert_eq!(cafe["pcnt"], 0, "{cafe}");
-    let (_, orders) = h.client.get("/orders").await;
+    let (_, orders) = h.client.get("/orders?limit=1000").await;
     assert_eq!(orders.as_array().map(Vec::len), Some(50));
     assert_eq!(h.count_events("order.requested").await, 50);
     h.stop().await;

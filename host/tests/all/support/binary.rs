@@ -83,6 +83,11 @@ impl Host {
         }
     }
 
+    /// The process id (for `/proc` readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no drain, no cleanup, exactly like a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -120,6 +120,39 @@ where
     }
 }
 
+/// What paging through a list route returned.
+#[derive(Debug, Default)]
+pub struct Paged {
+    pub items: Vec<serde_json::Value>,
+    pub pages: usize,
+    pub largest_page_items: usize,
+    pub largest_page_bytes: usize,
+}
+
+/// The target of `<target>; rel="next"` in a `Link` header value.
+pub fn next_link(header: &str) -> Option<String> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        params.contains("rel=\"next\"").then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_owned()
+        })
+    })
+}
+
+/// Resident set size of process `pid` in KiB (Linux `/proc`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line")
+}
+
 /// A small JSON-over-HTTP client.
 #[derive(Clone)]
 pub struct Client {
@@ -157,6 +190,61 @@ impl Client {
         let bytes = resp.bytes().await.expect("body is read");
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         (status, json)
+    }
+
+    /// GET one page of a list route: status, body, and the path of the next
+    /// page from the `Link: <...>; rel="next"` header, if any.
+    pub async fn get_page(&self, path: &str) -> (u16, serde_json::Value, Option<String>) {
+        let resp = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await
+            .expect("request is sent");
+        let status = resp.status().as_u16();
+        let next = resp
+            .headers()
+            .get("link")
+            .and_then(|v| v.to_str().ok())
+            .and_then(next_link);
+        let bytes = resp.bytes().await.expect("body is read");
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, json, next)
+    }
+
+    /// Every item of a paged list route, following `rel="next"` links, with
+    /// the number of pages and the largest page body (bytes) seen.
+    pub async fn get_all(&self, path: &str) -> Paged {
+        let mut out = Paged::default();
+        let mut next = Some(path.to_owned());
+        while let Some(path) = next.take() {
+            let resp = self
+                .http
+                .get(format!("{}{}", self.base, path))
+                .send()
+                .await
+                .expect("request is sent");
+            let status = resp.status().as_u16();
+            next = resp
+                .headers()
+                .get("link")
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link);
+            let bytes = resp.bytes().await.expect("body is read");
+            assert_eq!(
+                status,
+                200,
+                "GET {path}: {}",
+                String::from_utf8_lossy(&bytes)
+            );
+            out.largest_page_bytes = out.largest_page_bytes.max(bytes.len());
+            let items: Vec<serde_json::Value> =
+                serde_json::from_slice(&bytes).expect("a page is a JSON array");
+            out.largest_page_items = out.largest_page_items.max(items.len());
+            out.items.extend(items);
+            out.pages += 1;
+        }
+        out
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {

@@ -38,6 +38,9 @@ pub struct RedisServer {
     pub url: String,
     child: Option<Child>,
     dir: Option<TempDir>,
+    /// fsync every write (`appendfsync always`); off for bulk-data tests,
+    /// where durability across a Redis restart is not what is tested.
+    fsync_always: bool,
 }
 
 impl RedisServer {
@@ -48,9 +51,29 @@ impl RedisServer {
                 url,
                 child: None,
                 dir: None,
+                fsync_always: true,
             },
             Err(_) => Self::spawn(),
         }
+    }
+
+    /// Like [`start`](Self::start), but a server of our own fsyncs once a
+    /// second instead of on every write (tests that load tens of thousands
+    /// of documents and never restart Redis).
+    pub fn start_bulk() -> Self {
+        if std::env::var_os("REDIS_URL").is_some() {
+            return Self::start();
+        }
+        let dir = tempfile::tempdir().expect("redis tempdir");
+        let socket = dir.path().join("redis.sock");
+        let mut server = Self {
+            url: format!("redis+unix://{}", socket.display()),
+            child: None,
+            dir: Some(dir),
+            fsync_always: false,
+        };
+        server.launch();
+        server
     }
 
     /// Always a server of our own (restartable).
@@ -61,6 +84,7 @@ impl RedisServer {
             url: format!("redis+unix://{}", socket.display()),
             child: None,
             dir: Some(dir),
+            fsync_always: true,
         };
         server.launch();
         server
@@ -94,7 +118,11 @@ impl RedisServer {
                 "--appendonly",
                 "yes",
                 "--appendfsync",
-                "always",
+                if self.fsync_always {
+                    "always"
+                } else {
+                    "everysec"
+                },
             ])
             .arg("--dir")
             .arg(&dir)
