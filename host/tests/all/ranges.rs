@@ -1,0 +1,160 @@
+//! Ranged reads and sequences of both backends, driven directly: key order,
+//! caps on entries and bytes, deleted documents skipped, O(1) sequence moves.
+
+use sktarbucks::backend::{Backend, RangeLimit};
+use sktarbucks::uow::{Changes, DocKey};
+
+use crate::on_both_backends;
+use crate::support::harness::{Harness, Kind};
+
+const LIMIT: RangeLimit = RangeLimit {
+    entries: 1000,
+    bytes: 4 * 1024 * 1024,
+};
+
+fn key(i: usize) -> String {
+    format!("{i:020}")
+}
+
+async fn write(backend: &dyn Backend, ns: &str, coll: &str, docs: Vec<(String, Option<Vec<u8>>)>) {
+    let changes = Changes {
+        writes: docs
+            .into_iter()
+            .map(|(k, v)| (DocKey::new(ns, coll, &k), v))
+            .collect(),
+        ..Changes::default()
+    };
+    backend.commit(changes).await.expect("commit");
+}
+
+/// Every live key of a collection, following `more`.
+async fn walk(
+    backend: &dyn Backend,
+    ns: &str,
+    coll: &str,
+    limit: RangeLimit,
+) -> (Vec<String>, usize) {
+    let (mut keys, mut calls) = (Vec::new(), 0);
+    let mut after: Option<String> = None;
+    loop {
+        let page = backend
+            .range(ns, coll, after.as_deref(), limit)
+            .await
+            .expect("range");
+        calls += 1;
+        assert!(page.entries.len() <= limit.entries);
+        keys.extend(page.entries.iter().map(|(k, _, _)| k.clone()));
+        if !page.more {
+            return (keys, calls);
+        }
+        after = Some(page.entries.last().expect("more implies entries").0.clone());
+    }
+}
+
+async fn ranges_follow_key_order_skip_deletes_and_respect_caps(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let b = h.backend.as_ref();
+    // 2,500 documents written in a shuffled order, every 10th deleted again.
+    let mut ids: Vec<usize> = (0..2500).collect();
+    ids.sort_by_key(|i| (i * 7919) % 2500);
+    for chunk in ids.chunks(500) {
+        write(
+            b,
+            "t",
+            "c",
+            chunk
+                .iter()
+                .map(|i| (key(*i), Some(b"{}".to_vec())))
+                .collect(),
+        )
+        .await;
+    }
+    write(
+        b,
+        "t",
+        "c",
+        (0..2500).step_by(10).map(|i| (key(i), None)).collect(),
+    )
+    .await;
+    // Same collection name in another namespace and another collection: invisible.
+    write(b, "u", "c", vec![(key(1), Some(b"{}".to_vec()))]).await;
+    write(b, "t", "d", vec![(key(1), Some(b"{}".to_vec()))]).await;
+    let live: Vec<String> = (0..2500).filter(|i| i % 10 != 0).map(key).collect();
+    let (keys, calls) = walk(b, "t", "c", LIMIT).await;
+    assert_eq!(keys, live);
+    assert_eq!(calls, 3, "1000 + 1000 + 250 entries");
+    let small = RangeLimit {
+        entries: 7,
+        ..LIMIT
+    };
+    assert_eq!(walk(b, "t", "c", small).await.0, live);
+    // A range starting after the last key is empty and final.
+    let end = b
+        .range("t", "c", Some(&key(2499)), LIMIT)
+        .await
+        .expect("range");
+    assert!(end.entries.is_empty() && !end.more);
+    let missing = b.range("t", "nothing", None, LIMIT).await.expect("range");
+    assert!(missing.entries.is_empty() && !missing.more);
+
+    // Bytes: 1 MiB documents, 4 MiB per call, yet at least one entry.
+    let big = vec![b'x'; 1024 * 1024];
+    for i in 0..6 {
+        write(b, "t", "big", vec![(key(i), Some(big.clone()))]).await;
+    }
+    let page = b.range("t", "big", None, LIMIT).await.expect("range");
+    assert_eq!((page.entries.len(), page.more), (4, true));
+    let tiny = RangeLimit {
+        entries: 1000,
+        bytes: 10,
+    };
+    let page = b.range("t", "big", None, tiny).await.expect("range");
+    assert_eq!(
+        (page.entries.len(), page.more),
+        (1, true),
+        "the first entry always comes"
+    );
+    assert_eq!(walk(b, "t", "big", tiny).await.0.len(), 6);
+
+    // Versions come with the entries and match a point read.
+    let page = b
+        .range(
+            "t",
+            "c",
+            None,
+            RangeLimit {
+                entries: 3,
+                ..LIMIT
+            },
+        )
+        .await
+        .expect("range");
+    for (k, v, version) in page.entries {
+        let read = b.get(&DocKey::new("t", "c", &k)).await.expect("get");
+        assert_eq!((read.value, read.version), (Some(v), version));
+    }
+    h.stop().await;
+}
+
+async fn sequences_jump_past_client_ids_in_one_step(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let b = h.backend.as_ref();
+    assert_eq!(b.next_id("t", "s").await.expect("next"), 1);
+    b.advance_sequence("t", "s", 30_000).await.expect("advance");
+    assert_eq!(b.next_id("t", "s").await.expect("next"), 30_001);
+    b.advance_sequence("t", "s", 5)
+        .await
+        .expect("advance below is a no-op");
+    assert_eq!(b.next_id("t", "s").await.expect("next"), 30_002);
+    b.advance_sequence("t", "fresh", 9)
+        .await
+        .expect("advance a new sequence");
+    assert_eq!(b.next_id("t", "fresh").await.expect("next"), 10);
+    assert_eq!(b.next_id("u", "s").await.expect("other namespace"), 1);
+    h.stop().await;
+}
+
+on_both_backends!(
+    ranges_follow_key_order_skip_deletes_and_respect_caps,
+    sequences_jump_past_client_ids_in_one_step,
+);
