@@ -18,9 +18,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use sktarbucks::backend::SharedBackend;
-use sktarbucks::backend::sqlite::SqliteBackend;
-use sktarbucks::config::Config;
+use sktarbucks::config::{ComponentConfig, Config, Synchronous};
 use sktarbucks::runtime::Runtime;
 
 fn root() -> std::path::PathBuf {
@@ -30,33 +28,29 @@ fn root() -> std::path::PathBuf {
         .unwrap_or_default()
 }
 
-fn manifest(data: &std::path::Path) -> String {
+/// The bench configuration, built as a typed `Config`: the four cafe
+/// components on SQLite (synchronous = normal) on an ephemeral port.
+fn bench_config(data: &std::path::Path) -> Result<Config> {
     let wasm = |n: &str| root().join(format!("components/target/wasm32-wasip2/release/{n}.wasm"));
-    format!(
-        r#"
-data = "{data}"
-[sqlite]
-synchronous = "normal"
-[components.cafe]
-path = "{cafe}"
-routes = ["/cafes"]
-[components.order]
-path = "{order}"
-routes = ["/orders"]
-links = {{ stock = "cafe" }}
-[components.production]
-path = "{production}"
-routes = ["/productions"]
-[components.mypage]
-path = "{mypage}"
-routes = ["/myPages"]
-"#,
-        data = data.display(),
-        cafe = wasm("cafe").display(),
-        order = wasm("order").display(),
-        production = wasm("production").display(),
-        mypage = wasm("mypage").display(),
-    )
+    let mut config = Config::parse("", data)?;
+    config.listen = "127.0.0.1:0".parse()?;
+    config.data = data.to_path_buf();
+    config.sqlite.synchronous = Synchronous::Normal;
+    for (name, route) in [
+        ("cafe", "/cafes"),
+        ("order", "/orders"),
+        ("production", "/productions"),
+        ("mypage", "/myPages"),
+    ] {
+        let mut c = ComponentConfig::new(wasm(name));
+        c.routes = vec![route.to_owned()];
+        if name == "order" {
+            c.links.insert("stock".into(), "cafe".into());
+        }
+        config.components.insert(name.to_owned(), c);
+    }
+    config.check()?;
+    Ok(config)
 }
 
 /// Latencies of one load run.
@@ -329,25 +323,12 @@ async fn main() -> Result<()> {
     let duration = Duration::from_secs(seconds);
 
     let dir = tempfile::tempdir()?;
-    let config = Config::parse(&manifest(dir.path()), dir.path())?;
-    let backend: SharedBackend = Arc::new(SqliteBackend::open(
-        &config.data,
-        config.sqlite.synchronous,
-    )?);
-    let rt = {
-        let backend = Arc::clone(&backend);
-        tokio::task::spawn_blocking(move || Runtime::start(config, backend))
-            .await?
-            .context("runtime starts (run `cargo xtask build` first)")?
-    };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let dispatchers = sktarbucks::events::dispatcher::spawn_all(&rt, stop_rx).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let host = format!("http://{}", listener.local_addr()?);
-    let served = Arc::clone(&rt);
-    tokio::spawn(async move {
-        let _ = sktarbucks::http::serve(listener, served, std::future::pending()).await;
-    });
+    let config = bench_config(dir.path())?;
+    let running = sktarbucks::app::start(config, sktarbucks::app::Options::default())
+        .await
+        .context("the host starts (run `cargo xtask build` first)")?;
+    let host = running.url();
+    let rt = Arc::clone(&running.rt);
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .build()?;
@@ -438,9 +419,7 @@ async fn main() -> Result<()> {
         drained.as_secs_f64()
     );
     data_growth(&client, &host, &rt, concurrency).await?;
-    let _ = stop_tx.send(true);
-    for d in dispatchers {
-        let _ = d.await;
-    }
+    drop(rt);
+    running.stop().await?;
     Ok(())
 }

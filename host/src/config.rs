@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The whole resolved configuration of one host process.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Public HTTP listener (the old gateway's port).
@@ -31,6 +31,16 @@ pub struct Config {
     /// Compiled-component cache; defaults to `<data>/compile-cache`.
     #[serde(default)]
     pub compile_cache: Option<PathBuf>,
+    /// Admin listener (deploy, rollback, reload); off unless set. Needs a
+    /// token: `SKTARBUCKS_ADMIN_TOKEN` or `admin_token_file`.
+    #[serde(default)]
+    pub admin: Option<SocketAddr>,
+    /// File holding the admin bearer token (first line).
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// Largest component a `PUT /admin/components/{name}` may upload.
+    #[serde(default = "default_max_wasm")]
+    pub admin_max_wasm_bytes: usize,
     #[serde(default)]
     pub sqlite: SqliteConfig,
     #[serde(default)]
@@ -43,7 +53,7 @@ pub struct Config {
 }
 
 /// Embedded backend settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqliteConfig {
     /// `full` survives power loss; `normal` survives a process crash and is
@@ -61,7 +71,7 @@ impl Default for SqliteConfig {
 }
 
 /// SQLite's `PRAGMA synchronous` level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Synchronous {
     Full,
@@ -69,7 +79,7 @@ pub enum Synchronous {
 }
 
 /// Event delivery settings shared by every subscriber.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     /// Deliveries of one event before it is dead-lettered.
@@ -112,7 +122,7 @@ impl EventsConfig {
 }
 
 /// How hard the host tries to commit a conflicting unit of work.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UowConfig {
     /// Runs of one invocation (first + retries) before giving up with 503.
@@ -129,7 +139,7 @@ impl Default for UowConfig {
 }
 
 /// One component of the manifest.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentConfig {
     /// The `.wasm` file, relative to the manifest.
@@ -152,6 +162,18 @@ pub struct ComponentConfig {
 }
 
 impl ComponentConfig {
+    /// A component loaded from `path` with every other setting at its default.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            routes: Vec::new(),
+            subscribe: None,
+            links: BTreeMap::new(),
+            deadline_ms: default_deadline_ms(),
+            memory_mib: default_memory_mib(),
+        }
+    }
+
     /// The deadline as a `Duration`.
     pub fn deadline(&self) -> Duration {
         Duration::from_millis(self.deadline_ms)
@@ -166,6 +188,9 @@ fn default_data() -> PathBuf {
 }
 fn default_max_body() -> usize {
     1024 * 1024
+}
+fn default_max_wasm() -> usize {
+    64 * 1024 * 1024
 }
 fn default_synchronous() -> Synchronous {
     Synchronous::Full
@@ -214,6 +239,16 @@ impl Config {
         Self::parse(&text, &base).with_context(|| format!("invalid config {}", path.display()))
     }
 
+    /// The manifest as TOML text (what `parse` reads back).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("the configuration cannot be written as TOML")
+    }
+
+    /// Check a configuration built in code, as `parse` checks a file.
+    pub fn check(&self) -> Result<()> {
+        self.validate()
+    }
+
     /// Parse manifest text; `base` anchors relative component paths.
     pub fn parse(text: &str, base: &Path) -> Result<Self> {
         let mut config: Config = toml::from_str(text)?;
@@ -224,6 +259,11 @@ impl Config {
             && cache.is_relative()
         {
             *cache = base.join(&*cache);
+        }
+        if let Some(file) = &mut config.admin_token_file
+            && file.is_relative()
+        {
+            *file = base.join(&*file);
         }
         for (name, component) in &mut config.components {
             if component.path.is_relative() {

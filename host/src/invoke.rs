@@ -1,7 +1,7 @@
 //! Running one invocation: a fresh `Store` and instance per call, a wall-clock
 //! deadline enforced through epochs (and a timer for host-side waits), and a
 //! classification of what went wrong. `Invocation::start` is the only place a
-//! `Store` is created.
+//! `Store` is created; [`Env`] is all it needs from the host.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,10 +10,20 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Instance;
 use wasmtime::{Store, UpdateDeadline};
 
-use crate::registry::Loaded;
-use crate::runtime::Runtime;
-use crate::state::HostState;
+use wasmtime::Engine;
+
+use crate::backend::{BackendUnavailable, SharedBackend};
+use crate::registry::{Loaded, Registry};
+use crate::state::{HostState, Links};
 use crate::uow::UnitOfWork;
+
+/// What every invocation shares: the engine, the backend and the live
+/// component set (to reach linked providers). Nothing else of the runtime.
+pub struct Env {
+    pub engine: Engine,
+    pub backend: SharedBackend,
+    pub registry: Arc<Registry>,
+}
 
 /// Raised when an invocation runs past its deadline (from the epoch callback
 /// while wasm runs, from the timer while the host waits).
@@ -27,19 +37,6 @@ impl fmt::Display for DeadlineExceeded {
 }
 
 impl std::error::Error for DeadlineExceeded {}
-
-/// Raised by a host import when the state backend fails underneath it, so the
-/// invocation is classified as backend trouble, not as a guest bug.
-#[derive(Debug)]
-pub struct BackendUnavailable(pub String);
-
-impl fmt::Display for BackendUnavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "state backend failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for BackendUnavailable {}
 
 /// Why an invocation produced no usable result. Nothing it wrote is kept.
 #[derive(Debug)]
@@ -107,7 +104,7 @@ impl Invocation {
     /// A fresh store for `loaded`, with limits and deadline applied. `cap`
     /// (the caller's deadline) bounds a nested call: it gets no more time.
     pub fn start(
-        rt: &Arc<Runtime>,
+        env: &Arc<Env>,
         loaded: &Arc<Loaded>,
         uow: UnitOfWork,
         cap: Option<Instant>,
@@ -116,8 +113,16 @@ impl Invocation {
         let budget = loaded.config.deadline();
         let own = Instant::now() + budget;
         let deadline = cap.map_or(own, |cap| cap.min(own));
-        let state = HostState::new(Arc::clone(loaded), Arc::clone(rt), uow, deadline, depth);
-        let mut store = Store::new(&rt.engine, state);
+        let links: Arc<dyn Links> = Arc::clone(env) as Arc<dyn Links>;
+        let state = HostState::new(
+            Arc::clone(&loaded.identity),
+            Arc::clone(&env.backend),
+            links,
+            uow,
+            deadline,
+            depth,
+        );
+        let mut store = Store::new(&env.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {

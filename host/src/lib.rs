@@ -4,27 +4,33 @@
 //! - `config`     the manifest (`sktarbucks.toml`) and its defaults
 //! - `bindings`   the one `bindgen!` of the WIT contracts
 //! - `engine`     wasmtime `Engine` (pooling, epochs, compile cache) and the epoch ticker
-//! - `registry`   name → live component version (`InstancePre` + resolved exports)
-//! - `state`      per-invocation host state; the `store` and `events` imports
+//! - `state`      per-invocation host state; the `store`, `events` and `stock` imports
+//! - `routes`     path prefix → component
+//! - `registry`   the live set: manifest, versions (`InstancePre` + exports), routes; swapped atomically
 //! - `uow`        the unit of work: buffered reads/writes/events of one invocation
-//! - `invoke`     fresh store per call, deadline, failure classification
+//! - `invoke`     fresh store per call, deadline, failure classification (`Env`)
 //! - `linking`    component → component calls (order's `stock` import → cafe)
 //! - `runtime`    HTTP request / event → invocation → atomic commit, with retries
 //! - `backend`    the state + event-log trait and its SQLite implementation
 //! - `events`     per-subscriber dispatchers: retry, backoff, dead letters
+//! - `deploy`     hot swap: validate, activate, record, follow other hosts, roll back, reload
 //! - `http`       accept loop, routing, health, errors as JSON
-//! - `app`        wiring it all together for `sktarbucks serve`
+//! - `watch`      `serve --watch`: redeploy rebuilt component files
+//! - `app`        the one start-up path (`start(config) -> RunningHost`)
 
 pub mod app;
 pub mod backend;
 pub mod bindings;
 pub mod config;
+pub mod deploy;
 pub mod engine;
 pub mod events;
 pub mod http;
 pub mod invoke;
 pub mod linking;
 pub mod registry;
+pub mod routes;
 pub mod runtime;
 pub mod state;
 pub mod uow;
+pub mod watch;

@@ -3,13 +3,13 @@
 //! unit of work. The provider's writes join the caller's unit only when the
 //! call succeeds; a refusal, trap or timeout leaves nothing behind.
 
+use std::sync::Arc;
+
 use wasmtime::Store;
 
-use crate::bindings::sktarbucks::platform::stock;
 use crate::bindings::{Reservation, StockError, stock_export};
-use crate::invoke::{Failure, Invocation, within};
-use crate::registry::Loaded;
-use crate::state::HostState;
+use crate::invoke::{Env, Failure, Invocation, within};
+use crate::state::{HostState, Links};
 
 /// Deepest chain of synchronous calls (guards against link cycles).
 const MAX_DEPTH: u8 = 4;
@@ -20,46 +20,52 @@ struct Provider {
     guest: stock_export::Guest,
 }
 
-impl HostState {
-    async fn open_provider(&mut self, iface: &str) -> Result<Provider, StockError> {
-        if self.depth >= MAX_DEPTH {
-            return Err(StockError::Unavailable(format!(
-                "synchronous call chain deeper than {MAX_DEPTH}"
-            )));
-        }
-        let Some(name) = self.component.config.links.get(iface) else {
-            return Err(StockError::Unavailable(format!(
-                "component {:?} has no `{iface}` provider linked in the manifest",
-                self.component.name
-            )));
-        };
-        let Some(provider) = self.rt.registry.get(name) else {
-            return Err(StockError::Unavailable(format!(
-                "{iface} provider {name:?} is not loaded"
-            )));
-        };
-        let Some(indices) = &provider.exports.stock else {
-            return Err(StockError::Unavailable(format!(
-                "component {name:?} does not export `{iface}`"
-            )));
-        };
-        // The callee works on a fork of the caller's unit: it reads the
-        // caller's writes, and its own become the caller's only on success.
-        let mut inv = Invocation::start(
-            &self.rt,
-            &provider,
-            self.uow.clone(),
-            Some(self.deadline),
-            self.depth + 1,
-        );
-        // The unit's limits span the whole call chain.
-        inv.store.data_mut().inherit_budget(self);
-        match inv.open(&provider, iface, |s, i| indices.load(s, i)).await {
-            Ok(guest) => Ok(Provider { inv, guest }),
-            Err(failure) => Err(unavailable(&provider, &failure)),
-        }
+/// Open the provider `caller` links `iface` to: its live version as of now
+/// (a swap mid-call does not change the version this call uses).
+async fn open_provider(
+    env: &Arc<Env>,
+    caller: &mut HostState,
+    iface: &str,
+) -> Result<Provider, StockError> {
+    if caller.depth >= MAX_DEPTH {
+        return Err(StockError::Unavailable(format!(
+            "synchronous call chain deeper than {MAX_DEPTH}"
+        )));
     }
+    let Some(name) = caller.identity.links.get(iface) else {
+        return Err(StockError::Unavailable(format!(
+            "component {:?} has no `{iface}` provider linked in the manifest",
+            caller.identity.name
+        )));
+    };
+    let Some(provider) = env.registry.get(name) else {
+        return Err(StockError::Unavailable(format!(
+            "{iface} provider {name:?} is not loaded"
+        )));
+    };
+    let Some(indices) = &provider.exports.stock else {
+        return Err(StockError::Unavailable(format!(
+            "component {name:?} does not export `{iface}`"
+        )));
+    };
+    // The callee works on a fork of the caller's unit: it reads the
+    // caller's writes, and its own become the caller's only on success.
+    let mut inv = Invocation::start(
+        env,
+        &provider,
+        caller.uow.clone(),
+        Some(caller.deadline),
+        caller.depth + 1,
+    );
+    // The unit's limits span the whole call chain.
+    inv.store.data_mut().inherit_budget(&*caller);
+    match inv.open(&provider, iface, |s, i| indices.load(s, i)).await {
+        Ok(guest) => Ok(Provider { inv, guest }),
+        Err(failure) => Err(unavailable(&provider.name, &failure)),
+    }
+}
 
+impl HostState {
     /// Await a call on `provider` and keep its effects if it answered `Ok`.
     async fn finish<T>(
         &mut self,
@@ -79,43 +85,46 @@ impl HostState {
                 Ok(value)
             }
             Ok(Err(refusal)) => Err(refusal),
-            Err(failure) => Err(unavailable(&provider.inv.into_state().component, &failure)),
+            Err(failure) => {
+                let callee = provider.inv.into_state();
+                Err(unavailable(&callee.identity.name, &failure))
+            }
         }
     }
 }
 
-fn unavailable(provider: &Loaded, failure: &Failure) -> StockError {
-    tracing::warn!(component = %provider.name, reason = %failure, "synchronous call failed");
-    StockError::Unavailable(format!("{} {failure}", provider.name))
+fn unavailable(provider: &str, failure: &Failure) -> StockError {
+    tracing::warn!(component = %provider, reason = %failure, "synchronous call failed");
+    StockError::Unavailable(format!("{provider} {failure}"))
 }
 
-impl stock::Host for HostState {
+#[async_trait::async_trait]
+impl Links for Env {
     async fn reserve(
-        &mut self,
+        self: Arc<Self>,
+        caller: &mut HostState,
         order_id: String,
         cafe_id: u64,
         qty: u32,
-    ) -> wasmtime::Result<Result<Reservation, StockError>> {
-        let provider = match self.open_provider("stock").await {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self
+    ) -> Result<Reservation, StockError> {
+        let provider = open_provider(&self, caller, "stock").await?;
+        caller
             .finish(provider, async |guest, store| {
                 guest.call_reserve(store, &order_id, cafe_id, qty).await
             })
-            .await)
+            .await
     }
 
-    async fn release(&mut self, order_id: String) -> wasmtime::Result<Result<bool, StockError>> {
-        let provider = match self.open_provider("stock").await {
-            Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
-        };
-        Ok(self
+    async fn release(
+        self: Arc<Self>,
+        caller: &mut HostState,
+        order_id: String,
+    ) -> Result<bool, StockError> {
+        let provider = open_provider(&self, caller, "stock").await?;
+        caller
             .finish(provider, async |guest, store| {
                 guest.call_release(store, &order_id).await
             })
-            .await)
+            .await
     }
 }

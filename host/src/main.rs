@@ -1,6 +1,6 @@
 //! The `sktarbucks` binary: thin CLI over `sktarbucks::app`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -33,11 +33,55 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve HTTP and deliver events until SIGINT/SIGTERM.
+    /// Serve HTTP and deliver events until SIGINT/SIGTERM (SIGHUP reloads the manifest).
+    #[command(after_help = "Examples:\n  \
+        sktarbucks serve\n  \
+        sktarbucks serve --listen 0.0.0.0:8080 --redis redis://127.0.0.1:6379/0\n  \
+        SKTARBUCKS_ADMIN_TOKEN=secret sktarbucks serve --admin 127.0.0.1:9090 --watch")]
     Serve {
         /// Address of the public listener.
         #[arg(long, env = "SKTARBUCKS_LISTEN")]
         listen: Option<std::net::SocketAddr>,
+        /// Address of the admin listener (needs SKTARBUCKS_ADMIN_TOKEN or admin_token_file).
+        #[arg(long, env = "SKTARBUCKS_ADMIN")]
+        admin: Option<std::net::SocketAddr>,
+        /// Redeploy a component when its manifest file changes (development).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List components with their active versions (admin API).
+    #[command(
+        after_help = "Example:\n  SKTARBUCKS_ADMIN_TOKEN=secret sktarbucks components --admin 127.0.0.1:9090"
+    )]
+    Components {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Validate and activate a new version of a component on every host (admin API).
+    #[command(
+        after_help = "Example:\n  sktarbucks deploy cafe components/target/wasm32-wasip2/release/cafe.wasm --admin 127.0.0.1:9090"
+    )]
+    Deploy {
+        /// The component's name in the manifest.
+        name: String,
+        /// The new version's `.wasm` file.
+        file: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Return a component to its previous version (admin API).
+    #[command(after_help = "Example:\n  sktarbucks rollback cafe --admin 127.0.0.1:9090")]
+    Rollback {
+        /// The component's name in the manifest.
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Re-read the manifest on a running host; all of it applies or none (admin API).
+    #[command(after_help = "Example:\n  sktarbucks reload --admin 127.0.0.1:9090")]
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// List events that exhausted their delivery attempts.
     DeadLetters,
@@ -48,16 +92,66 @@ enum Command {
     },
 }
 
-fn load_config(cli: &Cli) -> Result<Config> {
-    let mut config = Config::load(&cli.config)?;
-    if let Some(data) = &cli.data {
-        config.data = std::path::absolute(data)
+/// Where the admin API of a running host is, and its token.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin listener of a running host.
+    #[arg(long, env = "SKTARBUCKS_ADMIN", default_value = "127.0.0.1:9090")]
+    admin: String,
+    /// The admin bearer token.
+    #[arg(long, env = "SKTARBUCKS_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+impl AdminArgs {
+    fn url(&self, path: &str) -> String {
+        let base = if self.admin.starts_with("http://") || self.admin.starts_with("https://") {
+            self.admin.clone()
+        } else {
+            format!("http://{}", self.admin)
+        };
+        format!("{}{path}", base.trim_end_matches('/'))
+    }
+
+    /// Send one admin request; print the JSON answer; fail on an error status.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<()> {
+        let client = reqwest::Client::new();
+        let mut req = client
+            .request(method, self.url(path))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.header("content-type", "application/wasm").body(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.url("")))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let pretty = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or(text);
+        if status.is_success() {
+            println!("{pretty}");
+            Ok(())
+        } else {
+            anyhow::bail!("{status}: {pretty}")
+        }
+    }
+}
+
+/// The manifest with the CLI's overrides applied.
+fn load_config(config: &Path, data: Option<&Path>, redis: Option<&str>) -> Result<Config> {
+    let mut loaded = Config::load(config)?;
+    if let Some(data) = data {
+        loaded.data = std::path::absolute(data)
             .with_context(|| format!("invalid data directory {}", data.display()))?;
     }
-    if let Some(redis) = &cli.redis {
-        config.redis = Some(redis.clone());
+    if let Some(redis) = redis {
+        loaded.redis = Some(redis.to_owned());
     }
-    Ok(config)
+    Ok(loaded)
 }
 
 fn init_tracing() {
@@ -102,31 +196,73 @@ async fn shutdown_signal() {
 async fn main() -> Result<()> {
     init_tracing();
     let cli = Cli::parse();
-    let mut config = load_config(&cli)?;
+    let (path, data, redis) = (cli.config.clone(), cli.data.clone(), cli.redis.clone());
+    let reload = move || load_config(&path, data.as_deref(), redis.as_deref());
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve {
+            listen,
+            admin,
+            watch,
+        } => {
+            let mut config = reload()?;
             if let Some(listen) = listen {
                 config.listen = listen;
             }
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("failed to bind {}", config.listen))?;
-            sktarbucks::app::run(listener, config, shutdown_signal()).await
+            if let Some(admin) = admin {
+                config.admin = Some(admin);
+            }
+            let options = sktarbucks::app::Options {
+                load_config: Some(Box::new(reload)),
+                admin_token: std::env::var("SKTARBUCKS_ADMIN_TOKEN").ok(),
+                backend: None,
+                watch,
+            };
+            sktarbucks::app::run(config, options, shutdown_signal()).await
         }
         Command::DeadLetters => {
-            let backend = sktarbucks::app::open_backend(&config).await?;
+            let backend = sktarbucks::app::open_backend(&reload()?).await?;
             let letters = backend.dead_letters().await?;
             println!("{}", serde_json::to_string_pretty(&letters)?);
             Ok(())
         }
         Command::Replay { id } => {
-            let backend = sktarbucks::app::open_backend(&config).await?;
+            let backend = sktarbucks::app::open_backend(&reload()?).await?;
             if backend.replay(&id).await? {
                 println!("dead letter {id} queued for redelivery");
                 Ok(())
             } else {
                 anyhow::bail!("no dead letter with id {id:?} (see `sktarbucks dead-letters`)")
             }
+        }
+        Command::Components { admin } => {
+            admin
+                .call(reqwest::Method::GET, "/admin/components", None)
+                .await
+        }
+        Command::Deploy { name, file, admin } => {
+            let bytes = std::fs::read(&file)
+                .with_context(|| format!("failed to read {}", file.display()))?;
+            admin
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/admin/components/{name}"),
+                    Some(bytes),
+                )
+                .await
+        }
+        Command::Rollback { name, admin } => {
+            admin
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/admin/components/{name}/rollback"),
+                    None,
+                )
+                .await
+        }
+        Command::Reload { admin } => {
+            admin
+                .call(reqwest::Method::POST, "/admin/reload", None)
+                .await
         }
     }
 }

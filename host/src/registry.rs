@@ -1,21 +1,28 @@
-//! The live component set: name → loaded component, swappable as a whole
-//! entry. Loading (compile, link, resolve exports) happens outside the lock;
-//! callers clone the `Arc` and keep using that version until they finish.
+//! The live component set: one immutable snapshot (manifest, every
+//! component's current version, routes) swapped atomically with
+//! `arc-swap`, so a request never waits for a swap and always sees one
+//! consistent set. Callers clone the `Arc` of a version and keep using it
+//! until they finish: an in-flight invocation ends on the version it
+//! started with, and the old version is freed after its last user.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
 use crate::bindings::{event_handler, http_handler, stock_export};
-use crate::config::ComponentConfig;
-use crate::state::HostState;
+use crate::config::{ComponentConfig, Config};
+use crate::routes::Router;
+use crate::state::{HostState, Identity};
 
 /// The exports a component turned out to have, resolved once at load.
+/// Indices belong to this version's `InstancePre` only.
 pub struct Exports {
     pub http: Option<http_handler::GuestIndices>,
     pub events: Option<event_handler::GuestIndices>,
@@ -31,11 +38,30 @@ pub struct Loaded {
     pub config: ComponentConfig,
     pub pre: InstancePre<HostState>,
     pub exports: Exports,
+    /// What its invocations' host state needs to know about it.
+    pub identity: Arc<Identity>,
+    /// Invocations of this version running now (requests, events, linked calls).
+    pub in_flight: AtomicUsize,
+}
+
+/// Counts one invocation of a version while alive.
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// sha256 hex of component bytes.
+pub fn digest_of(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 impl Loaded {
     /// Compile and link `bytes` for `name`; fails with the reason when the
-    /// component does not fit the host's world.
+    /// bytes are not a component or do not fit the host's world. Blocking
+    /// (compilation): call it off the async workers.
     pub fn build(
         engine: &Engine,
         linker: &Linker<HostState>,
@@ -43,34 +69,79 @@ impl Loaded {
         config: ComponentConfig,
         bytes: &[u8],
     ) -> Result<Self> {
-        let digest = hex::encode(Sha256::digest(bytes));
+        let digest = digest_of(bytes);
+        if wasmparser_kind(bytes) == Some(WasmKind::Module) {
+            bail!(
+                "this is a core WebAssembly module, not a component (build it for wasm32-wasip2)"
+            );
+        }
         let component = Component::new(engine, bytes)
             .map_err(anyhow::Error::from)
-            .with_context(|| format!("failed to compile component {name:?}"))?;
+            .context("not a valid WebAssembly component")?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
-            .with_context(|| {
-                format!("component {name:?} imports something the host does not provide")
-            })?;
+            .context("it imports something the host does not provide")?;
         let exports = Exports {
             http: http_handler::GuestIndices::new(&pre).ok(),
             events: event_handler::GuestIndices::new(&pre).ok(),
             stock: stock_export::GuestIndices::new(&pre).ok(),
         };
         if exports.http.is_none() && exports.events.is_none() && exports.stock.is_none() {
-            bail!("component {name:?} exports none of http-handler, event-handler, stock");
+            bail!("it exports none of http-handler, event-handler, stock");
         }
         if !config.routes.is_empty() && exports.http.is_none() {
-            bail!("component {name:?} has routes but does not export http-handler");
+            bail!("it has routes in the manifest but does not export http-handler");
         }
-        Ok(Self {
+        Ok(Self::assemble(name, digest, config, pre, exports))
+    }
+
+    fn assemble(
+        name: &str,
+        digest: String,
+        config: ComponentConfig,
+        pre: InstancePre<HostState>,
+        exports: Exports,
+    ) -> Self {
+        let identity = Arc::new(Identity {
+            name: name.to_owned(),
+            digest: digest.clone(),
+            memory_bytes: usize::try_from(config.memory_mib.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
+            links: config.links.clone(),
+        });
+        Self {
             name: name.to_owned(),
             digest,
             config,
             pre,
             exports,
-        })
+            identity,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Count an invocation of this version until the guard drops.
+    pub fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    /// The same compiled version under a changed manifest entry (a reload
+    /// that only touched limits, routes or links): nothing is recompiled.
+    pub fn with_config(&self, config: ComponentConfig) -> Self {
+        let exports = Exports {
+            http: self.exports.http.clone(),
+            events: self.exports.events.clone(),
+            stock: self.exports.stock.clone(),
+        };
+        Self::assemble(
+            &self.name,
+            self.digest.clone(),
+            config,
+            self.pre.clone(),
+            exports,
+        )
     }
 
     /// Read the file named by the manifest and build it.
@@ -81,7 +152,9 @@ impl Loaded {
         config: ComponentConfig,
     ) -> Result<Self> {
         let bytes = read_wasm(&config.path)?;
+        let path = config.path.clone();
         Self::build(engine, linker, name, config, &bytes)
+            .with_context(|| format!("component {name:?} from {}", path.display()))
     }
 
     /// Short form of the digest for logs.
@@ -90,7 +163,27 @@ impl Loaded {
     }
 }
 
-fn read_wasm(path: &Path) -> Result<Vec<u8>> {
+#[derive(Debug, PartialEq, Eq)]
+enum WasmKind {
+    Module,
+    Component,
+}
+
+/// Core module or component, from the preamble (`\0asm`, version, layer).
+fn wasmparser_kind(bytes: &[u8]) -> Option<WasmKind> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return None;
+    }
+    // Layer 0 (bytes 6..8 == 0) is a core module; 1 is a component.
+    match (bytes[6], bytes[7]) {
+        (0, 0) => Some(WasmKind::Module),
+        (1, 0) => Some(WasmKind::Component),
+        _ => None,
+    }
+}
+
+/// Read a `.wasm` file named by the manifest.
+pub fn read_wasm(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| {
         format!(
             "failed to read {} (run `cargo xtask build` to build the components)",
@@ -99,40 +192,87 @@ fn read_wasm(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Name → current version of every component.
-#[derive(Default)]
+/// One consistent view of everything live: the manifest it came from,
+/// every component's current version, and the routes.
+pub struct LiveSet {
+    pub config: Arc<Config>,
+    pub components: BTreeMap<String, Arc<Loaded>>,
+    pub router: Router,
+}
+
+impl LiveSet {
+    /// A set over `components`, routed as `config` says.
+    pub fn new(config: Arc<Config>, components: BTreeMap<String, Arc<Loaded>>) -> Self {
+        let router = Router::from_config(&config);
+        Self {
+            config,
+            components,
+            router,
+        }
+    }
+}
+
+/// Name → current version of every component, plus the manifest in force.
 pub struct Registry {
-    live: RwLock<HashMap<String, Arc<Loaded>>>,
+    live: ArcSwap<LiveSet>,
+    /// Per-component lanes: after a conflict, retries of one component run
+    /// one at a time. Kept across versions (a hot key stays hot on a swap);
+    /// touched only on retries.
+    lanes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Registry {
-    /// The current version of `name`, if loaded.
-    pub fn get(&self, name: &str) -> Option<Arc<Loaded>> {
-        self.live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+    pub fn new(set: LiveSet) -> Self {
+        Self {
+            live: ArcSwap::from_pointee(set),
+            lanes: Mutex::default(),
+        }
     }
 
-    /// Make `loaded` the current version; returns the one it replaced.
+    /// The whole live set as of now.
+    pub fn snapshot(&self) -> Arc<LiveSet> {
+        self.live.load_full()
+    }
+
+    /// The manifest in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.live.load().config)
+    }
+
+    /// The current version of `name`, if loaded.
+    pub fn get(&self, name: &str) -> Option<Arc<Loaded>> {
+        self.live.load().components.get(name).cloned()
+    }
+
+    /// Make `loaded` the current version of its component; returns the one
+    /// it replaced.
     pub fn install(&self, loaded: Arc<Loaded>) -> Option<Arc<Loaded>> {
-        self.live
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(loaded.name.clone(), loaded)
+        let mut previous = None;
+        self.live.rcu(|set| {
+            let mut components = set.components.clone();
+            previous = components.insert(loaded.name.clone(), Arc::clone(&loaded));
+            LiveSet {
+                config: Arc::clone(&set.config),
+                components,
+                router: set.router.clone(),
+            }
+        });
+        previous
+    }
+
+    /// Replace the whole live set (a manifest reload).
+    pub fn replace(&self, set: LiveSet) {
+        self.live.store(Arc::new(set));
     }
 
     /// Every loaded component, sorted by name.
     pub fn all(&self) -> Vec<Arc<Loaded>> {
-        let mut all: Vec<_> = self
-            .live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        self.live.load().components.values().cloned().collect()
+    }
+
+    /// The retry lane of component `name`.
+    pub fn lane(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(lanes.entry(name.to_owned()).or_default())
     }
 }

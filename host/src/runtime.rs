@@ -1,7 +1,7 @@
 //! The runtime: engine, linker, live components and backend, plus the two
 //! entry points that turn a request or an event into a committed unit of work.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -13,25 +13,24 @@ use crate::backend::{Commit, Delivery, SharedBackend};
 use crate::bindings::{DomainError, Event, Request, Response, SktarbucksHost as HostWorld};
 use crate::config::Config;
 use crate::engine::{self, EpochTicker};
-use crate::invoke::{Failure, Invocation, within};
-use crate::registry::{Loaded, Registry};
+use crate::invoke::{Env, Failure, Invocation, within};
+use crate::registry::{LiveSet, Loaded, Registry};
 use crate::state::HostState;
 use crate::uow::{Changes, UnitOfWork};
 
 /// Everything shared by all invocations of one host process.
 pub struct Runtime {
     pub engine: Engine,
+    /// The host's imports, to link new versions against.
     pub linker: Linker<HostState>,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub backend: SharedBackend,
-    pub config: Config,
-    /// Per-component lanes: after a conflict, retries of one component run
-    /// one at a time, so a hot key (the last cups of a menu item) makes
-    /// progress instead of retrying in a storm.
-    /// Built once at start, one per manifest component.
-    lanes: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// What invocations see of this runtime.
+    pub env: Arc<Env>,
     /// Active subscriptions, registered by the dispatchers (for lag reports).
     pub subscriptions: Mutex<Vec<crate::backend::Subscription>>,
+    /// Components that have a dispatcher running.
+    dispatching: Mutex<std::collections::BTreeSet<String>>,
     _ticker: EpochTicker,
 }
 
@@ -82,7 +81,7 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("failed to link the sktarbucks imports")?;
         let ticker = EpochTicker::start(&engine)?;
-        let registry = Registry::default();
+        let mut components = BTreeMap::new();
         for (name, component) in &config.components {
             let started = Instant::now();
             let loaded = Loaded::from_file(&engine, &linker, name, component.clone())?;
@@ -92,23 +91,45 @@ impl Runtime {
                 ms = started.elapsed().as_millis() as u64,
                 "component loaded"
             );
-            registry.install(Arc::new(loaded));
+            components.insert(name.clone(), Arc::new(loaded));
         }
-        let lanes = config
-            .components
-            .keys()
-            .map(|name| (name.clone(), Arc::default()))
-            .collect();
+        let registry = Arc::new(Registry::new(LiveSet::new(Arc::new(config), components)));
+        let env = Arc::new(Env {
+            engine: engine.clone(),
+            backend: Arc::clone(&backend),
+            registry: Arc::clone(&registry),
+        });
         Ok(Arc::new(Self {
             engine,
             linker,
             registry,
             backend,
-            config,
-            lanes,
+            env,
             subscriptions: Mutex::default(),
+            dispatching: Mutex::default(),
             _ticker: ticker,
         }))
+    }
+
+    /// Whether a dispatcher runs for component `name`.
+    pub fn is_dispatching(&self, name: &str) -> bool {
+        self.dispatching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(name)
+    }
+
+    /// Record that a dispatcher now runs for component `name`.
+    pub fn set_dispatching(&self, name: &str) {
+        self.dispatching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned());
+    }
+
+    /// The manifest in force (it changes on a reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.registry.config()
     }
 
     /// Events each subscriber has not yet acknowledged.
@@ -132,9 +153,8 @@ impl Runtime {
         loaded: &Arc<Loaded>,
         req: Request,
     ) -> Result<Response, HttpFailure> {
-        let attempts = self.config.unit_of_work.max_attempts;
-        // Every loaded component is in the manifest, so it has a lane.
-        let lane = self.lanes.get(&loaded.name).cloned().unwrap_or_default();
+        let attempts = self.config().unit_of_work.max_attempts;
+        let lane = self.registry.lane(&loaded.name);
         let mut _serialized = None;
         for attempt in 1..=attempts {
             if attempt > 1 && _serialized.is_none() {
@@ -178,7 +198,8 @@ impl Runtime {
         let Some(indices) = &loaded.exports.http else {
             return Err(Failure::Missing("http-handler".into()));
         };
-        let mut inv = Invocation::start(self, loaded, UnitOfWork::default(), None, 0);
+        let _running = loaded.enter();
+        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
         let guest = inv
             .open(loaded, "http-handler", |s, i| indices.load(s, i))
             .await?;
@@ -220,7 +241,8 @@ impl Runtime {
         let Some(indices) = &loaded.exports.events else {
             return Err(Failure::Missing("event-handler".into()));
         };
-        let mut inv = Invocation::start(self, loaded, UnitOfWork::default(), None, 0);
+        let _running = loaded.enter();
+        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
         let guest = inv
             .open(loaded, "event-handler", |s, i| indices.load(s, i))
             .await?;
@@ -231,12 +253,33 @@ impl Runtime {
         Ok((result, inv.into_state().uow))
     }
 
+    /// Instantiate `loaded` once (and, if it consumes events, ask for its
+    /// subscriptions), within its deadline: the last check before a new
+    /// version goes live. Returns the topics it would consume.
+    pub async fn smoke(self: &Arc<Self>, loaded: &Arc<Loaded>) -> Result<Vec<String>> {
+        if loaded.exports.events.is_some() {
+            return self.subscriptions(loaded).await;
+        }
+        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
+        let deadline = inv.deadline();
+        within(deadline, loaded.pre.instantiate_async(&mut inv.store))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "component {:?}: instantiation {}",
+                    loaded.name,
+                    inv.failure(e)
+                )
+            })?;
+        Ok(Vec::new())
+    }
+
     /// Topics `loaded` consumes: the manifest's list, or all it declares.
     pub async fn subscriptions(self: &Arc<Self>, loaded: &Arc<Loaded>) -> Result<Vec<String>> {
         let Some(indices) = &loaded.exports.events else {
             return Ok(loaded.config.subscribe.clone().unwrap_or_default());
         };
-        let mut inv = Invocation::start(self, loaded, UnitOfWork::default(), None, 0);
+        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
         let declared = async {
             let guest = inv
                 .open(loaded, "event-handler", |s, i| indices.load(s, i))

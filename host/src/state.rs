@@ -1,6 +1,11 @@
 //! Per-`Store` host state and the `store`/`events` imports that read and
 //! buffer into the invocation's unit of work. One `HostState` lives exactly
 //! as long as one invocation.
+//!
+//! It carries only what an invocation needs: who it runs as ([`Identity`]),
+//! the backend, its unit of work and limits, and a [`Links`] handle for
+//! synchronous calls to other components (implemented by `linking`, above
+//! this module, so state never depends on the registry or the runtime).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,10 +15,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::backend::RangeLimit;
-use crate::bindings::sktarbucks::platform::{events, store, types};
-use crate::registry::Loaded;
-use crate::runtime::Runtime;
+use crate::backend::{BackendUnavailable, RangeLimit, SharedBackend};
+use crate::bindings::sktarbucks::platform::{events, stock, store, types};
+use crate::bindings::{Reservation, StockError};
 use crate::uow::{DocKey, NewEvent, UnitOfWork};
 
 /// Largest document or event payload a component may write.
@@ -30,11 +34,47 @@ const MAX_BUFFERED: usize = 10_000;
 /// memory is not bounded by the guest's `StoreLimits`.
 const MAX_BUFFERED_BYTES: usize = 16 * 1024 * 1024;
 
+/// Who an invocation runs as: one component version, as far as its host
+/// state needs to know (built once per version).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Manifest name; also the namespace of its state.
+    pub name: String,
+    /// sha256 of the version's bytes.
+    pub digest: String,
+    /// Linear-memory ceiling of one instance.
+    pub memory_bytes: usize,
+    /// Imported interface → providing component (`stock` → `cafe`).
+    pub links: std::collections::BTreeMap<String, String>,
+}
+
+/// Synchronous calls from one component into another, served by the host
+/// inside the caller's unit of work (order's `stock` import → cafe).
+#[async_trait::async_trait]
+pub trait Links: Send + Sync {
+    /// `stock.reserve` on the caller's linked provider.
+    async fn reserve(
+        self: Arc<Self>,
+        caller: &mut HostState,
+        order_id: String,
+        cafe_id: u64,
+        qty: u32,
+    ) -> Result<Reservation, StockError>;
+    /// `stock.release` on the caller's linked provider.
+    async fn release(
+        self: Arc<Self>,
+        caller: &mut HostState,
+        order_id: String,
+    ) -> Result<bool, StockError>;
+}
+
 /// Everything the host needs while one component instance runs.
 pub struct HostState {
-    /// The component being run; its name is the state namespace.
-    pub component: Arc<Loaded>,
-    pub rt: Arc<Runtime>,
+    /// The component version being run; its name is the state namespace.
+    pub identity: Arc<Identity>,
+    pub backend: SharedBackend,
+    /// Where synchronous calls to linked components go.
+    pub links: Arc<dyn Links>,
     /// Buffered effects; handed to the backend only when the invocation succeeds.
     pub uow: UnitOfWork,
     /// Wall-clock deadline shared with nested calls (they get no more time).
@@ -53,8 +93,9 @@ pub struct HostState {
 impl HostState {
     /// State for one invocation: no filesystem, network, environment or args.
     pub fn new(
-        component: Arc<Loaded>,
-        rt: Arc<Runtime>,
+        identity: Arc<Identity>,
+        backend: SharedBackend,
+        links: Arc<dyn Links>,
         uow: UnitOfWork,
         deadline: Instant,
         depth: u8,
@@ -64,13 +105,12 @@ impl HostState {
             .stderr(stderr.clone())
             .build();
         let limits = wasmtime::StoreLimitsBuilder::new()
-            .memory_size(
-                usize::try_from(component.config.memory_mib * 1024 * 1024).unwrap_or(usize::MAX),
-            )
+            .memory_size(identity.memory_bytes)
             .build();
         Self {
-            component,
-            rt,
+            identity,
+            backend,
+            links,
             uow,
             deadline,
             depth,
@@ -84,7 +124,7 @@ impl HostState {
     }
 
     fn ns(&self) -> &str {
-        &self.component.name
+        &self.identity.name
     }
 
     /// What the guest wrote to stderr, for logs (panic messages).
@@ -139,7 +179,7 @@ fn check_value(what: &str, value: &[u8]) -> wasmtime::Result<()> {
 }
 
 fn backend_error(e: anyhow::Error) -> wasmtime::Error {
-    wasmtime::Error::new(crate::invoke::BackendUnavailable(format!("{e:#}")))
+    wasmtime::Error::new(BackendUnavailable(format!("{e:#}")))
 }
 
 impl WasiView for HostState {
@@ -161,7 +201,7 @@ impl store::Host for HostState {
         if let Some(buffered) = self.uow.buffered(&doc) {
             return Ok(buffered.map(<[u8]>::to_vec));
         }
-        let read = self.rt.backend.get(&doc).await.map_err(backend_error)?;
+        let read = self.backend.get(&doc).await.map_err(backend_error)?;
         self.uow.record_read(doc, read.version);
         Ok(read.value)
     }
@@ -214,7 +254,6 @@ impl store::Host for HostState {
             bytes: MAX_RANGE_BYTES,
         };
         let stored = self
-            .rt
             .backend
             .range(&ns, &collection, after.as_deref(), cap)
             .await
@@ -255,8 +294,7 @@ impl store::Host for HostState {
     async fn next_id(&mut self, sequence: String) -> wasmtime::Result<u64> {
         check_name("sequence", &sequence)?;
         let ns = self.ns().to_owned();
-        self.rt
-            .backend
+        self.backend
             .next_id(&ns, &sequence)
             .await
             .map_err(backend_error)
@@ -265,8 +303,7 @@ impl store::Host for HostState {
     async fn advance_sequence(&mut self, sequence: String, value: u64) -> wasmtime::Result<()> {
         check_name("sequence", &sequence)?;
         let ns = self.ns().to_owned();
-        self.rt
-            .backend
+        self.backend
             .advance_sequence(&ns, &sequence, value)
             .await
             .map_err(backend_error)
@@ -294,5 +331,22 @@ impl events::Host for HostState {
             source,
         });
         Ok(())
+    }
+}
+
+impl stock::Host for HostState {
+    async fn reserve(
+        &mut self,
+        order_id: String,
+        cafe_id: u64,
+        qty: u32,
+    ) -> wasmtime::Result<Result<Reservation, StockError>> {
+        let links = Arc::clone(&self.links);
+        Ok(links.reserve(self, order_id, cafe_id, qty).await)
+    }
+
+    async fn release(&mut self, order_id: String) -> wasmtime::Result<Result<bool, StockError>> {
+        let links = Arc::clone(&self.links);
+        Ok(links.release(self, order_id).await)
     }
 }

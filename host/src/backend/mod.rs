@@ -94,6 +94,19 @@ pub struct DeadLetter {
     pub dead_at_ms: i64,
 }
 
+/// The durable record of what version a component runs, shared by every
+/// host on the backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Deployment {
+    pub component: String,
+    /// sha256 of the active version's bytes (stored with `store_wasm`).
+    pub digest: String,
+    /// When it was activated (ms since the epoch).
+    pub activated_ms: i64,
+    /// Versions it can roll back to, most recent last.
+    pub history: Vec<String>,
+}
+
 /// State, event log, offsets and dead letters behind one interface.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
@@ -175,7 +188,31 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Events published but not yet acknowledged, per subscriber (the lag).
     async fn lag(&self, sub: &Subscription) -> Result<u64>;
+
+    /// Keep component bytes under their sha256 digest (content-addressed).
+    async fn store_wasm(&self, digest: &str, bytes: &[u8]) -> Result<()>;
+
+    /// Component bytes stored under `digest`.
+    async fn load_wasm(&self, digest: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Record `deployment` as the component's active version and announce
+    /// the change to every host (the generation moves).
+    async fn set_deployment(&self, deployment: &Deployment) -> Result<()>;
+
+    /// Every recorded deployment.
+    async fn deployments(&self) -> Result<Vec<Deployment>>;
+
+    /// A number that changes whenever a deployment is recorded: hosts poll
+    /// it (cheap) and re-read `deployments` when it moved.
+    async fn deployment_generation(&self) -> Result<u64>;
 }
+
+/// Raised by a host import when the state backend fails underneath it, so
+/// the invocation is classified as backend trouble (503, retried without
+/// counting an attempt), not as a guest bug.
+#[derive(Debug, thiserror::Error)]
+#[error("state backend failed: {0}")]
+pub struct BackendUnavailable(pub String);
 
 /// Shared handle used across the host.
 pub type SharedBackend = Arc<dyn Backend>;

@@ -20,6 +20,9 @@
 //! | `sk:attempts:{component}` | hash | delivery id → failed attempts |
 //! | `sk:done:{component}:{delivery}` | string | processed marker (7 days) |
 //! | `sk:dead` | stream | dead letters with their error |
+//! | `sk:wasm:{sha256}` | string | component bytes, content-addressed |
+//! | `sk:deploy` | hash | component → active deployment (JSON: digest, activated_ms, history) |
+//! | `sk:deploy:gen` | string | generation, incremented with every deployment (hosts poll it) |
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,7 +34,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{StreamId, StreamReadReply};
 use redis::{AsyncCommands, Script, Value};
 
-use super::{Backend, Commit, Cursor, DeadLetter, Delivery, Range, RangeLimit, Read, Subscription};
+use super::{
+    Backend, Commit, Cursor, DeadLetter, Delivery, Deployment, Range, RangeLimit, Read,
+    Subscription,
+};
 use crate::uow::{Changes, DocKey};
 
 /// How long a processed marker is kept: longer than any plausible stall.
@@ -279,6 +285,10 @@ impl RedisBackend {
 
     fn sequence_hash(&self, ns: &str) -> String {
         format!("{}:seq:{ns}", self.prefix)
+    }
+
+    fn deploy_key(&self) -> String {
+        format!("{}:deploy", self.prefix)
     }
 
     fn stream(&self, topic: &str) -> String {
@@ -874,6 +884,64 @@ impl Backend for RedisBackend {
             }
         }
         Ok(total)
+    }
+
+    async fn store_wasm(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: () = conn
+            .set(format!("{}:wasm:{digest}", self.prefix), bytes)
+            .await
+            .context("redis SET of component bytes failed")?;
+        Ok(())
+    }
+
+    async fn load_wasm(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let mut conn = self.conn.clone();
+        let bytes: Option<Vec<u8>> = conn
+            .get(format!("{}:wasm:{digest}", self.prefix))
+            .await
+            .context("redis GET of component bytes failed")?;
+        Ok(bytes)
+    }
+
+    async fn set_deployment(&self, d: &Deployment) -> Result<()> {
+        let json = serde_json::to_string(d)?;
+        let mut conn = self.conn.clone();
+        let _: () = redis::pipe()
+            .atomic()
+            .hset(self.deploy_key(), &d.component, json)
+            .ignore()
+            .incr(format!("{}:gen", self.deploy_key()), 1)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .context("redis deployment record failed")?;
+        Ok(())
+    }
+
+    async fn deployments(&self) -> Result<Vec<Deployment>> {
+        let mut conn = self.conn.clone();
+        let all: HashMap<String, String> = conn
+            .hgetall(self.deploy_key())
+            .await
+            .context("redis HGETALL of deployments failed")?;
+        let mut out = all
+            .values()
+            .map(|json| {
+                serde_json::from_str(json).context("a stored deployment is not the expected JSON")
+            })
+            .collect::<Result<Vec<Deployment>>>()?;
+        out.sort_by(|a, b| a.component.cmp(&b.component));
+        Ok(out)
+    }
+
+    async fn deployment_generation(&self) -> Result<u64> {
+        let mut conn = self.conn.clone();
+        let generation: Option<u64> = conn
+            .get(format!("{}:gen", self.deploy_key()))
+            .await
+            .context("redis GET of the deployment generation failed")?;
+        Ok(generation.unwrap_or(0))
     }
 }
 

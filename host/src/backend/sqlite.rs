@@ -16,7 +16,10 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::Notify;
 
-use super::{Backend, Commit, Cursor, DeadLetter, Delivery, Range, RangeLimit, Read, Subscription};
+use super::{
+    Backend, Commit, Cursor, DeadLetter, Delivery, Deployment, Range, RangeLimit, Read,
+    Subscription,
+};
 use crate::config::Synchronous;
 use crate::uow::{Changes, DocKey};
 
@@ -52,6 +55,12 @@ CREATE TABLE IF NOT EXISTS replays (
     subscriber TEXT NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (subscriber, seq)
 );
+CREATE TABLE IF NOT EXISTS wasm (digest TEXT PRIMARY KEY, bytes BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deployments (
+    component TEXT PRIMARY KEY, digest TEXT NOT NULL,
+    activated_ms INTEGER NOT NULL, history TEXT NOT NULL
+);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('deploy_generation', 0);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     subscriber TEXT NOT NULL, seq INTEGER NOT NULL,
@@ -622,6 +631,73 @@ impl Backend for SqliteBackend {
         }
         let lag: u64 = conn.query_row(&sql, values.as_slice(), |r| r.get(0))?;
         Ok(lag)
+    }
+
+    async fn store_wasm(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        let (digest, bytes) = (digest.to_owned(), bytes.to_vec());
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO wasm (digest, bytes) VALUES (?1, ?2)",
+                params![digest, bytes],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn load_wasm(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT bytes FROM wasm WHERE digest = ?1")?;
+        Ok(stmt.query_row(params![digest], |r| r.get(0)).optional()?)
+    }
+
+    async fn set_deployment(&self, d: &Deployment) -> Result<()> {
+        let d = d.clone();
+        let history = serde_json::to_string(&d.history)?;
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO deployments (component, digest, activated_ms, history) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (component) DO UPDATE SET digest = excluded.digest,
+                 activated_ms = excluded.activated_ms, history = excluded.history",
+                params![d.component, d.digest, d.activated_ms, history],
+            )?;
+            tx.execute(
+                "UPDATE meta SET value = value + 1 WHERE name = 'deploy_generation'",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn deployments(&self) -> Result<Vec<Deployment>> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached(
+            "SELECT component, digest, activated_ms, history FROM deployments ORDER BY component",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, String>(3)?))
+            })?
+            .collect::<rusqlite::Result<Vec<(String, String, i64, String)>>>()?;
+        rows.into_iter()
+            .map(|(component, digest, activated_ms, history)| {
+                Ok(Deployment {
+                    component,
+                    digest,
+                    activated_ms,
+                    history: serde_json::from_str(&history)
+                        .context("a stored deployment history is not a JSON list")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn deployment_generation(&self) -> Result<u64> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare_cached("SELECT value FROM meta WHERE name = 'deploy_generation'")?;
+        Ok(stmt.query_row([], |r| r.get(0))?)
     }
 }
 

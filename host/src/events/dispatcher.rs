@@ -44,17 +44,22 @@ const BATCH: usize = 16;
 /// Longest wait for new events before polling again (covers other processes).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
-/// Start a dispatcher for every loaded component that subscribes to something.
+/// Start a dispatcher for every loaded component that subscribes to
+/// something and has none yet (at start, and after a reload added one).
 pub async fn spawn_all(
     rt: &Arc<Runtime>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>> {
     let mut handles = Vec::new();
     for loaded in rt.registry.all() {
+        if rt.is_dispatching(&loaded.name) {
+            continue;
+        }
         let topics = rt.subscriptions(&loaded).await?;
         if topics.is_empty() {
             continue;
         }
+        rt.set_dispatching(&loaded.name);
         let sub = Subscription {
             component: loaded.name.clone(),
             topics,
@@ -100,7 +105,26 @@ async fn run(rt: Arc<Runtime>, sub: Subscription, shutdown: watch::Receiver<bool
 async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     let mut streak = Streak::default();
+    let mut sub = sub.clone();
+    let mut version = rt.registry.get(&sub.component).map(|l| l.digest.clone());
     while !*shutdown.borrow() {
+        // A swap or reload may change what this component consumes: follow
+        // it at the next poll (the old version finished its delivery).
+        if let Some(live) = rt.registry.get(&sub.component)
+            && version.as_deref() != Some(live.digest.as_str())
+        {
+            match resubscribe(rt, &sub, &live).await {
+                Ok(next) => {
+                    sub = next;
+                    version = Some(live.digest.clone());
+                }
+                Err(e) => {
+                    tracing::warn!(component = %sub.component, error = %format!("{e:#}"), "could not read the new version's subscriptions; keeping the old ones");
+                    version = Some(live.digest.clone());
+                }
+            }
+        }
+        let sub = &sub;
         // Not cancelled on shutdown: a blocking read that already took
         // entries must hand them over, or they would sit pending until
         // reclaimed. The wait is bounded by IDLE_WAIT.
@@ -130,6 +154,28 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
     }
 }
 
+/// The subscription of a newly live version (the same one if unchanged).
+async fn resubscribe(
+    rt: &Arc<Runtime>,
+    sub: &Subscription,
+    live: &Arc<crate::registry::Loaded>,
+) -> Result<Subscription> {
+    let topics = rt.subscriptions(live).await?;
+    if topics == sub.topics {
+        return Ok(sub.clone());
+    }
+    let next = Subscription {
+        component: sub.component.clone(),
+        topics,
+    };
+    rt.backend.subscribe(&next).await?;
+    tracing::info!(component = %next.component, topics = ?next.topics, "subscriptions changed with the new version");
+    let mut subs = rt.subscriptions.lock().unwrap_or_else(|p| p.into_inner());
+    subs.retain(|s| s.component != next.component);
+    subs.push(next.clone());
+    Ok(next)
+}
+
 /// Deliver one event; true when it was acknowledged and the batch may go on.
 async fn deliver(
     rt: &Arc<Runtime>,
@@ -157,7 +203,7 @@ async fn handle(
     loaded: Arc<crate::registry::Loaded>,
     streak: &mut Streak,
 ) -> bool {
-    let max = rt.config.events.max_attempts;
+    let max = rt.config().events.max_attempts;
     if delivery.attempt > max {
         // Delivered more often than allowed without ever completing: its
         // handlers died with it (a crash, a kill). Stop here, before it can
@@ -227,7 +273,7 @@ async fn handle(
                 tracing::warn!(error = %format!("{e:#}"), "recording the failure failed");
             }
             if !dead {
-                let delay = rt.config.events.backoff(delivery.attempt + 1);
+                let delay = rt.config().events.backoff(delivery.attempt + 1);
                 sleep_or_shutdown(delay, shutdown).await;
             }
             false

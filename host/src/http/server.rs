@@ -21,7 +21,6 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use super::reply::{self, Body};
-use super::router::Router;
 use crate::bindings;
 use crate::invoke::Failure;
 use crate::runtime::{HttpFailure, Runtime};
@@ -38,7 +37,6 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shared by every connection.
 struct App {
     rt: Arc<Runtime>,
-    router: Router,
     /// Set once shutdown begins: readiness turns false so balancers stop sending.
     draining: AtomicBool,
 }
@@ -50,7 +48,6 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let app = Arc::new(App {
-        router: Router::from_config(&rt.config),
         rt,
         draining: AtomicBool::new(false),
     });
@@ -117,17 +114,19 @@ impl App {
             "/health/ready" => return self.ready().await,
             _ => {}
         }
-        let Some(name) = self.router.route(&path) else {
+        // One snapshot per request: routes and versions agree with each other.
+        let live = self.rt.registry.snapshot();
+        let Some(name) = live.router.route(&path) else {
             return reply::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 format!(
                     "no route for {path}; routes: {}",
-                    self.router.prefixes().join(", ")
+                    live.router.prefixes().join(", ")
                 ),
             );
         };
-        let Some(loaded) = self.rt.registry.get(name) else {
+        let Some(loaded) = live.components.get(name).cloned() else {
             return reply::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "component_unavailable",
@@ -144,7 +143,7 @@ impl App {
         loaded: Arc<crate::registry::Loaded>,
         req: Request<Incoming>,
     ) -> Response<Body> {
-        let limit = self.rt.config.max_body_bytes;
+        let limit = self.rt.config().max_body_bytes;
         let too_large = || {
             reply::error(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -217,7 +217,7 @@ async fn cancelling_is_idempotent_and_publishes_once(kind: Kind) {
         .send("PUT", "/orders/999", json!({"status": "CANCELED"}))
         .await;
     assert_error(status, &body, 404, "999");
-    h.drain().await;
+    h.settle().await;
     assert_eq!(pcnt(&h, 5).await, 10, "stock comes back once");
     h.stop().await;
 }
@@ -233,7 +233,7 @@ async fn a_duplicated_cancel_event_restores_stock_once(kind: Kind) {
         .await;
     h.inject("order", "order.canceled", &id.to_string(), canceled.clone())
         .await;
-    h.drain_one("cafe").await;
+    h.settle().await;
     assert_eq!(pcnt(&h, 5).await, 10);
     h.stop().await;
 }
@@ -243,7 +243,7 @@ async fn an_order_becomes_ordered_once_production_registers_it(kind: Kind) {
     let h = Harness::start(kind).await;
     cafe(&h, 5, 10).await;
     let id = order(&h, 5).await;
-    h.drain().await;
+    h.settle().await;
     let (_, order) = h.client.get(&format!("/orders/{id}")).await;
     assert_eq!(order["status"], "ORDERED", "{order}");
     let (status, production) = h.client.get(&format!("/productions/{id}")).await;
@@ -262,14 +262,14 @@ async fn production_is_order_insensitive_and_idempotent(kind: Kind) {
     // The cancel is delivered first (possible on Redis, where topics are separate streams).
     h.inject("order", "order.canceled", "41", snapshot("CANCELED", 2))
         .await;
-    h.drain_one("production").await;
-    h.drain_one("mypage").await;
+    h.settle().await;
+    h.settle().await;
     h.inject("order", "order.requested", "41", snapshot("REQUESTED", 1))
         .await;
     h.inject("order", "order.requested", "41", snapshot("REQUESTED", 1))
         .await;
-    h.drain_one("production").await;
-    h.drain_one("mypage").await;
+    h.settle().await;
+    h.settle().await;
     let (_, list) = h.client.get("/productions?limit=1000").await;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list[0]["status"], "CANCELED", "{list}");
@@ -293,9 +293,9 @@ async fn deleting_a_menu_item_force_cancels_its_orders_and_productions(kind: Kin
     h.client
         .raw("POST", &format!("/orders/{b}/cancel"), None)
         .await;
-    h.drain().await;
+    h.settle().await;
     h.client.raw("DELETE", "/cafes/5", None).await;
-    h.drain().await;
+    h.settle().await;
     let (_, oa) = h.client.get(&format!("/orders/{a}")).await;
     assert_eq!(oa["status"], "FORCE_CANCELED", "{oa}");
     let (_, ob) = h.client.get(&format!("/orders/{b}")).await;
@@ -321,7 +321,7 @@ async fn deleting_a_menu_item_force_cancels_its_orders_and_productions(kind: Kin
     assert_error(status, &body, 404, "5");
     // A request that raced the delete is force-canceled by production too.
     h.inject("order", "order.requested", "900", json!({"id": 900, "custNm": "Z", "cafeId": 5, "cafeNm": "Coldbrew", "chkDate": "1", "qty": 1, "status": "REQUESTED", "version": 1})).await;
-    h.drain_one("production").await;
+    h.settle().await;
     let (_, late) = h.client.get("/productions/900").await;
     assert_eq!(late["status"], "FORCE_CANCELED", "{late}");
     h.stop().await;
@@ -336,7 +336,7 @@ async fn mypage_lists_filters_and_refuses_writes(kind: Kind) {
         .client
         .send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 5}))
         .await;
-    h.drain().await;
+    h.settle().await;
     let (_, all) = h.client.get("/myPages?limit=1000").await;
     assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
     let (_, mine) = h.client.get("/myPages?custNm=Kim").await;

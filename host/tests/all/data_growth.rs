@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::support::binary::Host;
 use crate::support::redis::{RedisServer, available};
-use crate::support::{Client, eventually, manifest, rss_kib};
+use crate::support::{Client, eventually, manifest_text, rss_kib, test_config};
 
 /// Orders of the growth test (the issue's "busy week").
 const ORDERS: usize = 20_000;
@@ -40,19 +40,19 @@ struct Deployment {
 impl Deployment {
     fn new(backend: Backend) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let base = manifest(dir.path(), "");
+        let mut config = test_config(dir.path());
         match backend {
             Backend::Sqlite => Self {
-                manifest: base,
+                manifest: manifest_text(&config),
                 args: vec!["--listen".into(), "127.0.0.1:0".into()],
                 dir,
                 redis: None,
             },
             Backend::Redis => {
                 let redis = RedisServer::start_bulk();
-                let prefix = format!("growth{}", std::process::id());
+                config.redis_prefix = format!("growth{}", std::process::id());
                 Self {
-                    manifest: crate::redis_hosts::with_redis_prefix(&base, &prefix),
+                    manifest: manifest_text(&config),
                     args: vec![
                         "--listen".into(),
                         "127.0.0.1:0".into(),
@@ -79,10 +79,8 @@ impl Deployment {
     }
 
     fn redis_prefix(&self) -> Option<String> {
-        self.manifest
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_prefix = "))
-            .map(|p| p.trim_matches('"').to_owned())
+        let config = sktarbucks::config::Config::parse(&self.manifest, self.dir.path()).ok()?;
+        Some(config.redis_prefix)
     }
 
     /// Events appended on `topic` (SQLite log or Redis stream).

@@ -26,7 +26,7 @@ async fn the_eleven_step_scenario_runs_over_http_against_the_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = Host::start(
         dir.path(),
-        &manifest(dir.path(), ""),
+        &manifest(dir.path()),
         &["--listen", "127.0.0.1:0"],
     );
     eleven_steps(&host.client).await;
@@ -127,8 +127,11 @@ pub async fn eleven_steps(c: &Client) {
 async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Durable commits make dispatch slow enough that the kill lands mid-stream.
-    let text =
-        manifest(dir.path(), "").replace("synchronous = \"normal\"", "synchronous = \"full\"");
+    let text = {
+        let mut config = crate::support::test_config(dir.path());
+        config.sqlite.synchronous = sktarbucks::config::Synchronous::Full;
+        crate::support::manifest_text(&config)
+    };
     let mut host = Host::start(dir.path(), &text, &["--listen", "127.0.0.1:0"]);
     let c = host.client.clone();
     let (s, _) = c
@@ -263,7 +266,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut host = Host::start(
         dir.path(),
-        &manifest(dir.path(), ""),
+        &manifest(dir.path()),
         &["--listen", "127.0.0.1:0"],
     );
     let slow = {
@@ -285,7 +288,7 @@ async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_are_listed_and_replayed_from_the_cli() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = manifest(dir.path(), "");
+    let text = manifest(dir.path());
     let host = Host::start(dir.path(), &text, &["--listen", "127.0.0.1:0"]);
     let (s, _) = host
         .client
@@ -338,15 +341,12 @@ async fn dead_letters_are_listed_and_replayed_from_the_cli() {
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_are_accepted_while_production_is_down_and_it_catches_up() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let full = manifest(dir.path(), "");
-    let start = full
-        .find("[components.production]")
-        .expect("production block");
-    let end = start
-        + full[start..]
-            .find("[components.mypage]")
-            .expect("mypage block");
-    let without = format!("{}{}", &full[..start], &full[end..]);
+    let full = manifest(dir.path());
+    let without = {
+        let mut config = crate::support::test_config(dir.path());
+        config.components.remove("production");
+        crate::support::manifest_text(&config)
+    };
     let mut host = Host::start(dir.path(), &without, &["--listen", "127.0.0.1:0"]);
     let c = host.client.clone();
     let (s, _) = c
@@ -388,17 +388,13 @@ async fn orders_are_accepted_while_production_is_down_and_it_catches_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn relative_paths_work_like_for_a_user_in_a_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let text = manifest(dir.path(), "");
-    let text: String = text
-        .lines()
-        .filter(|l| !l.starts_with("data = ") && !l.starts_with("compile_cache = "))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let host = Host::start_in(
-        dir.path(),
-        &format!("data = \"./state\"\n{text}"),
-        &["--listen", "127.0.0.1:0"],
-    );
+    let text = {
+        let mut config = crate::support::test_config(dir.path());
+        config.data = "./state".into();
+        config.compile_cache = None;
+        crate::support::manifest_text(&config)
+    };
+    let host = Host::start_in(dir.path(), &text, &["--listen", "127.0.0.1:0"]);
     let (s, body) = host
         .client
         .raw(

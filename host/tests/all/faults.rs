@@ -65,10 +65,20 @@ async fn a_unit_of_work_cannot_buffer_unbounded_bytes(kind: Kind) {
 /// An event whose deliveries never completed (its hosts died handling it) is
 /// dead-lettered without being run again once over the attempt limit.
 async fn an_event_that_keeps_killing_its_hosts_is_dead_lettered_without_running(kind: Kind) {
-    let h = Harness::start(kind).await;
+    // No dispatcher for faulty: the test plays the hosts that died.
+    let h = Harness::start_with(kind, |c| {
+        if let Some(f) = c.components.get_mut("faulty") {
+            f.subscribe = Some(Vec::new());
+        }
+    })
+    .await;
     h.inject("test", "faulty.happened", "killer", json!("x"))
         .await;
-    let sub = h.subscription("faulty").await;
+    let sub = sktarbucks::backend::Subscription {
+        component: "faulty".into(),
+        topics: vec!["faulty.happened".into()],
+    };
+    h.backend.subscribe(&sub).await.expect("subscribe");
     // Three deliveries that ended without an outcome (max_attempts = 3).
     for _ in 0..3 {
         let got = h
@@ -81,7 +91,9 @@ async fn an_event_that_keeps_killing_its_hosts_is_dead_lettered_without_running(
             .await
             .expect("record");
     }
-    h.drain_one("faulty").await;
+    sktarbucks::events::dispatcher::drain(&h.rt, &sub)
+        .await
+        .expect("drain");
     let letters = h.backend.dead_letters().await.expect("dead letters");
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert!(
@@ -110,7 +122,7 @@ async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on(kind: Kind)
     h.backend.commit(changes).await.expect("commit");
     h.inject("test", "faulty.happened", "after", json!("fine"))
         .await;
-    h.drain_one("faulty").await;
+    h.settle().await;
     let letters = h.backend.dead_letters().await.expect("dead letters");
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].attempts, 3);
@@ -128,7 +140,7 @@ async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on(kind: Kind)
     // Replay puts it back; it fails again and returns to the dead letters.
     assert!(h.backend.replay(&letters[0].id).await.expect("replay"));
     assert!(h.backend.dead_letters().await.expect("dl").is_empty());
-    h.drain_one("faulty").await;
+    h.settle().await;
     assert_eq!(h.backend.dead_letters().await.expect("dl").len(), 1);
     h.stop().await;
 }
@@ -146,7 +158,7 @@ async fn a_trapping_handler_is_retried_then_dead_lettered(kind: Kind) {
         ..Default::default()
     };
     h.backend.commit(changes).await.expect("commit");
-    h.drain_one("faulty").await;
+    h.settle().await;
     let letters = h.backend.dead_letters().await.expect("dead letters");
     assert_eq!(letters.len(), 1);
     assert!(letters[0].error.contains("trap"), "{}", letters[0].error);

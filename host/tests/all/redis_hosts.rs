@@ -8,29 +8,16 @@ use serde_json::{Value, json};
 
 use crate::support::binary::Host;
 use crate::support::redis::{RedisServer, available, can_spawn};
-use crate::support::{Client, eventually, manifest};
+use crate::support::{Client, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A manifest for a Redis-backed host with its own key prefix; events
 /// stalled for 7 s in a dead consumer are reclaimed.
 fn redis_manifest(dir: &std::path::Path, prefix: &str) -> String {
-    with_redis_prefix(&manifest(dir, ""), prefix)
-}
-
-/// `manifest` for a Redis-backed host with its own key prefix; events
-/// stalled for 7 s in a dead consumer are reclaimed.
-pub fn with_redis_prefix(manifest: &str, prefix: &str) -> String {
-    manifest
-        .replacen(
-            "listen = ",
-            &format!("redis_prefix = \"{prefix}\"\nlisten = "),
-            1,
-        )
-        .replace(
-            "backoff_max_ms = 100",
-            "backoff_max_ms = 100\nclaim_idle_ms = 7000",
-        )
+    let mut config = crate::support::test_config(dir);
+    config.redis_prefix = prefix.to_owned();
+    crate::support::manifest_text(&config)
 }
 
 fn start(dir: &std::path::Path, prefix: &str, redis: &RedisServer) -> Host {

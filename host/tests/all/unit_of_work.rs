@@ -119,7 +119,7 @@ async fn concurrent_duplicate_cancels_restore_stock_exactly_once(kind: Kind) {
         let (status, body) = task.await.expect("cancel task did not panic");
         assert_eq!(status, 200, "{body}");
     }
-    h.drain().await;
+    h.settle().await;
     let (_, cafe) = h.client.get("/cafes/1").await;
     assert_eq!(cafe["pcnt"], 20, "{cafe}");
     assert_eq!(h.count_events("order.canceled").await, 10);

@@ -1,21 +1,21 @@
-//! An in-process host: the real runtime and backend, served over real HTTP
-//! on an ephemeral port, with dispatchers running or drained by hand.
+//! An in-process host started exactly as the binary starts (`app::start`):
+//! the real runtime, backend, dispatchers and maintenance, served over real
+//! HTTP on an ephemeral port. Tests wait for events with `settle`.
 
 use std::sync::Arc;
 
+use sktarbucks::app::{self, RunningHost};
 use sktarbucks::backend::sqlite::SqliteBackend;
 use sktarbucks::backend::{SharedBackend, Subscription};
 use sktarbucks::config::Config;
-use sktarbucks::events::dispatcher;
 use sktarbucks::runtime::Runtime;
 use sktarbucks::uow::{Changes, NewEvent};
 use tempfile::TempDir;
-use tokio::sync::oneshot;
 
 use sktarbucks::backend::redis::RedisBackend;
 
 use super::redis::RedisServer;
-use super::{Client, manifest};
+use super::{Client, test_config};
 
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
@@ -45,21 +45,23 @@ pub struct Harness {
     /// Redis key prefix of this test (unique, so tests can share a server).
     pub prefix: String,
     pub redis: Option<RedisServer>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    host: Option<RunningHost>,
 }
 
 impl Harness {
-    /// Host with every component; events are delivered only by `drain`.
+    /// A host with every test component, started like the binary starts
+    /// (`app::start`): real dispatchers, maintenance and deployment sync.
     pub async fn start(kind: Kind) -> Self {
-        Self::start_with(kind, "").await
+        Self::start_with(kind, |_| {}).await
     }
 
-    pub async fn start_with(kind: Kind, extra: &str) -> Self {
+    /// Like [`start`](Self::start), with the configuration edited first.
+    pub async fn start_with(kind: Kind, edit: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config =
-            Config::parse(&manifest(dir.path(), extra), dir.path()).expect("test manifest parses");
+        let mut config = test_config(dir.path());
+        edit(&mut config);
         let prefix = format!("t{:08x}", rand_u32());
+        config.redis_prefix = prefix.clone();
         let mut redis = None;
         let backend: SharedBackend = match kind {
             Kind::Sqlite => Arc::new(
@@ -72,40 +74,29 @@ impl Harness {
                 let backend = RedisBackend::connect(&server.url, &prefix, claim_idle, retain)
                     .await
                     .expect("redis connects");
+                config.redis = Some(server.url.clone());
                 redis = Some(server);
                 Arc::new(backend)
             }
         };
-        let rt = {
-            let backend = Arc::clone(&backend);
-            tokio::task::spawn_blocking(move || Runtime::start(config, backend))
-                .await
-                .expect("start task")
-                .expect("runtime starts")
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = Arc::clone(&rt);
-        let server = tokio::spawn(async move {
-            sktarbucks::http::serve(listener, served, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server runs");
-        });
+        let host = app::start(
+            config,
+            app::Options {
+                backend: Some(Arc::clone(&backend)),
+                ..app::Options::default()
+            },
+        )
+        .await
+        .expect("the host starts");
         Self {
-            rt,
+            rt: Arc::clone(&host.rt),
             backend,
             dir,
-            client: Client::new(format!("http://{addr}")),
+            client: Client::new(host.url()),
             kind,
             prefix,
             redis,
-            stop: Some(stop),
-            server: Some(server),
+            host: Some(host),
         }
     }
 
@@ -121,26 +112,27 @@ impl Harness {
         sub
     }
 
-    /// Deliver everything pending to every subscriber until nothing is left.
-    pub async fn drain(&self) -> usize {
-        let mut total = 0;
-        loop {
-            let mut round = 0;
-            for name in ["cafe", "order", "production", "mypage", "faulty"] {
-                let sub = self.subscription(name).await;
-                round += dispatcher::drain(&self.rt, &sub).await.expect("drain");
-            }
-            total += round;
-            if round == 0 {
-                return total;
-            }
+    /// Wait until the running dispatchers have delivered everything: every
+    /// subscriber's lag is 0 twice in a row (a handler's own events count).
+    pub async fn settle(&self) {
+        let mut quiet = 0;
+        let started = std::time::Instant::now();
+        while quiet < 2 {
+            let lag: u64 = self
+                .rt
+                .lag()
+                .await
+                .expect("lag")
+                .iter()
+                .map(|(_, n)| n)
+                .sum();
+            quiet = if lag == 0 { quiet + 1 } else { 0 };
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "events did not settle within 60 s (lag {lag})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-    }
-
-    /// Deliver pending events to one component only.
-    pub async fn drain_one(&self, component: &str) -> usize {
-        let sub = self.subscription(component).await;
-        dispatcher::drain(&self.rt, &sub).await.expect("drain")
     }
 
     /// Append an event to the log as if `source` had published it.
@@ -203,11 +195,8 @@ impl Harness {
     }
 
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.expect("server task did not panic");
+        if let Some(host) = self.host.take() {
+            host.stop().await.expect("the host stops cleanly");
         }
     }
 }

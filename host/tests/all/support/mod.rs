@@ -8,6 +8,8 @@ pub mod harness;
 pub mod redis;
 
 use std::path::PathBuf;
+
+use sktarbucks::config::{ComponentConfig, Config, Synchronous};
 use std::time::{Duration, Instant};
 
 /// The workspace root.
@@ -57,48 +59,48 @@ pub fn compile_cache() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("compile-cache")
 }
 
-/// The manifest used by tests: the four cafe components plus the hostile
-/// `faulty` guest, with short deadlines and quick retries.
-pub fn manifest(data: &std::path::Path, extra: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-data = "{data}"
-compile_cache = "{cache}"
-[sqlite]
-synchronous = "normal"
-[events]
-max_attempts = 3
-backoff_ms = 20
-backoff_max_ms = 100
-[components.cafe]
-path = "{cafe}"
-routes = ["/cafes"]
-[components.order]
-path = "{order}"
-routes = ["/orders"]
-links = {{ stock = "cafe" }}
-[components.production]
-path = "{production}"
-routes = ["/productions"]
-[components.mypage]
-path = "{mypage}"
-routes = ["/myPages"]
-[components.faulty]
-path = "{faulty}"
-routes = ["/faulty"]
-deadline_ms = 500
-memory_mib = 32
-{extra}
-"#,
-        data = data.display(),
-        cache = compile_cache().display(),
-        cafe = wasm("cafe").display(),
-        order = wasm("order").display(),
-        production = wasm("production").display(),
-        mypage = wasm("mypage").display(),
-        faulty = wasm("faulty").display(),
-    )
+/// The configuration used by tests, built as a typed `Config`: the four
+/// cafe components plus the hostile `faulty` guest, with short deadlines
+/// and quick retries; state under `data`.
+pub fn test_config(data: &std::path::Path) -> Config {
+    let mut config = Config::parse("", data).expect("an empty manifest parses");
+    config.listen = "127.0.0.1:0".parse().expect("address");
+    config.data = data.to_path_buf();
+    config.compile_cache = Some(compile_cache());
+    config.sqlite.synchronous = Synchronous::Normal;
+    config.events.max_attempts = 3;
+    config.events.backoff_ms = 20;
+    config.events.backoff_max_ms = 100;
+    config.events.claim_idle_ms = 7_000;
+    let mut add = |name: &str, route: &str| {
+        let mut c = ComponentConfig::new(wasm(name));
+        c.routes = vec![route.to_owned()];
+        config.components.insert(name.to_owned(), c);
+    };
+    add("cafe", "/cafes");
+    add("order", "/orders");
+    add("production", "/productions");
+    add("mypage", "/myPages");
+    add("faulty", "/faulty");
+    if let Some(order) = config.components.get_mut("order") {
+        order.links.insert("stock".into(), "cafe".into());
+    }
+    if let Some(faulty) = config.components.get_mut("faulty") {
+        faulty.deadline_ms = 500;
+        faulty.memory_mib = 32;
+    }
+    config.check().expect("the test configuration is valid");
+    config
+}
+
+/// `config` as manifest text, for the spawned binary.
+pub fn manifest_text(config: &Config) -> String {
+    config.to_toml().expect("the test configuration serializes")
+}
+
+/// The test manifest as text (see [`test_config`]).
+pub fn manifest(data: &std::path::Path) -> String {
+    manifest_text(&test_config(data))
 }
 
 /// Poll `check` until it returns `Some`, or panic with `what` after `timeout`.

@@ -1,5 +1,6 @@
 //! Path-prefix routing from the manifest: `/orders` owns `/orders` and
-//! `/orders/...`; the longest matching prefix wins.
+//! `/orders/...`; the longest matching prefix wins. Part of each live-set
+//! snapshot, so a manifest reload changes routes atomically.
 
 use crate::config::Config;
 

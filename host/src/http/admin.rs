@@ -1,0 +1,275 @@
+//! The admin listener: operations never share the public port. Every
+//! `/admin/*` route needs `Authorization: Bearer <token>` (compared in
+//! constant time); without a token configured the listener does not start.
+//!
+//! | route | does |
+//! |---|---|
+//! | `GET /admin/components` | versions, sources, rollback digests, routes, subscriptions, links, in-flight |
+//! | `PUT /admin/components/{name}` | body = component bytes: validate, activate (200) or refuse (422) |
+//! | `POST /admin/components/{name}/rollback` | back to the previous version |
+//! | `POST /admin/reload` | re-read the manifest; all of it applies or none |
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Result;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use super::reply::{self, Body};
+use crate::deploy::{DeployError, Deployer};
+use crate::runtime::Runtime;
+
+/// How long an upload may take.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Called after a successful reload (to start dispatchers of new components).
+pub type AfterReload = Arc<dyn Fn() + Send + Sync>;
+
+/// Shared by every admin connection.
+pub struct Admin {
+    pub rt: Arc<Runtime>,
+    pub deployer: Arc<Deployer>,
+    token: String,
+    after_reload: AfterReload,
+}
+
+impl Admin {
+    /// `token` must not be empty: an admin API without one is refused.
+    pub fn new(
+        rt: Arc<Runtime>,
+        deployer: Arc<Deployer>,
+        token: String,
+        after_reload: AfterReload,
+    ) -> Result<Self> {
+        anyhow::ensure!(!token.trim().is_empty(), "the admin token is empty");
+        Ok(Self {
+            rt,
+            deployer,
+            token: token.trim().to_owned(),
+            after_reload,
+        })
+    }
+}
+
+/// Serve the admin API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    admin: Arc<Admin>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let admin = Arc::clone(&admin);
+        let service = service_fn(move |req| {
+            let admin = Arc::clone(&admin);
+            async move { Ok::<_, Infallible>(admin.handle(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await;
+    Ok(())
+}
+
+impl Admin {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(given) = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        given.trim().as_bytes().ct_eq(self.token.as_bytes()).into()
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        let Some(rest) = path.strip_prefix("/admin") else {
+            return reply::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no admin route {path}; see /admin/components"),
+            );
+        };
+        if !self.authorized(&req) {
+            return reply::error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "admin routes need `Authorization: Bearer <token>` with the admin token",
+            );
+        }
+        let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+        let method = req.method().clone();
+        match (segments.as_slice(), &method) {
+            (["components"], &Method::GET) => self.components(),
+            (["components"], _) => not_allowed(&path, "GET"),
+            (["components", name], &Method::PUT) => {
+                let name = (*name).to_owned();
+                self.deploy(&name, req).await
+            }
+            (["components", _], _) => not_allowed(&path, "PUT"),
+            (["components", name, "rollback"], &Method::POST) => {
+                answer(self.deployer.rollback(name).await)
+            }
+            (["components", _, "rollback"], _) => not_allowed(&path, "POST"),
+            (["reload"], &Method::POST) => match self.deployer.reload().await {
+                Ok(changes) => {
+                    (self.after_reload)();
+                    reply::json(
+                        StatusCode::OK,
+                        &json!({"reloaded": true, "changes": changes}),
+                    )
+                }
+                Err(e) => refusal(&e),
+            },
+            (["reload"], _) => not_allowed(&path, "POST"),
+            _ => reply::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no admin route {path}"),
+            ),
+        }
+    }
+
+    fn components(&self) -> Response<Body> {
+        let status = self.deployer.status();
+        let subscriptions = self
+            .rt
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let list: Vec<serde_json::Value> = self
+            .rt
+            .registry
+            .all()
+            .iter()
+            .map(|l| {
+                let st = status.get(&l.name);
+                let topics = subscriptions
+                    .iter()
+                    .find(|s| s.component == l.name)
+                    .map(|s| s.topics.clone())
+                    .unwrap_or_default();
+                json!({
+                    "name": l.name,
+                    "digest": l.digest,
+                    "source": st.map(|s| s.source),
+                    "activatedMs": st.map(|s| s.activated_ms),
+                    "rollback": st.map(|s| s.rollback.clone()).unwrap_or_default(),
+                    "diverged": st.and_then(|s| s.diverged.clone()),
+                    "routes": l.config.routes,
+                    "subscriptions": topics,
+                    "links": l.config.links,
+                    "deadlineMs": l.config.deadline_ms,
+                    "memoryMib": l.config.memory_mib,
+                    "inFlight": l.in_flight.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
+        reply::json(StatusCode::OK, &json!({ "components": list }))
+    }
+
+    async fn deploy(&self, name: &str, req: Request<Incoming>) -> Response<Body> {
+        let limit = self.rt.config().admin_max_wasm_bytes;
+        let body = Limited::new(req.into_body(), limit);
+        let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return reply::error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("the component is larger than admin_max_wasm_bytes ({limit} bytes)"),
+                );
+            }
+            Ok(Err(e)) => {
+                return reply::error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    format!("could not read the upload: {e}"),
+                );
+            }
+            Err(_) => {
+                return reply::error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the upload took longer than 60 s",
+                );
+            }
+        };
+        if bytes.is_empty() {
+            return reply::error(
+                StatusCode::BAD_REQUEST,
+                "empty_body",
+                "send the component's .wasm bytes as the body (Content-Type: application/wasm)",
+            );
+        }
+        answer(self.deployer.deploy(name, bytes.to_vec()).await)
+    }
+}
+
+fn answer(outcome: Result<crate::deploy::Swap, DeployError>) -> Response<Body> {
+    match outcome {
+        Ok(swap) => reply::json(
+            StatusCode::OK,
+            &serde_json::to_value(&swap).unwrap_or_default(),
+        ),
+        Err(e) => refusal(&e),
+    }
+}
+
+fn refusal(e: &DeployError) -> Response<Body> {
+    match e {
+        DeployError::NotFound(m) => reply::error(StatusCode::NOT_FOUND, "component_not_found", m),
+        DeployError::Refused(m) => reply::error(StatusCode::UNPROCESSABLE_ENTITY, "refused", m),
+        DeployError::Backend(e) => reply::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backend_unavailable",
+            format!("{e:#}"),
+        ),
+    }
+}
+
+fn not_allowed(path: &str, allow: &'static str) -> Response<Body> {
+    let mut r = reply::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{path} takes {allow}"),
+    );
+    r.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static(allow),
+    );
+    r
+}
