@@ -3,22 +3,26 @@
 use kit::Platform;
 use kit::fields::{self, Object};
 use kit::http::{ApiError, ApiResult, Response, path_id, respond, segments};
+use kit::page::{self, PageRequest};
 
-use crate::model::{CAFE_SEQ, CAFES, Cafe, DELETED, MAX_PCNT, Tombstone, key};
+use crate::model::{CAFE_SEQ, CAFES, Cafe, DELETED, Item, MAX_PCNT, Tombstone, event_key, key};
 
 pub const PREFIX: &str = "/cafes";
 
+/// Tries [`fresh_id`] makes before giving up (see there).
+const FRESH_ID_TRIES: u32 = 24;
+
 /// Answer one request; every failure becomes a JSON error response.
-pub fn handle(p: &impl Platform, method: &str, path: &str, body: &[u8]) -> Response {
-    respond(route(p, method, path, body))
+pub fn handle(p: &impl Platform, method: &str, path: &str, query: &str, body: &[u8]) -> Response {
+    respond(route(p, method, path, query, body))
 }
 
-fn route(p: &impl Platform, method: &str, path: &str, body: &[u8]) -> ApiResult {
+fn route(p: &impl Platform, method: &str, path: &str, query: &str, body: &[u8]) -> ApiResult {
     let Some(segs) = segments(path, PREFIX) else {
         return Err(ApiError::no_route(method, path));
     };
     match (segs.as_slice(), method) {
-        ([], "GET") => list(p),
+        ([], "GET") => list(p, query),
         ([], "POST") => create(p, body),
         ([], _) => Err(ApiError::method_not_allowed(method, path, &["GET", "POST"])),
         ([id], "GET" | "PUT" | "DELETE") => {
@@ -38,14 +42,17 @@ fn route(p: &impl Platform, method: &str, path: &str, body: &[u8]) -> ApiResult 
     }
 }
 
-fn list(p: &impl Platform) -> ApiResult {
-    let mut cafes: Vec<Cafe> = p.list_json(CAFES)?.into_iter().map(|(_, c)| c).collect();
-    cafes.sort_by_key(|c| c.cafe_id);
-    Ok(Response::ok(&cafes))
+/// `GET /cafes[?limit=&after=]`: one page of live items in `cafeId` order.
+fn list(p: &impl Platform, query: &str) -> ApiResult {
+    let req = PageRequest::parse(query)?;
+    let page = page::scan(p, CAFES, req, |id, bytes| {
+        kit::platform::decode::<Item>(CAFES, &key(id), bytes).map(|i| Some(i.cafe))
+    })?;
+    Ok(page::respond(PREFIX, query, &page))
 }
 
 fn get(p: &impl Platform, id: u64) -> ApiResult {
-    Ok(Response::ok(&live(p, id)?))
+    Ok(Response::ok(&live(p, id)?.cafe))
 }
 
 /// The fields a request may set; `None` = not given.
@@ -65,23 +72,34 @@ impl Changes {
     }
 
     /// A new item: every field is required.
-    fn into_new(self, cafe_id: u64) -> Result<Cafe, ApiError> {
-        Ok(Cafe {
-            cafe_id,
-            cafe_nm: fields::required(self.cafe_nm, "cafeNm")?,
-            chk_date: fields::required(self.chk_date, "chkDate")?,
-            pcnt: fields::required(self.pcnt, "pcnt")?,
+    fn into_new(self, cafe_id: u64) -> Result<Item, ApiError> {
+        Ok(Item {
+            cafe: Cafe {
+                cafe_id,
+                cafe_nm: fields::required(self.cafe_nm, "cafeNm")?,
+                chk_date: fields::required(self.chk_date, "chkDate")?,
+                pcnt: fields::required(self.pcnt, "pcnt")?,
+            },
+            held: 0,
         })
     }
 
-    /// `cafe` with the given fields replaced.
-    fn apply(self, cafe: &Cafe) -> Cafe {
-        Cafe {
-            cafe_id: cafe.cafe_id,
-            cafe_nm: self.cafe_nm.unwrap_or_else(|| cafe.cafe_nm.clone()),
-            chk_date: self.chk_date.unwrap_or_else(|| cafe.chk_date.clone()),
-            pcnt: self.pcnt.unwrap_or(cafe.pcnt),
+    /// `item` with the given fields replaced, or 409 `pcnt_out_of_range` when
+    /// the new `pcnt` plus the units held by open orders exceeds `MAX_PCNT`.
+    fn apply(self, item: &Item) -> Result<Item, ApiError> {
+        if let Some(pcnt) = self.pcnt {
+            item.check_pcnt(pcnt)
+                .map_err(|why| ApiError::conflict("pcnt_out_of_range", why))?;
         }
+        Ok(Item {
+            cafe: Cafe {
+                cafe_id: item.cafe.cafe_id,
+                cafe_nm: self.cafe_nm.unwrap_or_else(|| item.cafe.cafe_nm.clone()),
+                chk_date: self.chk_date.unwrap_or_else(|| item.cafe.chk_date.clone()),
+                pcnt: self.pcnt.unwrap_or(item.cafe.pcnt),
+            },
+            held: item.held,
+        })
     }
 }
 
@@ -101,47 +119,73 @@ fn create(p: &impl Platform, body: &[u8]) -> ApiResult {
                     ),
                 ));
             }
-            match p.get_json::<Cafe>(CAFES, &key(id))? {
-                Some(existing) => save_update(p, &existing, changes.apply(&existing)),
-                None => register(p, changes.into_new(id)?),
+            match p.get_json::<Item>(CAFES, &key(id))? {
+                Some(existing) => {
+                    let new = changes.apply(&existing)?;
+                    save_update(p, &existing, new)
+                }
+                None => {
+                    let item = changes.into_new(id)?;
+                    // An id-less POST must never be handed this id: one
+                    // step, whatever the gap (outside the unit of work).
+                    p.advance_sequence(CAFE_SEQ, id);
+                    register(p, item)
+                }
             }
         }
         None => {
             // Validate before taking an id from the sequence.
-            let cafe = changes.into_new(0)?;
+            let item = changes.into_new(0)?;
             let cafe_id = fresh_id(p)?;
-            register(p, Cafe { cafe_id, ..cafe })
+            register(
+                p,
+                Item {
+                    cafe: Cafe {
+                        cafe_id,
+                        ..item.cafe
+                    },
+                    ..item
+                },
+            )
         }
     }
 }
 
-/// The next id from the sequence that no live or deleted item uses (ids
-/// given explicitly by clients can be ahead of the sequence).
+/// The next id from the sequence that no live or deleted item uses.
+///
+/// Explicit ids advance the sequence past themselves, so the first id is
+/// free unless the id was written before that rule. For such data the
+/// search gallops: after a used id `n` it skips `2^k` ids (k = tries so
+/// far), so a block of N used ids costs about log2(N) tries, and it gives up
+/// after [`FRESH_ID_TRIES`] (sequences may have gaps).
 fn fresh_id(p: &impl Platform) -> Result<u64, ApiError> {
-    for _ in 0..100_000 {
+    for k in 0..FRESH_ID_TRIES {
         let id = p.next_id(CAFE_SEQ);
         if id >= 1 && p.get(CAFES, &key(id)).is_none() && p.get(DELETED, &key(id)).is_none() {
             return Ok(id);
         }
+        p.advance_sequence(CAFE_SEQ, id.saturating_add(1 << k));
     }
-    Err(ApiError::internal(
+    Err(ApiError::unavailable(
+        "no_free_id",
         "could not find an unused cafe id; give cafeId explicitly",
     ))
 }
 
-fn register(p: &impl Platform, cafe: Cafe) -> ApiResult {
-    p.put_json(CAFES, &key(cafe.cafe_id), &cafe)?;
-    p.publish_json("cafe.registered", &key(cafe.cafe_id), &cafe)?;
-    Ok(Response::created(&cafe))
+fn register(p: &impl Platform, item: Item) -> ApiResult {
+    let id = item.cafe.cafe_id;
+    p.put_json(CAFES, &key(id), &item)?;
+    p.publish_json("cafe.registered", &event_key(id), &item.cafe)?;
+    Ok(Response::created(&item.cafe))
 }
 
 /// Store an update; publishes `cafe.updated` only when something changed.
-fn save_update(p: &impl Platform, old: &Cafe, new: Cafe) -> ApiResult {
+fn save_update(p: &impl Platform, old: &Item, new: Item) -> ApiResult {
     if &new != old {
-        p.put_json(CAFES, &key(new.cafe_id), &new)?;
-        p.publish_json("cafe.updated", &key(new.cafe_id), &new)?;
+        p.put_json(CAFES, &key(new.cafe.cafe_id), &new)?;
+        p.publish_json("cafe.updated", &event_key(new.cafe.cafe_id), &new.cafe)?;
     }
-    Ok(Response::ok(&new))
+    Ok(Response::ok(&new.cafe))
 }
 
 /// `PUT /cafes/{id}`: partial update of cafeNm, chkDate, pcnt.
@@ -157,28 +201,28 @@ fn update(p: &impl Platform, id: u64, body: &[u8]) -> ApiResult {
     }
     let changes = Changes::parse(&obj)?;
     let existing = live(p, id)?;
-    let new = changes.apply(&existing);
+    let new = changes.apply(&existing)?;
     save_update(p, &existing, new)
 }
 
 /// `DELETE /cafes/{id}`: remove the item, keep a tombstone, announce it.
 fn delete(p: &impl Platform, id: u64) -> ApiResult {
-    let cafe = live(p, id)?;
+    let item = live(p, id)?;
     let tomb = Tombstone {
         cafe_id: id,
-        cafe_nm: cafe.cafe_nm.clone(),
-        chk_date: cafe.chk_date.clone(),
+        cafe_nm: item.cafe.cafe_nm.clone(),
+        chk_date: item.cafe.chk_date.clone(),
     };
     p.delete(CAFES, &key(id));
     p.put_json(DELETED, &key(id), &tomb)?;
-    p.publish_json("cafe.deleted", &key(id), &tomb)?;
-    Ok(Response::ok(&cafe))
+    p.publish_json("cafe.deleted", &event_key(id), &tomb)?;
+    Ok(Response::ok(&item.cafe))
 }
 
 /// The live item `id`, or 404.
-fn live(p: &impl Platform, id: u64) -> Result<Cafe, ApiError> {
-    match p.get_json::<Cafe>(CAFES, &key(id))? {
-        Some(c) => Ok(c),
+fn live(p: &impl Platform, id: u64) -> Result<Item, ApiError> {
+    match p.get_json::<Item>(CAFES, &key(id))? {
+        Some(i) => Ok(i),
         None if p.get(DELETED, &key(id)).is_some() => Err(ApiError::not_found(
             "cafe_not_found",
             format!("cafe {id} was deleted"),

@@ -5,8 +5,11 @@
 //! - `events`: `order.canceled` gives stock back.
 //! - `model`: stored documents and collection names.
 //!
-//! This file only binds the WIT world to those modules; all state lives in
-//! the `store` import (the host runs a fresh instance per invocation).
+//! This file binds the WIT world to those modules and exposes the same entry
+//! points natively ([`http`], [`event`], [`stock_reserve`], [`stock_release`])
+//! so tests in other crates can run the logic on a `kit::MemPlatform`; all
+//! state lives in the `store` import (the host runs a fresh instance per
+//! invocation).
 
 mod api;
 mod events;
@@ -15,6 +18,46 @@ mod stock;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_stock;
+
+pub use events::SUBSCRIPTIONS;
+pub use model::MAX_PCNT;
+
+/// Answer one HTTP request (what the `http-handler` export runs), natively
+/// callable for tests over any [`kit::Platform`].
+pub fn http(
+    p: &impl kit::Platform,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> kit::Response {
+    api::handle(p, method, path, query, body)
+}
+
+/// Apply one event (what the `event-handler` export runs).
+pub fn event(p: &impl kit::Platform, topic: &str, payload: &[u8]) -> Result<(), kit::EventError> {
+    events::handle(p, topic, payload)
+}
+
+/// `stock.reserve` (what the `stock` export runs).
+pub fn stock_reserve(
+    p: &impl kit::Platform,
+    order_id: &str,
+    cafe_id: u64,
+    qty: u32,
+) -> Result<kit::stock::Reserved, kit::stock::StockFailure> {
+    stock::reserve(p, order_id, cafe_id, qty)
+}
+
+/// `stock.release` (what the `stock` export runs).
+pub fn stock_release(
+    p: &impl kit::Platform,
+    order_id: &str,
+) -> Result<bool, kit::stock::StockFailure> {
+    stock::release(p, order_id)
+}
 
 wit_bindgen::generate!({ world: "cafe", path: "../../wit" });
 
@@ -31,14 +74,14 @@ struct Component;
 
 kit::export_handlers! {
     Component,
-    http: |req| api::handle(&Host, &req.method, &req.path, &req.body),
-    subscriptions: events::SUBSCRIPTIONS,
-    event: |ev| events::handle(&Host, &ev.topic, &ev.payload),
+    http: |req| http(&Host, &req.method, &req.path, &req.query, &req.body),
+    subscriptions: SUBSCRIPTIONS,
+    event: |ev| event(&Host, &ev.topic, &ev.payload),
 }
 
 impl stock_export::Guest for Component {
     fn reserve(order_id: String, cafe_id: u64, qty: u32) -> Result<Reservation, StockError> {
-        stock::reserve(&Host, &order_id, cafe_id, qty)
+        stock_reserve(&Host, &order_id, cafe_id, qty)
             .map(|r| Reservation {
                 order_id: r.order_id,
                 cafe_id: r.cafe_id,
@@ -51,7 +94,7 @@ impl stock_export::Guest for Component {
     }
 
     fn release(order_id: String) -> Result<bool, StockError> {
-        stock::release(&Host, &order_id).map_err(stock_error)
+        stock_release(&Host, &order_id).map_err(stock_error)
     }
 }
 

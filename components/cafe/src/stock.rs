@@ -2,11 +2,15 @@
 //!
 //! Runs inside the caller's unit of work (order's `POST /orders` for
 //! reserve), so the decrement commits together with the order or not at all.
+//! Reserve moves `qty` units from the item's `pcnt` to its `held`, release
+//! moves them back (see `model` for the invariant).
 
 use kit::Platform;
 pub use kit::stock::{Reserved, StockFailure};
 
-use crate::model::{CAFES, Cafe, DELETED, MAX_QTY, RESERVATIONS, Reservation, StockReleased, key};
+use crate::model::{
+    CAFES, DELETED, Item, MAX_QTY, RESERVATIONS, Reservation, StockReleased, event_key, key,
+};
 
 /// Take `qty` units of `cafe_id` for `order_id`; repeated calls for the same
 /// order return the first reservation without taking more.
@@ -24,7 +28,7 @@ pub fn reserve(
             "qty must be from 1 to {MAX_QTY}, got {qty}"
         )));
     }
-    let cafe: Option<Cafe> = p.get_json(CAFES, &key(cafe_id))?;
+    let item: Option<Item> = p.get_json(CAFES, &key(cafe_id))?;
 
     if let Some(r) = p.get_json::<Reservation>(RESERVATIONS, order_id)? {
         if r.cafe_id != cafe_id || r.qty != qty {
@@ -44,11 +48,11 @@ pub fn reserve(
             cafe_nm: r.cafe_nm,
             chk_date: r.chk_date,
             qty,
-            remaining: cafe.map_or(0, |c| c.pcnt),
+            remaining: item.map_or(0, |i| i.cafe.pcnt),
         });
     }
 
-    let Some(mut cafe) = cafe else {
+    let Some(mut item) = item else {
         let why = if p.get(DELETED, &key(cafe_id)).is_some() {
             format!("cafe {cafe_id} does not exist (it was deleted)")
         } else {
@@ -56,11 +60,18 @@ pub fn reserve(
         };
         return Err(StockFailure::NotFound(why));
     };
-    if cafe.pcnt < qty {
-        return Err(StockFailure::SoldOut(cafe.pcnt));
+    if item.cafe.pcnt < qty {
+        return Err(StockFailure::SoldOut(item.cafe.pcnt));
     }
-    cafe.pcnt -= qty;
-    p.put_json(CAFES, &key(cafe_id), &cafe)?;
+    // pcnt + held stays the same, so it stays <= MAX_PCNT.
+    item.cafe.pcnt -= qty;
+    item.held = item.held.checked_add(qty).ok_or_else(|| {
+        StockFailure::Unavailable(format!(
+            "cafe {cafe_id} holds {} units already; its stored stock is corrupt",
+            item.held
+        ))
+    })?;
+    p.put_json(CAFES, &key(cafe_id), &item)?;
     p.put_json(
         RESERVATIONS,
         order_id,
@@ -69,17 +80,17 @@ pub fn reserve(
             cafe_id,
             qty,
             released: false,
-            cafe_nm: cafe.cafe_nm.clone(),
-            chk_date: cafe.chk_date.clone(),
+            cafe_nm: item.cafe.cafe_nm.clone(),
+            chk_date: item.cafe.chk_date.clone(),
         },
     )?;
     Ok(Reserved {
         order_id: order_id.to_owned(),
         cafe_id,
-        cafe_nm: cafe.cafe_nm,
-        chk_date: cafe.chk_date,
+        cafe_nm: item.cafe.cafe_nm,
+        chk_date: item.cafe.chk_date,
         qty,
-        remaining: cafe.pcnt,
+        remaining: item.cafe.pcnt,
     })
 }
 
@@ -95,14 +106,14 @@ pub fn release(p: &impl Platform, order_id: &str) -> Result<bool, StockFailure> 
     }
     r.released = true;
     p.put_json(RESERVATIONS, order_id, &r)?;
-    let Some(mut cafe) = p.get_json::<Cafe>(CAFES, &key(r.cafe_id))? else {
+    let Some(mut item) = p.get_json::<Item>(CAFES, &key(r.cafe_id))? else {
         return Ok(false);
     };
-    cafe.pcnt = cafe.pcnt.saturating_add(r.qty);
-    p.put_json(CAFES, &key(r.cafe_id), &cafe)?;
+    item.give_back(r.qty);
+    p.put_json(CAFES, &key(r.cafe_id), &item)?;
     p.publish_json(
         "cafe.stock-released",
-        &key(r.cafe_id),
+        &event_key(r.cafe_id),
         &StockReleased {
             order_id: r.order_id,
             cafe_id: r.cafe_id,

@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 use crate::stock::{self, StockFailure};
 use crate::{api, events};
 
-fn call(p: &MemPlatform, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let r = api::handle(p, method, path, body.as_bytes());
+fn call(p: &MemPlatform, method: &str, target: &str, body: &str) -> (u16, Value) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let r = api::handle(p, method, path, query, body.as_bytes());
     p.finish(r.status < 400);
     assert_eq!(
         r.headers[0],
@@ -226,12 +227,12 @@ fn routing_errors_are_json() {
         "cafe id must be a positive integer, got \"abc\""
     );
     assert_eq!(call(&p, "GET", "/cafes/1/x", "").0, 404);
-    let r = api::handle(&p, "PATCH", "/cafes/1", b"");
+    let r = api::handle(&p, "PATCH", "/cafes/1", "", b"");
     assert_eq!(
         (r.status, r.header("allow")),
         (405, Some("GET, PUT, DELETE"))
     );
-    let r = api::handle(&p, "DELETE", "/cafes", b"");
+    let r = api::handle(&p, "DELETE", "/cafes", "", b"");
     assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
 }
 
@@ -320,4 +321,213 @@ fn release_after_delete_restores_nothing() {
     p.finish(true);
     assert!(p.published().is_empty());
     assert_eq!(call(&p, "GET", "/cafes/5", "").0, 404);
+}
+
+fn list_ids(p: &MemPlatform, target: &str) -> (Vec<u64>, Option<String>) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let r = api::handle(p, "GET", path, query, b"");
+    assert_eq!(r.status, 200);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    let ids = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["cafeId"].as_u64().unwrap())
+        .collect();
+    (ids, r.header("link").map(str::to_owned))
+}
+
+/// The `after=` target of a `Link: <...>; rel="next"` header.
+fn next_target(link: &str) -> String {
+    let url = link.strip_prefix('<').unwrap().split_once('>').unwrap().0;
+    assert!(link.ends_with("; rel=\"next\""), "{link}");
+    url.to_owned()
+}
+
+#[test]
+fn list_pages_by_cafe_id_with_a_next_link() {
+    let p = MemPlatform::new();
+    // ids past 9 and 99 (key order must be numeric order), inserted unordered
+    let ids: Vec<u64> = (1..=25).map(|i| (i * 37) % 101 + 1).collect();
+    for &id in &ids {
+        seed(&p, id, 1);
+    }
+    call(&p, "DELETE", &format!("/cafes/{}", ids[3]), "");
+    let mut expected: Vec<u64> = ids.iter().copied().filter(|&i| i != ids[3]).collect();
+    expected.sort_unstable();
+
+    let mut target = "/cafes?limit=7".to_owned();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (page, link) = list_ids(&p, &target);
+        assert!(page.len() <= 7);
+        seen.extend(page);
+        pages += 1;
+        match link {
+            Some(link) => target = next_target(&link),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected, "every live item once, ascending");
+    assert_eq!(pages, 4);
+    assert!(target.starts_with("/cafes?limit=7&after="), "{target}");
+    // the default page holds them all: no link
+    let (all, link) = list_ids(&p, "/cafes");
+    assert_eq!((all, link), (expected, None));
+}
+
+#[test]
+fn list_keyset_cursor_neither_skips_nor_repeats_under_inserts() {
+    let p = MemPlatform::new();
+    for id in [2, 4, 6, 8] {
+        seed(&p, id, 1);
+    }
+    let (first, link) = list_ids(&p, "/cafes?limit=2");
+    assert_eq!(first, vec![2, 4]);
+    seed(&p, 1, 1);
+    seed(&p, 5, 1);
+    let (second, link) = list_ids(&p, &next_target(&link.unwrap()));
+    assert_eq!(second, vec![5, 6]);
+    let (third, link) = list_ids(&p, &next_target(&link.unwrap()));
+    assert_eq!((third, link), (vec![8], None));
+}
+
+#[test]
+fn bad_paging_parameters_are_400_naming_them() {
+    let p = MemPlatform::new();
+    seed(&p, 1, 1);
+    for (q, name) in [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=ten", "limit"),
+        ("after=x", "after"),
+        ("after=0", "after"),
+    ] {
+        let (s, v) = call(&p, "GET", &format!("/cafes?{q}"), "");
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (400, Some("invalid_query")),
+            "{q}"
+        );
+        assert!(v["message"].as_str().unwrap().starts_with(name), "{v}");
+    }
+}
+
+#[test]
+fn items_are_stored_under_padded_keys_with_held_units_kept_out_of_responses() {
+    let p = MemPlatform::new();
+    seed(&p, 5, 3);
+    reserve(&p, "7", 5, 2).unwrap();
+    assert_eq!(p.keys("cafes"), vec![kit::keys::id(5)]);
+    let stored: Value =
+        serde_json::from_slice(&p.get("cafes", &kit::keys::id(5)).unwrap()).unwrap();
+    assert_eq!(
+        stored,
+        json!({"cafeId":5,"cafeNm":"Coldbrew","chkDate":"20210713","pcnt":1,"held":2})
+    );
+    let shown = call(&p, "GET", "/cafes/5", "").1;
+    assert_eq!(
+        shown,
+        json!({"cafeId":5,"cafeNm":"Coldbrew","chkDate":"20210713","pcnt":1})
+    );
+    assert_eq!(call(&p, "GET", "/cafes", "").1, json!([shown]));
+    // an update event carries the public shape only
+    call(&p, "PUT", "/cafes/5", r#"{"cafeNm":"Latte"}"#);
+    let ev = p.take_published();
+    assert_eq!(
+        ev[0].json(),
+        json!({"cafeId":5,"cafeNm":"Latte","chkDate":"20210713","pcnt":1})
+    );
+    // documents written before `held` existed read as holding nothing
+    p.put(
+        "cafes",
+        &kit::keys::id(6),
+        br#"{"cafeId":6,"cafeNm":"Tea","chkDate":"1","pcnt":4}"#,
+    );
+    p.finish(true);
+    assert_eq!(pcnt(&p, 6), 4);
+}
+
+#[test]
+fn pcnt_beyond_the_room_left_by_held_units_is_refused() {
+    let p = MemPlatform::new();
+    seed(&p, 5, 2000);
+    reserve(&p, "7", 5, 1000).unwrap();
+    p.take_published();
+    let before = p.snapshot();
+    let (s, v) = call(&p, "PUT", "/cafes/5", r#"{"pcnt":1000000}"#);
+    assert_eq!(
+        (s, v),
+        (
+            409,
+            json!({"error":"pcnt_out_of_range","message":"pcnt 1000000 plus 1000 units held by open orders exceeds 1000000"})
+        )
+    );
+    let (s, v) = call(
+        &p,
+        "POST",
+        "/cafes",
+        r#"{"cafeId":5,"cafeNm":"x","chkDate":"1","pcnt":999001}"#,
+    );
+    assert_eq!((s, v["error"].as_str()), (409, Some("pcnt_out_of_range")));
+    assert_eq!(p.snapshot(), before, "a refused request changes nothing");
+    assert!(p.published().is_empty());
+    // exactly at the bound is fine, and the release then fits
+    assert_eq!(call(&p, "PUT", "/cafes/5", r#"{"pcnt":999000}"#).0, 200);
+    assert_eq!(stock::release(&p, "7"), Ok(true));
+    p.finish(true);
+    assert_eq!(pcnt(&p, 5), 1_000_000);
+}
+
+#[test]
+fn explicit_ids_advance_the_sequence_in_one_step() {
+    let p = MemPlatform::new();
+    seed(&p, 100_000, 1);
+    let t = kit::Traced::new(&p);
+    let r = api::handle(
+        &t,
+        "POST",
+        "/cafes",
+        "",
+        br#"{"cafeNm":"tea","chkDate":"1","pcnt":1}"#,
+    );
+    p.finish(r.status < 400);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!((r.status, v["cafeId"].as_u64()), (201, Some(100_001)));
+    assert!(t.documents_read() <= 2, "{:?}", t.reads());
+}
+
+#[test]
+fn ids_taken_before_the_sequence_rule_cost_a_bounded_number_of_tries() {
+    let p = MemPlatform::new();
+    // live and deleted ids written without advancing the sequence
+    for id in 1..=5000u64 {
+        let doc = json!({"cafeId":id,"cafeNm":"old","chkDate":"1","pcnt":1});
+        let coll = if id % 2 == 0 { "cafes" } else { "deleted" };
+        p.put(coll, &kit::keys::id(id), doc.to_string().as_bytes());
+    }
+    p.finish(true);
+    let t = kit::Traced::new(&p);
+    let r = api::handle(
+        &t,
+        "POST",
+        "/cafes",
+        "",
+        br#"{"cafeNm":"tea","chkDate":"1","pcnt":1}"#,
+    );
+    p.finish(r.status < 400);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    let id = v["cafeId"].as_u64().unwrap();
+    assert_eq!(r.status, 201);
+    assert!(id > 5000, "{id}");
+    assert!(t.documents_read() <= 2 * 24, "{}", t.documents_read());
+    // and the next one is free at once
+    let (s, v2) = call(
+        &p,
+        "POST",
+        "/cafes",
+        r#"{"cafeNm":"tea","chkDate":"1","pcnt":1}"#,
+    );
+    assert_eq!((s, v2["cafeId"].as_u64()), (201, Some(id + 1)));
 }

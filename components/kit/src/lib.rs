@@ -11,8 +11,8 @@
 //! - [`platform`]: the [`Platform`] trait over a component's `store` and
 //!   `events` imports, its typed JSON helpers, [`impl_platform!`] to wire a
 //!   component's generated bindings, [`export_handlers!`] for its HTTP and
-//!   event exports, and [`MemPlatform`], an in-memory double for native tests
-//!   of component logic.
+//!   event exports, [`MemPlatform`], an in-memory double for native tests
+//!   of component logic, and [`Traced`], which records what a unit read.
 //! - [`keys`]: zero-padded id keys (the store orders keys bytewise) and
 //!   hashed names for free-text index collections.
 //! - [`page`]: the paging convention of every list route (`limit`,
@@ -27,4 +27,4 @@ pub mod platform;
 pub mod stock;
 
 pub use http::{ApiError, ApiResult, Response};
-pub use platform::{EventError, MemPlatform, Platform, RangePage, StoreError};
+pub use platform::{EventError, MemPlatform, Platform, RangePage, Snapshot, StoreError, Traced};

@@ -38,7 +38,11 @@ impl PageRequest {
         let limit = match query_param(query, "limit").filter(|s| !s.is_empty()) {
             None => DEFAULT_LIMIT,
             Some(raw) => match raw.parse::<u32>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) && raw.bytes().all(|b| b.is_ascii_digit()) => n,
+                Ok(n)
+                    if (1..=MAX_LIMIT).contains(&n) && raw.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    n
+                }
                 _ => {
                     return Err(ApiError::bad_request(
                         "invalid_query",
@@ -66,12 +70,91 @@ impl PageRequest {
     }
 }
 
+/// A filter that must be a positive integer id (`cafeId`, `orderId`):
+/// `None` when absent or empty, else the id or 400 `invalid_query` naming
+/// the parameter.
+pub fn id_param(query: &str, name: &str) -> Result<Option<u64>, ApiError> {
+    match query_param(query, name).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(raw) => path_id(name, &raw).map(Some).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "{name} must be a positive integer id, got {}",
+                    echo_str(&raw)
+                ),
+            )
+        }),
+    }
+}
+
+/// A free-text filter (`custNm`), trimmed like the stored value: `None` when
+/// absent or blank, 400 `invalid_query` naming the parameter when longer
+/// than [`MAX_TEXT`](crate::fields::MAX_TEXT) characters (no stored value
+/// can match it).
+pub fn text_param(query: &str, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(raw) = query_param(query, name) else {
+        return Ok(None);
+    };
+    let text = raw.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.chars().count() > crate::fields::MAX_TEXT {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "{name} must be at most {} characters, got {}",
+                crate::fields::MAX_TEXT,
+                echo_str(text)
+            ),
+        ));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+/// A filter with a fixed set of values (`status`): `None` when absent or
+/// empty, `parse(raw)` when it knows the value, else 400 `invalid_query`
+/// naming the parameter and listing `allowed`.
+pub fn enum_param<T>(
+    query: &str,
+    name: &str,
+    allowed: &[&str],
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, ApiError> {
+    match query_param(query, name).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(raw) => parse(&raw).map(Some).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "{name} must be one of {}, got {}",
+                    allowed.join(", "),
+                    echo_str(&raw)
+                ),
+            )
+        }),
+    }
+}
+
 /// One page of results and where the next one starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// The `after` of the next page; `None` when this is the last one.
     pub next: Option<u64>,
+}
+
+impl<T> Page<T> {
+    /// The page holding at most one item found by a direct `get` (a filter
+    /// on the key itself): `item` if it is after `req.after`, and no next page.
+    pub fn single(req: PageRequest, id: u64, item: Option<T>) -> Page<T> {
+        let after_cursor = req.after.is_none_or(|a| id > a);
+        Page {
+            items: item.filter(|_| after_cursor).into_iter().collect(),
+            next: None,
+        }
+    }
 }
 
 /// Walk `collection` (keys made by [`keys::id`]) after `req.after`, keeping
@@ -110,7 +193,10 @@ where
             };
             if items.len() as u32 == req.limit {
                 // Full, and `key` exists after the last kept item.
-                return Ok(Page { items, next: cursor.as_deref().and_then(keys::parse_id) });
+                return Ok(Page {
+                    items,
+                    next: cursor.as_deref().and_then(keys::parse_id),
+                });
             }
             scanned += 1;
             cursor = Some(key);
@@ -118,7 +204,10 @@ where
                 items.push(item);
             }
             if scanned >= MAX_SCAN && (entries.peek().is_some() || page.more) {
-                return Ok(Page { items, next: Some(id) });
+                return Ok(Page {
+                    items,
+                    next: Some(id),
+                });
             }
         }
         if !page.more {
@@ -132,7 +221,10 @@ where
 pub fn respond<T: serde::Serialize>(path: &str, query: &str, page: &Page<T>) -> Response {
     let mut r = Response::ok(&page.items);
     if let Some(next) = page.next {
-        r.headers.push(("link".to_owned(), format!("<{}>; rel=\"next\"", next_url(path, query, next))));
+        r.headers.push((
+            "link".to_owned(),
+            format!("<{}>; rel=\"next\"", next_url(path, query, next)),
+        ));
     }
     r
 }
@@ -169,7 +261,10 @@ mod tests {
         let mut pages = Vec::new();
         let mut after = None;
         loop {
-            let page = scan(p, "c", PageRequest { limit, after }, |id, _| Ok(keep(id).then_some(id))).unwrap();
+            let page = scan(p, "c", PageRequest { limit, after }, |id, _| {
+                Ok(keep(id).then_some(id))
+            })
+            .unwrap();
             pages.push(page.items);
             match page.next {
                 Some(n) => after = Some(n),
@@ -183,7 +278,10 @@ mod tests {
         let p = MemPlatform::new();
         seed(&p, 1..=25);
         let pages = all_pages(&p, 10, |_| true);
-        assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert_eq!(
+            pages.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![10, 10, 5]
+        );
         assert_eq!(pages.concat(), (1..=25).collect::<Vec<_>>());
         // an exact multiple ends without an empty trailing page
         let p = MemPlatform::new();
@@ -196,7 +294,10 @@ mod tests {
         let p = MemPlatform::new();
         seed(&p, 1..=25);
         p.set_range_cap(3);
-        assert_eq!(all_pages(&p, 10, |_| true).concat(), (1..=25).collect::<Vec<_>>());
+        assert_eq!(
+            all_pages(&p, 10, |_| true).concat(),
+            (1..=25).collect::<Vec<_>>()
+        );
     }
 
     #[test]
@@ -206,30 +307,139 @@ mod tests {
         let last = u64::from(MAX_SCAN) * 2 + 7;
         let pages = all_pages(&p, 10, |id| id == 3 || id == last);
         assert_eq!(pages.concat(), vec![3, last]);
-        assert_eq!(pages.len(), 3, "each request examined at most MAX_SCAN entries");
+        assert_eq!(
+            pages.len(),
+            3,
+            "each request examined at most MAX_SCAN entries"
+        );
     }
 
     #[test]
     fn inserts_between_pages_neither_skip_nor_repeat_existing_items() {
         let p = MemPlatform::new();
         seed(&p, (2..=40).step_by(2));
-        let first = scan(&p, "c", PageRequest { limit: 5, after: None }, |id, _| Ok(Some(id))).unwrap();
+        let first = scan(
+            &p,
+            "c",
+            PageRequest {
+                limit: 5,
+                after: None,
+            },
+            |id, _| Ok(Some(id)),
+        )
+        .unwrap();
         seed(&p, [1, 3, 41]);
-        let second = scan(&p, "c", PageRequest { limit: 5, after: first.next }, |id, _| Ok(Some(id))).unwrap();
+        let second = scan(
+            &p,
+            "c",
+            PageRequest {
+                limit: 5,
+                after: first.next,
+            },
+            |id, _| Ok(Some(id)),
+        )
+        .unwrap();
         assert_eq!(first.items, vec![2, 4, 6, 8, 10]);
         assert_eq!(second.items, vec![12, 14, 16, 18, 20]);
     }
 
     #[test]
-    fn query_is_validated_and_next_url_keeps_filters() {
-        assert_eq!(PageRequest::parse("").unwrap(), PageRequest { limit: DEFAULT_LIMIT, after: None });
-        assert_eq!(PageRequest::parse("limit=5&after=9").unwrap(), PageRequest { limit: 5, after: Some(9) });
-        for bad in ["limit=0", "limit=1001", "limit=x", "after=0", "after=-1", "limit=+5"] {
-            assert_eq!(PageRequest::parse(bad).unwrap_err().kind, "invalid_query", "{bad}");
+    fn filters_are_validated_naming_the_parameter() {
+        assert_eq!(id_param("cafeId=5&x=1", "cafeId").unwrap(), Some(5));
+        assert_eq!(id_param("cafeId=", "cafeId").unwrap(), None);
+        assert_eq!(id_param("", "cafeId").unwrap(), None);
+        for bad in ["cafeId=x", "cafeId=0", "cafeId=-2", "cafeId=1.5"] {
+            let e = id_param(bad, "cafeId").unwrap_err();
+            assert_eq!((e.status, e.kind.as_str()), (400, "invalid_query"), "{bad}");
+            assert!(e.message.starts_with("cafeId must be"), "{}", e.message);
         }
-        let r = respond("/orders", "custNm=Kim&after=3&limit=2", &Page { items: vec![1], next: Some(7) });
-        assert_eq!(r.header("link"), Some("</orders?custNm=Kim&limit=2&after=7>; rel=\"next\""));
-        let r = respond("/orders", "", &Page::<u64> { items: vec![], next: None });
+        assert_eq!(
+            text_param("custNm=Kim+Lee", "custNm").unwrap(),
+            Some("Kim Lee".into())
+        );
+        assert_eq!(
+            text_param("custNm=%20Kim%20", "custNm").unwrap(),
+            Some("Kim".into())
+        );
+        assert_eq!(text_param("custNm=+", "custNm").unwrap(), None);
+        let long = format!("custNm={}", "x".repeat(201));
+        let e = text_param(&long, "custNm").unwrap_err();
+        assert_eq!(e.kind, "invalid_query");
+        assert!(
+            e.message.starts_with("custNm must be at most 200"),
+            "{}",
+            e.message
+        );
+        let parse = |s: &str| (s == "A").then_some(1);
+        assert_eq!(
+            enum_param("status=A", "status", &["A"], parse).unwrap(),
+            Some(1)
+        );
+        assert_eq!(enum_param("", "status", &["A"], parse).unwrap(), None);
+        let e = enum_param("status=B", "status", &["A", "C"], parse).unwrap_err();
+        assert_eq!(e.message, "status must be one of A, C, got \"B\"");
+    }
+
+    #[test]
+    fn a_single_item_page_respects_the_cursor() {
+        let req = |after| PageRequest { limit: 10, after };
+        assert_eq!(Page::single(req(None), 5, Some("x")).items, vec!["x"]);
+        assert_eq!(Page::single(req(Some(4)), 5, Some("x")).items, vec!["x"]);
+        assert!(Page::single(req(Some(5)), 5, Some("x")).items.is_empty());
+        assert!(Page::<&str>::single(req(None), 5, None).items.is_empty());
+        assert_eq!(Page::single(req(None), 5, Some("x")).next, None);
+    }
+
+    #[test]
+    fn query_is_validated_and_next_url_keeps_filters() {
+        assert_eq!(
+            PageRequest::parse("").unwrap(),
+            PageRequest {
+                limit: DEFAULT_LIMIT,
+                after: None
+            }
+        );
+        assert_eq!(
+            PageRequest::parse("limit=5&after=9").unwrap(),
+            PageRequest {
+                limit: 5,
+                after: Some(9)
+            }
+        );
+        for bad in [
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "after=0",
+            "after=-1",
+            "limit=+5",
+        ] {
+            assert_eq!(
+                PageRequest::parse(bad).unwrap_err().kind,
+                "invalid_query",
+                "{bad}"
+            );
+        }
+        let r = respond(
+            "/orders",
+            "custNm=Kim&after=3&limit=2",
+            &Page {
+                items: vec![1],
+                next: Some(7),
+            },
+        );
+        assert_eq!(
+            r.header("link"),
+            Some("</orders?custNm=Kim&limit=2&after=7>; rel=\"next\"")
+        );
+        let r = respond(
+            "/orders",
+            "",
+            &Page::<u64> {
+                items: vec![],
+                next: None,
+            },
+        );
         assert_eq!(r.header("link"), None);
         assert_eq!(r.body, b"[]");
     }

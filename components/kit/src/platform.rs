@@ -96,7 +96,14 @@ pub trait Platform {
     }
 }
 
-fn decode<T: DeserializeOwned>(collection: &str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+/// A stored document (`bytes` read from `collection`/`key`) decoded as `T`,
+/// or a [`StoreError`] naming it: for the values a [`range`](Platform::range)
+/// or a [`page::scan`](crate::page::scan) hands over.
+pub fn decode<T: DeserializeOwned>(
+    collection: &str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError {
         collection: collection.to_owned(),
         key: key.to_owned(),
@@ -369,6 +376,54 @@ impl MemPlatform {
             .borrow_mut()
             .insert(sequence.to_owned(), next.saturating_sub(1));
     }
+
+    /// Every document of `collection` in key order, pending writes merged,
+    /// whatever its size: for test assertions only (a component pages with
+    /// [`Platform::range`]).
+    pub fn entries(&self, collection: &str) -> Vec<(String, Vec<u8>)> {
+        self.merged(collection, None).into_iter().collect()
+    }
+
+    /// The keys of [`entries`](MemPlatform::entries).
+    pub fn keys(&self, collection: &str) -> Vec<String> {
+        self.merged(collection, None).into_keys().collect()
+    }
+
+    /// The committed state (documents and sequences), comparable and
+    /// hashable: a test exploring interleavings memoizes states with it.
+    /// Pending writes and events are not part of it.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            documents: self.committed.borrow().clone(),
+            sequences: self.sequences.borrow().clone(),
+        }
+    }
+
+    fn merged(&self, collection: &str, after: Option<&str>) -> BTreeMap<String, Vec<u8>> {
+        let mut merged: BTreeMap<String, Vec<u8>> = self
+            .committed
+            .borrow()
+            .iter()
+            .filter(|((c, k), _)| c == collection && after.is_none_or(|a| k.as_str() > a))
+            .map(|((_, k), v)| (k.clone(), v.clone()))
+            .collect();
+        for ((c, k), v) in self.pending.borrow().iter() {
+            if c == collection && after.is_none_or(|a| k.as_str() > a) {
+                match v {
+                    Some(v) => merged.insert(k.clone(), v.clone()),
+                    None => merged.remove(k),
+                };
+            }
+        }
+        merged
+    }
+}
+
+/// The committed state of a [`MemPlatform`] (see [`MemPlatform::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Snapshot {
+    pub documents: BTreeMap<(String, String), Vec<u8>>,
+    pub sequences: BTreeMap<String, u64>,
 }
 
 impl Platform for MemPlatform {
@@ -399,21 +454,7 @@ impl Platform for MemPlatform {
             n => n,
         };
         let take = limit.min(cap) as usize;
-        let mut merged: BTreeMap<String, Vec<u8>> = self
-            .committed
-            .borrow()
-            .iter()
-            .filter(|((c, k), _)| c == collection && after.is_none_or(|a| k.as_str() > a))
-            .map(|((_, k), v)| (k.clone(), v.clone()))
-            .collect();
-        for ((c, k), v) in self.pending.borrow().iter() {
-            if c == collection && after.is_none_or(|a| k.as_str() > a) {
-                match v {
-                    Some(v) => merged.insert(k.clone(), v.clone()),
-                    None => merged.remove(k),
-                };
-            }
-        }
+        let merged = self.merged(collection, after);
         let more = merged.len() > take;
         RangePage {
             entries: merged.into_iter().take(take).collect(),
@@ -440,6 +481,127 @@ impl Platform for MemPlatform {
             key: key.to_owned(),
             payload: payload.to_vec(),
         });
+    }
+}
+
+/// One read a [`Traced`] platform saw.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Read {
+    /// A `get` of `key` in `collection`.
+    Get { collection: String, key: String },
+    /// A `range` over `collection` that returned `entries` documents.
+    Range { collection: String, entries: usize },
+}
+
+/// A [`Platform`] passing every call to `inner` and recording the reads, for
+/// tests: the host version-checks exactly the documents a unit of work read,
+/// and what a component reads bounds its memory.
+#[derive(Debug)]
+pub struct Traced<'a, P: Platform> {
+    inner: &'a P,
+    reads: RefCell<Vec<Read>>,
+    writes: std::cell::Cell<usize>,
+}
+
+impl<'a, P: Platform> Traced<'a, P> {
+    pub fn new(inner: &'a P) -> Traced<'a, P> {
+        Traced {
+            inner,
+            reads: RefCell::new(Vec::new()),
+            writes: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Puts, deletes and publishes so far: what the host counts against a
+    /// unit of work's cap.
+    pub fn writes(&self) -> usize {
+        self.writes.get()
+    }
+
+    /// Every read so far, in call order.
+    pub fn reads(&self) -> Vec<Read> {
+        self.reads.borrow().clone()
+    }
+
+    /// The collections read (by `get` or `range`), sorted.
+    pub fn collections(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .reads
+            .borrow()
+            .iter()
+            .map(|r| match r {
+                Read::Get { collection, .. } | Read::Range { collection, .. } => collection.clone(),
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Documents `range` returned in total plus keys `get` asked for.
+    pub fn documents_read(&self) -> usize {
+        self.reads
+            .borrow()
+            .iter()
+            .map(|r| match r {
+                Read::Get { .. } => 1,
+                Read::Range { entries, .. } => *entries,
+            })
+            .sum()
+    }
+
+    /// The keys of `collection` read with `get`, in call order.
+    pub fn gets_in(&self, collection: &str) -> Vec<String> {
+        self.reads
+            .borrow()
+            .iter()
+            .filter_map(|r| match r {
+                Read::Get { collection: c, key } if c == collection => Some(key.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl<P: Platform> Traced<'_, P> {
+    fn wrote(&self) {
+        self.writes.set(self.writes.get() + 1);
+    }
+}
+
+impl<P: Platform> Platform for Traced<'_, P> {
+    fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
+        self.reads.borrow_mut().push(Read::Get {
+            collection: collection.to_owned(),
+            key: key.to_owned(),
+        });
+        self.inner.get(collection, key)
+    }
+    fn put(&self, collection: &str, key: &str, value: &[u8]) {
+        self.wrote();
+        self.inner.put(collection, key, value)
+    }
+    fn delete(&self, collection: &str, key: &str) {
+        self.wrote();
+        self.inner.delete(collection, key)
+    }
+    fn range(&self, collection: &str, after: Option<&str>, limit: u32) -> RangePage {
+        let page = self.inner.range(collection, after, limit);
+        self.reads.borrow_mut().push(Read::Range {
+            collection: collection.to_owned(),
+            entries: page.entries.len(),
+        });
+        page
+    }
+    fn next_id(&self, sequence: &str) -> u64 {
+        self.inner.next_id(sequence)
+    }
+    fn advance_sequence(&self, sequence: &str, value: u64) {
+        self.inner.advance_sequence(sequence, value)
+    }
+    fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
+        self.wrote();
+        self.inner.publish(topic, key, payload)
     }
 }
 
@@ -501,7 +663,10 @@ mod tests {
         p.finish(true);
         p.delete("c", "b");
         let page = p.range("c", Some("a"), 2);
-        assert_eq!(page.entries, vec![("c".into(), b"c".to_vec()), ("d".into(), b"d".to_vec())]);
+        assert_eq!(
+            page.entries,
+            vec![("c".into(), b"c".to_vec()), ("d".into(), b"d".to_vec())]
+        );
         assert!(!page.more);
         p.set_range_cap(1);
         let page = p.range("c", None, 5);
@@ -527,6 +692,75 @@ mod tests {
         p.set_sequence("s", 10);
         assert_eq!(p.next_id("s"), 10);
         assert_eq!(p.next_id("other"), 1);
+    }
+
+    #[test]
+    fn entries_keys_and_snapshots_see_the_whole_state() {
+        let p = MemPlatform::new();
+        p.set_range_cap(1);
+        for k in ["b", "a", "c"] {
+            p.put("c", k, k.as_bytes());
+        }
+        p.put("other", "x", b"x");
+        assert_eq!(p.keys("c"), vec!["a", "b", "c"]);
+        let before = p.snapshot();
+        assert!(
+            before.documents.is_empty(),
+            "pending writes are not committed state"
+        );
+        p.finish(true);
+        p.next_id("s");
+        let after = p.snapshot();
+        assert_eq!(after.documents.len(), 4);
+        assert_eq!(after.sequences.get("s"), Some(&1));
+        assert_eq!(p.clone().snapshot(), after);
+        p.delete("c", "b");
+        assert_eq!(
+            p.entries("c"),
+            vec![("a".into(), b"a".to_vec()), ("c".into(), b"c".to_vec())]
+        );
+    }
+
+    #[test]
+    fn traced_records_reads_and_passes_everything_through() {
+        let p = MemPlatform::new();
+        p.put("c", "1", b"1");
+        p.put("c", "2", b"2");
+        p.finish(true);
+        let t = Traced::new(&p);
+        assert_eq!(t.get("c", "1"), Some(b"1".to_vec()));
+        assert_eq!(t.get("d", "9"), None);
+        assert_eq!(t.range("c", None, 10).entries.len(), 2);
+        t.put("e", "1", b"x");
+        t.publish("t", "k", b"{}");
+        assert_eq!(t.next_id("s"), 1);
+        t.advance_sequence("s", 5);
+        assert_eq!(
+            t.reads(),
+            vec![
+                Read::Get {
+                    collection: "c".into(),
+                    key: "1".into()
+                },
+                Read::Get {
+                    collection: "d".into(),
+                    key: "9".into()
+                },
+                Read::Range {
+                    collection: "c".into(),
+                    entries: 2
+                },
+            ]
+        );
+        assert_eq!(t.collections(), vec!["c", "d"]);
+        assert_eq!(t.documents_read(), 4);
+        assert_eq!(t.gets_in("c"), vec!["1"]);
+        t.delete("e", "2");
+        assert_eq!(t.writes(), 3);
+        p.finish(true);
+        assert_eq!(p.get("e", "1"), Some(b"x".to_vec()));
+        assert_eq!(p.published().len(), 1);
+        assert_eq!(p.next_id("s"), 6);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! HTTP routes under `/myPages` (read-only).
 
 use kit::Platform;
-use kit::http::{ApiError, ApiResult, Response, path_id, query_param, respond, segments};
+use kit::http::{ApiError, ApiResult, Response, path_id, respond, segments};
+use kit::page::{self, PageRequest};
 
-use crate::model::{VIEWS, View, key};
+use crate::model::{VIEWS, View, by_cust, key};
 
 pub const PREFIX: &str = "/myPages";
 
@@ -24,21 +25,20 @@ fn route(p: &impl Platform, method: &str, path: &str, query: &str) -> ApiResult 
     }
 }
 
-/// `GET /myPages[?custNm=]`, sorted by order id.
+/// `GET /myPages[?limit=&after=&custNm=]`: one page in order-id order;
+/// `custNm` walks `by-cust-{hash}` and re-checks the name on each row.
 fn list(p: &impl Platform, query: &str) -> ApiResult {
-    let cust_nm = query_param(query, "custNm").filter(|s| !s.is_empty());
-    let mut rows: Vec<View> = p
-        .list_json::<View>(VIEWS)?
-        .into_iter()
-        .map(|(_, v)| v)
-        .filter(|v| {
-            cust_nm
-                .as_ref()
-                .is_none_or(|c| v.cust_nm.as_ref() == Some(c))
-        })
-        .collect();
-    rows.sort_by_key(|v| v.order_id);
-    Ok(Response::ok(&rows))
+    let req = PageRequest::parse(query)?;
+    let page = match page::text_param(query, "custNm")? {
+        None => page::scan(p, VIEWS, req, |id, bytes| {
+            kit::platform::decode::<View>(VIEWS, &key(id), bytes).map(Some)
+        })?,
+        Some(cust) => page::scan(p, &by_cust(&cust), req, |id, _| {
+            Ok(p.get_json::<View>(VIEWS, &key(id))?
+                .filter(|v| v.cust_nm.as_ref() == Some(&cust)))
+        })?,
+    };
+    Ok(page::respond(PREFIX, query, &page))
 }
 
 fn get(p: &impl Platform, id: u64) -> ApiResult {

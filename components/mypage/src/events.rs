@@ -6,7 +6,7 @@
 
 use kit::{EventError, Platform};
 
-use crate::model::{OrderEvent, ProductionEvent, VIEWS, View, key};
+use crate::model::{IndexEntry, OrderEvent, ProductionEvent, VIEWS, View, by_cust, key};
 
 pub const ORDER_TOPICS: &[&str] = &[
     "order.requested",
@@ -44,11 +44,34 @@ fn load(p: &impl Platform, order_id: u64) -> Result<View, EventError> {
         .unwrap_or_else(|| View::empty(order_id)))
 }
 
+/// Store `row` (which was `old_cust` before) and keep the customer index in
+/// step: an entry under its current `custNm`, none under a previous one.
+fn save(p: &impl Platform, row: &View, old_cust: Option<&str>) -> Result<(), EventError> {
+    let k = key(row.order_id);
+    if old_cust != row.cust_nm.as_deref() {
+        if let Some(old) = old_cust {
+            p.delete(&by_cust(old), &k);
+        }
+        if let Some(new) = &row.cust_nm {
+            p.put_json(
+                &by_cust(new),
+                &k,
+                &IndexEntry {
+                    order_id: row.order_id,
+                },
+            )?;
+        }
+    }
+    p.put_json(VIEWS, &k, row)?;
+    Ok(())
+}
+
 fn apply_order(p: &impl Platform, ev: OrderEvent) -> Result<(), EventError> {
     let mut row = load(p, ev.id)?;
     if row.order_version.is_some_and(|v| ev.version <= v) {
         return Ok(());
     }
+    let old_cust = row.cust_nm.clone();
     row.cust_nm = Some(ev.cust_nm);
     row.cafe_id = Some(ev.cafe_id);
     row.cafe_nm = Some(ev.cafe_nm);
@@ -56,8 +79,7 @@ fn apply_order(p: &impl Platform, ev: OrderEvent) -> Result<(), EventError> {
     row.qty = Some(ev.qty);
     row.status = Some(ev.status);
     row.order_version = Some(ev.version);
-    p.put_json(VIEWS, &key(ev.id), &row)?;
-    Ok(())
+    save(p, &row, old_cust.as_deref())
 }
 
 fn apply_production(p: &impl Platform, ev: ProductionEvent) -> Result<(), EventError> {
@@ -65,6 +87,7 @@ fn apply_production(p: &impl Platform, ev: ProductionEvent) -> Result<(), EventE
     if row.production_version.is_some_and(|v| ev.version <= v) {
         return Ok(());
     }
+    let old_cust = row.cust_nm.clone();
     row.production_status = Some(ev.status);
     row.production_version = Some(ev.version);
     // Fill gaps only: the order's own events are authoritative.
@@ -73,6 +96,5 @@ fn apply_production(p: &impl Platform, ev: ProductionEvent) -> Result<(), EventE
     row.cafe_nm = row.cafe_nm.or(ev.cafe_nm);
     row.chk_date = row.chk_date.or(ev.chk_date);
     row.qty = row.qty.or(ev.qty);
-    p.put_json(VIEWS, &key(ev.order_id), &row)?;
-    Ok(())
+    save(p, &row, old_cust.as_deref())
 }

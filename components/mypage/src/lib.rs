@@ -6,8 +6,10 @@
 //!   version-checked so any delivery order gives the same result.
 //! - `model`: the row and the payloads read.
 //!
-//! This file only binds the WIT world to those modules; all state lives in
-//! the `store` import (the host runs a fresh instance per invocation).
+//! This file binds the WIT world to those modules and exposes the same entry
+//! points natively ([`http`], [`event`]) for tests in other crates; all
+//! state lives in the `store` import (the host runs a fresh instance per
+//! invocation).
 
 mod api;
 mod events;
@@ -15,6 +17,19 @@ mod model;
 
 #[cfg(test)]
 mod tests;
+
+pub use events::subscriptions;
+
+/// Answer one HTTP request (what the `http-handler` export runs), natively
+/// callable for tests over any [`kit::Platform`].
+pub fn http(p: &impl kit::Platform, method: &str, path: &str, query: &str) -> kit::Response {
+    api::handle(p, method, path, query)
+}
+
+/// Apply one event (what the `event-handler` export runs).
+pub fn event(p: &impl kit::Platform, topic: &str, payload: &[u8]) -> Result<(), kit::EventError> {
+    events::handle(p, topic, payload)
+}
 
 wit_bindgen::generate!({ world: "mypage", path: "../../wit" });
 
@@ -28,9 +43,9 @@ struct Component;
 
 kit::export_handlers! {
     Component,
-    http: |req| api::handle(&Host, &req.method, &req.path, &req.query),
-    subscriptions: events::subscriptions(),
-    event: |ev| events::handle(&Host, &ev.topic, &ev.payload),
+    http: |req| http(&Host, &req.method, &req.path, &req.query),
+    subscriptions: subscriptions(),
+    event: |ev| event(&Host, &ev.topic, &ev.payload),
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -2,8 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Rows, key = order id as a decimal string.
+/// Rows, key = [`kit::keys::id`] of the order id (so key order = id order).
 pub const VIEWS: &str = "views";
+/// Prefix of the per-customer index collections, see [`by_cust`].
+pub const BY_CUST_PREFIX: &str = "by-cust-";
 
 /// What a customer sees about one order. Every field but the ids is `null`
 /// until an event has told it.
@@ -78,6 +80,21 @@ pub struct ProductionEvent {
     pub qty: Option<u32>,
 }
 
+/// The document kept in a [`by_cust`] index, key = padded order id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IndexEntry {
+    pub order_id: u64,
+}
+
+/// The rows of customer `cust_nm`: collection `by-cust-{hash}` (the
+/// 16-hex-digit [`kit::keys::text_hash`] of the name), maintained whenever a
+/// row's `custNm` becomes known or changes; readers re-check the name.
+pub fn by_cust(cust_nm: &str) -> String {
+    format!("{BY_CUST_PREFIX}{}", kit::keys::text_hash(cust_nm))
+}
+
+/// Store key of the row of order `id`.
 pub fn key(id: u64) -> String {
-    id.to_string()
+    kit::keys::id(id)
 }

@@ -1,7 +1,7 @@
 //! Native tests of the read model: every delivery order and duplicates give
 //! the same row.
 
-use kit::{EventError, MemPlatform};
+use kit::{EventError, MemPlatform, Traced, keys};
 use serde_json::{Value, json};
 
 use crate::{api, events};
@@ -143,4 +143,99 @@ fn errors_are_json() {
     ));
     assert_eq!(event(&p, "cafe.deleted", &json!({"cafeId":1})), Ok(()));
     assert_eq!(events::subscriptions().len(), 7);
+}
+
+/// Every page of `target` (following `Link: rel="next"`): order ids per page.
+fn pages(p: &impl kit::Platform, target: &str) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    let mut target = target.to_owned();
+    loop {
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let r = api::handle(p, "GET", path, query);
+        assert_eq!(r.status, 200);
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        out.push(
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["orderId"].as_u64().unwrap())
+                .collect(),
+        );
+        match r.header("link") {
+            None => return out,
+            Some(link) => target = link[1..link.find('>').unwrap()].to_owned(),
+        }
+    }
+}
+
+#[test]
+fn pages_cover_every_row_once_in_order_id_order() {
+    let p = MemPlatform::new();
+    let mut ids: Vec<u64> = (1..=27).map(|i| (i * 13) % 150 + 1).collect();
+    for &id in &ids {
+        event(&p, "order.requested", &order(id, "Hwang", "REQUESTED", 1)).unwrap();
+    }
+    ids.sort_unstable();
+    let got = pages(&p, "/myPages?limit=10");
+    assert_eq!(
+        got.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![10, 10, 7]
+    );
+    assert_eq!(got.concat(), ids);
+    assert_eq!(
+        p.keys("views"),
+        ids.iter().map(|i| keys::id(*i)).collect::<Vec<_>>()
+    );
+    for (q, name) in [("limit=x", "limit"), ("after=0", "after")] {
+        let (s, v) = get(&p, &format!("/myPages?{q}"));
+        assert_eq!((s, v["error"].as_str()), (400, Some("invalid_query")));
+        assert!(v["message"].as_str().unwrap().starts_with(name));
+    }
+    let (s, v) = get(&p, &format!("/myPages?custNm={}", "k".repeat(201)));
+    assert_eq!((s, v["error"].as_str()), (400, Some("invalid_query")));
+}
+
+#[test]
+fn the_customer_filter_reads_its_index_which_follows_the_rows_name() {
+    let p = MemPlatform::new();
+    p.set_range_cap(30);
+    for id in 1..=1200u64 {
+        let cust = if id % 400 == 0 { "Kim Lee" } else { "Other" };
+        event(&p, "order.requested", &order(id, cust, "REQUESTED", 1)).unwrap();
+    }
+    // a partial row (production first) is indexed under the name it carries
+    event(
+        &p,
+        "production.registered",
+        &production(2000, "REGISTERED", 1),
+    )
+    .unwrap();
+    let t = Traced::new(&p);
+    assert_eq!(
+        pages(&t, "/myPages?custNm=Kim%20Lee").concat(),
+        vec![400, 800, 1200]
+    );
+    assert_eq!(
+        t.collections(),
+        vec![
+            format!("by-cust-{}", keys::text_hash("Kim Lee")),
+            "views".into()
+        ]
+    );
+    assert!(t.documents_read() <= 6);
+    assert_eq!(pages(&p, "/myPages?custNm=Hwang").concat(), vec![2000]);
+    // the order's own event names someone else: the row moves index
+    event(&p, "order.requested", &order(2000, "Park", "REQUESTED", 1)).unwrap();
+    assert_eq!(
+        pages(&p, "/myPages?custNm=Hwang").concat(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(pages(&p, "/myPages?custNm=Park").concat(), vec![2000]);
+    assert!(
+        p.keys(&format!("by-cust-{}", keys::text_hash("Hwang")))
+            .is_empty()
+    );
+    // an older production event does not move it back
+    event(&p, "production.canceled", &production(2000, "CANCELED", 2)).unwrap();
+    assert_eq!(pages(&p, "/myPages?custNm=Park").concat(), vec![2000]);
 }

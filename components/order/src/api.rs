@@ -2,11 +2,13 @@
 
 use kit::Platform;
 use kit::fields::{self};
-use kit::http::{ApiError, ApiResult, Response, echo_str, path_id, query_param, respond, segments};
+use kit::http::{ApiError, ApiResult, Response, echo_str, path_id, respond, segments};
+use kit::page::{self, PageRequest};
 use kit::stock::{Stock, StockFailure};
 
 use crate::model::{
-    CafeIndexEntry, DELETED_CAFES, MAX_QTY, MIN_QTY, ORDER_SEQ, ORDERS, Order, Status, by_cafe, key,
+    DELETED_CAFES, MAX_QTY, MIN_QTY, ORDER_SEQ, ORDERS, Order, Status, by_cafe, by_cust, by_status,
+    change_status, event_key, insert, key,
 };
 
 pub const PREFIX: &str = "/orders";
@@ -47,35 +49,43 @@ fn route(
     }
 }
 
-/// `GET /orders[?custNm=&cafeId=&status=]`, sorted by id.
+/// `GET /orders[?limit=&after=&custNm=&cafeId=&status=]`: one page in id
+/// order. Unfiltered it walks `orders`; filtered it walks ONE index — the
+/// most selective given: `custNm` (`by-cust-{hash}`), else `cafeId`
+/// (`by-cafe-{id}`), else `status` (`by-status-{STATUS}`) — and re-checks
+/// every filter on the order itself. A request examines at most
+/// `kit::page::MAX_SCAN` index entries, so a combined filter can answer a
+/// short (even empty) page with a `next` link.
 fn list(p: &impl Platform, query: &str) -> ApiResult {
-    let cust_nm = query_param(query, "custNm").filter(|s| !s.is_empty());
-    let cafe_id = match query_param(query, "cafeId").filter(|s| !s.is_empty()) {
-        Some(raw) => Some(path_id("cafeId filter", &raw)?),
-        None => None,
+    let req = PageRequest::parse(query)?;
+    let cust_nm = page::text_param(query, "custNm")?;
+    let cafe_id = page::id_param(query, "cafeId")?;
+    let status = page::enum_param(
+        query,
+        "status",
+        &Status::ALL.map(Status::as_str),
+        Status::parse,
+    )?;
+    let wanted = |o: &Order| {
+        cust_nm.as_ref().is_none_or(|c| &o.cust_nm == c)
+            && cafe_id.is_none_or(|c| o.cafe_id == c)
+            && status.is_none_or(|s| o.status == s)
     };
-    let status = match query_param(query, "status").filter(|s| !s.is_empty()) {
-        Some(raw) => Some(Status::parse(&raw).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!(
-                    "status filter must be one of REQUESTED, ORDERED, CANCELED, FORCE_CANCELED, got {}",
-                    echo_str(&raw)
-                ),
-            )
-        })?),
-        None => None,
+    let index = match (&cust_nm, cafe_id, status) {
+        (Some(c), _, _) => Some(by_cust(c)),
+        (None, Some(c), _) => Some(by_cafe(c)),
+        (None, None, Some(s)) => Some(by_status(s)),
+        (None, None, None) => None,
     };
-    let mut orders: Vec<Order> = p
-        .list_json::<Order>(ORDERS)?
-        .into_iter()
-        .map(|(_, o)| o)
-        .filter(|o| cust_nm.as_ref().is_none_or(|c| &o.cust_nm == c))
-        .filter(|o| cafe_id.is_none_or(|c| o.cafe_id == c))
-        .filter(|o| status.is_none_or(|s| o.status == s))
-        .collect();
-    orders.sort_by_key(|o| o.id);
-    Ok(Response::ok(&orders))
+    let page = match index {
+        None => page::scan(p, ORDERS, req, |id, bytes| {
+            kit::platform::decode::<Order>(ORDERS, &key(id), bytes).map(Some)
+        })?,
+        Some(index) => page::scan(p, &index, req, |id, _| {
+            Ok(p.get_json::<Order>(ORDERS, &key(id))?.filter(|o| wanted(o)))
+        })?,
+    };
+    Ok(page::respond(PREFIX, query, &page))
 }
 
 fn get(p: &impl Platform, id: u64) -> ApiResult {
@@ -99,24 +109,26 @@ fn place(p: &impl Platform, stock: &impl Stock, body: &[u8]) -> ApiResult {
     }
 
     let id = p.next_id(ORDER_SEQ);
-    let reserved = stock.reserve(&key(id), cafe_id, qty).map_err(|e| match e {
-        StockFailure::NotFound(m) => ApiError::not_found("cafe_not_found", m),
-        StockFailure::SoldOut(left) => {
-            let named = match &cafe_nm {
-                Some(nm) => format!("cafe {cafe_id} ({nm})"),
-                None => format!("cafe {cafe_id}"),
-            };
-            ApiError::conflict(
-                "sold_out",
-                format!("{named} has {left} left, {qty} requested"),
-            )
-        }
-        StockFailure::Invalid(m) => ApiError::bad_request("invalid_reservation", m),
-        StockFailure::Unavailable(m) => ApiError::unavailable(
-            "stock_unavailable",
-            format!("stock of cafe {cafe_id} cannot be reserved right now; retry later ({m})"),
-        ),
-    })?;
+    let reserved = stock
+        .reserve(&event_key(id), cafe_id, qty)
+        .map_err(|e| match e {
+            StockFailure::NotFound(m) => ApiError::not_found("cafe_not_found", m),
+            StockFailure::SoldOut(left) => {
+                let named = match &cafe_nm {
+                    Some(nm) => format!("cafe {cafe_id} ({nm})"),
+                    None => format!("cafe {cafe_id}"),
+                };
+                ApiError::conflict(
+                    "sold_out",
+                    format!("{named} has {left} left, {qty} requested"),
+                )
+            }
+            StockFailure::Invalid(m) => ApiError::bad_request("invalid_reservation", m),
+            StockFailure::Unavailable(m) => ApiError::unavailable(
+                "stock_unavailable",
+                format!("stock of cafe {cafe_id} cannot be reserved right now; retry later ({m})"),
+            ),
+        })?;
 
     let mut mismatches = Vec::new();
     if let Some(nm) = &cafe_nm
@@ -158,9 +170,8 @@ fn place(p: &impl Platform, stock: &impl Stock, body: &[u8]) -> ApiResult {
         status: Status::Requested,
         version: 1,
     };
-    p.put_json(ORDERS, &key(id), &order)?;
-    p.put_json(&by_cafe(cafe_id), &key(id), &CafeIndexEntry { id })?;
-    p.publish_json("order.requested", &key(id), &order)?;
+    insert(p, &order)?;
+    p.publish_json(Status::Requested.topic(), &event_key(id), &order)?;
     Ok(Response::created(&order))
 }
 
@@ -181,13 +192,29 @@ fn put(p: &impl Platform, id: u64, body: &[u8]) -> ApiResult {
 }
 
 /// Cancel an order (idempotent: an already canceled order is returned as is).
+///
+/// Order is the one authority on an order's final state: a cancel wins only
+/// if it is accepted before order applied the deletion of the order's menu
+/// item (its `deleted-cafes` tombstone). After that the item's sweep
+/// force-cancels every open order of it, so a cancel is refused with 409
+/// `already_force_canceled` even while this order is still open; the
+/// tombstone is read here, so a cancel racing the sweep's first chunk is
+/// re-run by the host. No order ever gets both `order.canceled` and
+/// `order.force-canceled`.
 fn cancel(p: &impl Platform, id: u64) -> ApiResult {
     let mut order = existing(p, id)?;
     match order.status {
         Status::Requested | Status::Ordered => {
-            order.advance(Status::Canceled);
-            p.put_json(ORDERS, &key(id), &order)?;
-            p.publish_json("order.canceled", &key(id), &order)?;
+            if p.get(DELETED_CAFES, &key(order.cafe_id)).is_some() {
+                return Err(ApiError::conflict(
+                    "already_force_canceled",
+                    format!(
+                        "order {id} cannot be canceled: its menu item (cafe {}) was deleted, the order is being force-canceled",
+                        order.cafe_id
+                    ),
+                ));
+            }
+            change_status(p, &mut order, Status::Canceled)?;
             Ok(Response::ok(&order))
         }
         Status::Canceled => Ok(Response::ok(&order)),

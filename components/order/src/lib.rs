@@ -2,12 +2,14 @@
 //!
 //! - `api`: HTTP routes under `/orders`; placing an order reserves stock
 //!   synchronously through the imported `stock` interface (cafe).
-//! - `events`: `production.registered` (→ ORDERED) and `cafe.deleted`
-//!   (→ FORCE_CANCELED).
+//! - `events`: `production.registered` (→ ORDERED), `cafe.deleted` and its
+//!   `order.cafe-sweep` continuations (→ FORCE_CANCELED, in bounded chunks).
 //! - `model`: stored documents, statuses, collection names.
 //!
-//! This file only binds the WIT world to those modules; all state lives in
-//! the `store` import (the host runs a fresh instance per invocation).
+//! This file binds the WIT world to those modules and exposes the same entry
+//! points natively ([`http`], [`event`]) for tests in other crates; all
+//! state lives in the `store` import (the host runs a fresh instance per
+//! invocation).
 
 mod api;
 mod events;
@@ -15,6 +17,40 @@ mod model;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_paging;
+
+pub use events::{CAFE_SWEEP, SUBSCRIPTIONS, SWEEP_CHUNK};
+
+/// Answer one HTTP request (what the `http-handler` export runs), natively
+/// callable for tests: `stock` stands for the imported `stock` interface.
+pub fn http(
+    p: &impl kit::Platform,
+    stock: &impl kit::stock::Stock,
+    method: &str,
+    path: &str,
+    query: &str,
+    body: &[u8],
+) -> kit::Response {
+    api::handle(p, stock, method, path, query, body)
+}
+
+/// Apply one event (what the `event-handler` export runs).
+pub fn event(p: &impl kit::Platform, topic: &str, payload: &[u8]) -> Result<(), kit::EventError> {
+    events::handle(p, topic, payload)
+}
+
+/// [`event`] with force-cancel sweeps of `chunk` index entries per
+/// invocation instead of [`SWEEP_CHUNK`]: for tests that interleave other
+/// events between a sweep's chunks without placing hundreds of orders.
+pub fn event_with_sweep_chunk(
+    p: &impl kit::Platform,
+    topic: &str,
+    payload: &[u8],
+    chunk: u32,
+) -> Result<(), kit::EventError> {
+    events::handle_chunked(p, topic, payload, chunk)
+}
 
 wit_bindgen::generate!({ world: "order", path: "../../wit" });
 
@@ -54,9 +90,9 @@ struct Component;
 
 kit::export_handlers! {
     Component,
-    http: |req| api::handle(&Host, &StockImport, &req.method, &req.path, &req.query, &req.body),
-    subscriptions: events::SUBSCRIPTIONS,
-    event: |ev| events::handle(&Host, &ev.topic, &ev.payload),
+    http: |req| http(&Host, &StockImport, &req.method, &req.path, &req.query, &req.body),
+    subscriptions: SUBSCRIPTIONS,
+    event: |ev| event(&Host, &ev.topic, &ev.payload),
 }
 
 #[cfg(target_arch = "wasm32")]

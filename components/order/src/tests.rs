@@ -3,10 +3,10 @@
 //! (as cafe does when the host links it in).
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
 
+use kit::keys;
 use kit::stock::{Reserved, Stock, StockFailure};
-use kit::{EventError, MemPlatform, Platform};
+use kit::{EventError, MemPlatform, Platform, Traced};
 use serde_json::{Value, json};
 
 use crate::{api, events};
@@ -165,8 +165,8 @@ fn stock_refusals_map_to_statuses_and_store_nothing() {
             assert_eq!(v["message"], "cafe 5 (Coldbrew) has 0 left, 1 requested");
         }
     }
-    assert!(p.list("orders").is_empty());
-    assert!(p.list("by-cafe-5").is_empty());
+    assert!(p.keys("orders").is_empty());
+    assert!(p.keys("by-cafe-5").is_empty());
     assert!(p.published().is_empty());
 }
 
@@ -187,9 +187,9 @@ fn menu_mismatch_discards_the_reservation() {
         msg.contains("\"Latte\"") && msg.contains("\"Coldbrew\""),
         "{msg}"
     );
-    assert!(p.list("fake-reservations").is_empty());
-    assert!(p.list("orders").is_empty());
-    assert!(p.list("by-cafe-5").is_empty());
+    assert!(p.keys("fake-reservations").is_empty());
+    assert!(p.keys("orders").is_empty());
+    assert!(p.keys("by-cafe-5").is_empty());
 }
 
 #[test]
@@ -314,48 +314,6 @@ fn cafe_deleted_force_cancels_open_orders_of_that_item() {
     );
 }
 
-/// A platform that remembers what was read: `(collection, Some(key))` for a
-/// get, `(collection, None)` for a list. The host version-checks exactly
-/// those documents at commit.
-struct Reads<'a> {
-    p: &'a MemPlatform,
-    read: RefCell<BTreeSet<(String, Option<String>)>>,
-}
-
-impl<'a> Reads<'a> {
-    fn new(p: &'a MemPlatform) -> Self {
-        Reads {
-            p,
-            read: RefCell::new(BTreeSet::new()),
-        }
-    }
-}
-
-impl Platform for Reads<'_> {
-    fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
-        self.read
-            .borrow_mut()
-            .insert((collection.into(), Some(key.into())));
-        self.p.get(collection, key)
-    }
-    fn put(&self, collection: &str, key: &str, value: &[u8]) {
-        self.p.put(collection, key, value)
-    }
-    fn delete(&self, collection: &str, key: &str) {
-        self.p.delete(collection, key)
-    }
-    fn list(&self, collection: &str) -> Vec<(String, Vec<u8>)> {
-        self.read.borrow_mut().insert((collection.into(), None));
-        self.p.list(collection)
-    }
-    fn next_id(&self, sequence: &str) -> u64 {
-        self.p.next_id(sequence)
-    }
-    fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
-        self.p.publish(topic, key, payload)
-    }
-}
-
 fn place_at(p: &MemPlatform, s: &FakeStock, cafe: u64) -> u64 {
     let body = json!({"custNm":"Hwang","cafeId":cafe}).to_string();
     let (st, v) = call(p, s, "POST", "/orders", &body);
@@ -371,11 +329,17 @@ fn placing_an_order_indexes_it_under_its_item() {
     let a = place_at(&p, &s, 5);
     let b = place_at(&p, &s, 6);
     let c = place_at(&p, &s, 5);
-    let keys = |coll: &str| -> Vec<String> { p.list(coll).into_iter().map(|(k, _)| k).collect() };
-    assert_eq!(keys("by-cafe-5"), vec![a.to_string(), c.to_string()]);
-    assert_eq!(keys("by-cafe-6"), vec![b.to_string()]);
-    let doc: Value = serde_json::from_slice(&p.get("by-cafe-5", &a.to_string()).unwrap()).unwrap();
+    assert_eq!(p.keys("by-cafe-5"), vec![keys::id(a), keys::id(c)]);
+    assert_eq!(p.keys("by-cafe-6"), vec![keys::id(b)]);
+    let doc: Value = serde_json::from_slice(&p.get("by-cafe-5", &keys::id(a)).unwrap()).unwrap();
     assert_eq!(doc, json!({"id":a}));
+    let hwang = format!("by-cust-{}", keys::text_hash("Hwang"));
+    assert_eq!(p.keys(&hwang), vec![keys::id(a), keys::id(b), keys::id(c)]);
+    assert_eq!(p.keys("by-status-REQUESTED").len(), 3);
+    assert_eq!(
+        p.keys("orders"),
+        vec![keys::id(a), keys::id(b), keys::id(c)]
+    );
     // the largest id still makes a legal collection name
     assert!(crate::model::by_cafe(u64::MAX).len() <= 256);
 }
@@ -403,18 +367,20 @@ fn cafe_deleted_reads_and_changes_only_that_items_orders() {
         .map(|id| call(&p, &s, "GET", &format!("/orders/{id}"), "").1)
         .collect();
 
-    let r = Reads::new(&p);
+    let r = Traced::new(&p);
     let res = events::handle(&r, "cafe.deleted", br#"{"cafeId":5}"#);
     p.finish(res.is_ok());
     res.unwrap();
 
-    // read set: the item's index and the item's orders, nothing else
-    let mut expected: BTreeSet<(String, Option<String>)> = five
-        .iter()
-        .map(|id| ("orders".to_owned(), Some(id.to_string())))
-        .collect();
-    expected.insert(("by-cafe-5".into(), None));
-    assert_eq!(*r.read.borrow(), expected);
+    // read set: the tombstone, the item's index and the item's orders, nothing else
+    assert_eq!(
+        r.collections(),
+        vec!["by-cafe-5", "deleted-cafes", "orders"]
+    );
+    assert_eq!(
+        r.gets_in("orders"),
+        five.iter().map(|id| keys::id(*id)).collect::<Vec<_>>()
+    );
 
     for (i, id) in five.iter().enumerate() {
         let version = if i == 1 { 3 } else { 2 };

@@ -1,9 +1,10 @@
 //! HTTP routes under `/productions` (read-only: the board changes by events).
 
 use kit::Platform;
-use kit::http::{ApiError, ApiResult, Response, echo_str, path_id, query_param, respond, segments};
+use kit::http::{ApiError, ApiResult, Response, path_id, respond, segments};
+use kit::page::{self, Page, PageRequest};
 
-use crate::model::{PRODUCTIONS, Production, Status, key};
+use crate::model::{PRODUCTIONS, Production, Status, by_cafe, by_status, key};
 
 pub const PREFIX: &str = "/productions";
 
@@ -24,38 +25,45 @@ fn route(p: &impl Platform, method: &str, path: &str, query: &str) -> ApiResult 
     }
 }
 
-/// `GET /productions[?orderId=&cafeId=&status=]`, sorted by id.
+/// `GET /productions[?limit=&after=&orderId=&cafeId=&status=]`: one page in
+/// order-id order. `orderId` is a direct get (a page of 0 or 1); else
+/// `cafeId` walks `by-cafe-{id}`, else `status` walks `by-status-{STATUS}`,
+/// re-checking every filter on the record; unfiltered it walks
+/// `productions`. A request examines at most `kit::page::MAX_SCAN` index
+/// entries, so a combined filter can answer a short page with a next link.
 fn list(p: &impl Platform, query: &str) -> ApiResult {
-    let id_filter = |name: &str| -> Result<Option<u64>, ApiError> {
-        match query_param(query, name).filter(|s| !s.is_empty()) {
-            Some(raw) => path_id(&format!("{name} filter"), &raw).map(Some),
-            None => Ok(None),
+    let req = PageRequest::parse(query)?;
+    let order_id = page::id_param(query, "orderId")?;
+    let cafe_id = page::id_param(query, "cafeId")?;
+    let status = page::enum_param(
+        query,
+        "status",
+        &Status::ALL.map(Status::as_str),
+        Status::parse,
+    )?;
+    let wanted = |x: &Production| {
+        cafe_id.is_none_or(|c| x.cafe_id == c) && status.is_none_or(|s| x.status == s)
+    };
+    let page = if let Some(id) = order_id {
+        let found = p.get_json::<Production>(PRODUCTIONS, &key(id))?;
+        Page::single(req, id, found.filter(|x| wanted(x)))
+    } else {
+        let index = match (cafe_id, status) {
+            (Some(c), _) => Some(by_cafe(c)),
+            (None, Some(s)) => Some(by_status(s)),
+            (None, None) => None,
+        };
+        match index {
+            None => page::scan(p, PRODUCTIONS, req, |id, bytes| {
+                kit::platform::decode::<Production>(PRODUCTIONS, &key(id), bytes).map(Some)
+            })?,
+            Some(index) => page::scan(p, &index, req, |id, _| {
+                Ok(p.get_json::<Production>(PRODUCTIONS, &key(id))?
+                    .filter(|x| wanted(x)))
+            })?,
         }
     };
-    let order_id = id_filter("orderId")?;
-    let cafe_id = id_filter("cafeId")?;
-    let status = match query_param(query, "status").filter(|s| !s.is_empty()) {
-        Some(raw) => Some(Status::parse(&raw).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!(
-                    "status filter must be one of REGISTERED, CANCELED, FORCE_CANCELED, got {}",
-                    echo_str(&raw)
-                ),
-            )
-        })?),
-        None => None,
-    };
-    let mut list: Vec<Production> = p
-        .list_json::<Production>(PRODUCTIONS)?
-        .into_iter()
-        .map(|(_, x)| x)
-        .filter(|x| order_id.is_none_or(|o| x.order_id == o))
-        .filter(|x| cafe_id.is_none_or(|c| x.cafe_id == c))
-        .filter(|x| status.is_none_or(|s| x.status == s))
-        .collect();
-    list.sort_by_key(|x| x.id);
-    Ok(Response::ok(&list))
+    Ok(page::respond(PREFIX, query, &page))
 }
 
 fn get(p: &impl Platform, id: u64) -> ApiResult {

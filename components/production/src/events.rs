@@ -1,91 +1,40 @@
-//! Events consumed by production. Idempotent and order-insensitive: a
-//! record is only ever created once (by whichever of requested/canceled
-//! arrives first) and only moves REGISTERED → CANCELED | FORCE_CANCELED.
+//! Events consumed by production. Production never decides a final state:
+//! order is the one authority (it never publishes both `order.canceled` and
+//! `order.force-canceled` for one order), and production follows it.
+//!
+//! Idempotent and insensitive to delivery order: a record is created once,
+//! by whichever of the order's events arrives first, and a record in a final
+//! state never changes, so a late `order.requested` cannot resurrect a
+//! canceled production.
 
-use kit::{EventError, Platform, fields};
-use serde_json::Value;
+use kit::{EventError, Platform};
 
-use crate::model::{
-    CafeIndexEntry, DELETED_CAFES, DeletedCafe, OrderSnapshot, PRODUCTIONS, Production, Status,
-    by_cafe, key,
-};
+use crate::model::{OrderSnapshot, PRODUCTIONS, Production, Status, change_status, insert, key};
 
-pub const SUBSCRIPTIONS: &[&str] = &["order.requested", "order.canceled", "cafe.deleted"];
+pub const SUBSCRIPTIONS: &[&str] = &["order.requested", "order.canceled", "order.force-canceled"];
 
 /// Apply one event; topics not handled are acknowledged and ignored.
 pub fn handle(p: &impl Platform, topic: &str, payload: &[u8]) -> Result<(), EventError> {
-    match topic {
-        "order.requested" => order_requested(p, kit::platform::payload(topic, payload)?),
-        "order.canceled" => order_canceled(p, kit::platform::payload(topic, payload)?),
-        "cafe.deleted" => {
-            let v: Value = kit::platform::payload(topic, payload)?;
-            let cafe_id = fields::id_value("cafeId", v.get("cafeId").unwrap_or(&Value::Null))?;
-            cafe_deleted(p, cafe_id)
-        }
-        _ => Ok(()),
-    }
-}
-
-fn save(p: &impl Platform, x: &Production) -> Result<(), EventError> {
-    p.put_json(PRODUCTIONS, &key(x.order_id), x)?;
-    p.publish_json(x.status.topic(), &key(x.order_id), x)?;
-    Ok(())
-}
-
-/// A new record, in whatever status: indexed under its menu item first.
-fn create(p: &impl Platform, x: &Production) -> Result<(), EventError> {
-    p.put_json(
-        &by_cafe(x.cafe_id),
-        &key(x.order_id),
-        &CafeIndexEntry {
-            order_id: x.order_id,
-        },
-    )?;
-    save(p, x)
-}
-
-/// Step 5: register the order on the board, unless it is already there
-/// (redelivery, or its cancel got here first) or its item is gone.
-fn order_requested(p: &impl Platform, order: OrderSnapshot) -> Result<(), EventError> {
-    if p.get(PRODUCTIONS, &key(order.id)).is_some() {
-        return Ok(());
-    }
-    let status = if p.get(DELETED_CAFES, &key(order.cafe_id)).is_some() {
-        Status::ForceCanceled
-    } else {
-        Status::Registered
+    let to = match topic {
+        "order.requested" => Status::Registered,
+        "order.canceled" => Status::Canceled,
+        "order.force-canceled" => Status::ForceCanceled,
+        _ => return Ok(()),
     };
-    create(p, &order.production(status))
+    follow(p, kit::platform::payload(topic, payload)?, to)
 }
 
-/// Step 8: cancel the production. Seen before the request: record it as
-/// CANCELED so the late request cannot resurrect it.
-fn order_canceled(p: &impl Platform, order: OrderSnapshot) -> Result<(), EventError> {
+/// Bring the order's production to `to`:
+///
+/// - no record yet: create it in `to` (REGISTERED for a request; CANCELED or
+///   FORCE_CANCELED when the final event overtook the request);
+/// - REGISTERED and `to` is final: move to `to`, version + 1;
+/// - otherwise (a redelivery, a late request, a final record): nothing.
+fn follow(p: &impl Platform, order: OrderSnapshot, to: Status) -> Result<(), EventError> {
     match p.get_json::<Production>(PRODUCTIONS, &key(order.id))? {
-        None => create(p, &order.production(Status::Canceled)),
-        Some(mut x) if x.status == Status::Registered => {
-            x.status = Status::Canceled;
-            x.version += 1;
-            save(p, &x)
-        }
-        Some(_) => Ok(()),
-    }
-}
-
-/// Step 10: every REGISTERED production of the deleted item is force-canceled.
-/// Reads only that item's index and records (the host version-checks every
-/// document read: listing all productions would conflict with any change).
-fn cafe_deleted(p: &impl Platform, cafe_id: u64) -> Result<(), EventError> {
-    p.put_json(DELETED_CAFES, &key(cafe_id), &DeletedCafe { cafe_id })?;
-    for (k, _) in p.list(&by_cafe(cafe_id)) {
-        let Some(mut x) = p.get_json::<Production>(PRODUCTIONS, &k)? else {
-            continue;
-        };
-        if x.cafe_id == cafe_id && x.status == Status::Registered {
-            x.status = Status::ForceCanceled;
-            x.version += 1;
-            save(p, &x)?;
-        }
+        None => insert(p, &order.production(to))?,
+        Some(mut x) if !x.status.is_final() && to.is_final() => change_status(p, &mut x, to)?,
+        Some(_) => {}
     }
     Ok(())
 }

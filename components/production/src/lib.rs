@@ -1,12 +1,15 @@
 //! The production component: the board of drinks to make.
 //!
 //! - `api`: read-only HTTP routes under `/productions`.
-//! - `events`: `order.requested` registers, `order.canceled` cancels,
-//!   `cafe.deleted` force-cancels.
+//! - `events`: follows order, the one authority on an order's final state:
+//!   `order.requested` registers, `order.canceled` cancels,
+//!   `order.force-canceled` force-cancels.
 //! - `model`: stored documents, statuses, collection names.
 //!
-//! This file only binds the WIT world to those modules; all state lives in
-//! the `store` import (the host runs a fresh instance per invocation).
+//! This file binds the WIT world to those modules and exposes the same entry
+//! points natively ([`http`], [`event`]) for tests in other crates; all
+//! state lives in the `store` import (the host runs a fresh instance per
+//! invocation).
 
 mod api;
 mod events;
@@ -14,6 +17,19 @@ mod model;
 
 #[cfg(test)]
 mod tests;
+
+pub use events::SUBSCRIPTIONS;
+
+/// Answer one HTTP request (what the `http-handler` export runs), natively
+/// callable for tests over any [`kit::Platform`].
+pub fn http(p: &impl kit::Platform, method: &str, path: &str, query: &str) -> kit::Response {
+    api::handle(p, method, path, query)
+}
+
+/// Apply one event (what the `event-handler` export runs).
+pub fn event(p: &impl kit::Platform, topic: &str, payload: &[u8]) -> Result<(), kit::EventError> {
+    events::handle(p, topic, payload)
+}
 
 wit_bindgen::generate!({ world: "production", path: "../../wit" });
 
@@ -27,9 +43,9 @@ struct Component;
 
 kit::export_handlers! {
     Component,
-    http: |req| api::handle(&Host, &req.method, &req.path, &req.query),
-    subscriptions: events::SUBSCRIPTIONS,
-    event: |ev| events::handle(&Host, &ev.topic, &ev.payload),
+    http: |req| http(&Host, &req.method, &req.path, &req.query),
+    subscriptions: SUBSCRIPTIONS,
+    event: |ev| event(&Host, &ev.topic, &ev.payload),
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -1,15 +1,20 @@
 //! Stored documents of the production context.
+//!
+//! Every collection is keyed by [`kit::keys::id`] of the order id (20
+//! digits, zero-padded), so key order is id order and lists page with a
+//! keyset cursor.
 
+use kit::{Platform, StoreError};
 use serde::{Deserialize, Serialize};
 
-/// One production per order, key = order id as a decimal string.
+/// One production per order, key = padded order id.
 pub const PRODUCTIONS: &str = "productions";
 /// Prefix of the per-item index collections, see [`by_cafe`].
 pub const BY_CAFE_PREFIX: &str = "by-cafe-";
-/// Menu items known to be deleted (from `cafe.deleted`), key = cafe id.
-pub const DELETED_CAFES: &str = "deleted-cafes";
+/// Prefix of the per-status index collections, see [`by_status`].
+pub const BY_STATUS_PREFIX: &str = "by-status-";
 
-/// REGISTERED → CANCELED | FORCE_CANCELED (both final).
+/// REGISTERED → CANCELED | FORCE_CANCELED (both final), as order decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Status {
@@ -20,6 +25,11 @@ pub enum Status {
 
 impl Status {
     pub const ALL: [Status; 3] = [Status::Registered, Status::Canceled, Status::ForceCanceled];
+
+    /// A final status never changes again.
+    pub fn is_final(self) -> bool {
+        self != Status::Registered
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -98,28 +108,63 @@ impl OrderSnapshot {
     }
 }
 
-/// The document kept in [`DELETED_CAFES`].
+/// The document kept in both indexes, key = padded order id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeletedCafe {
-    pub cafe_id: u64,
-}
-
-/// The document kept in a [`by_cafe`] index, key = order id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CafeIndexEntry {
+pub struct IndexEntry {
     pub order_id: u64,
 }
 
-/// The index of every production of menu item `cafe_id`: collection
-/// `by-cafe-{cafeId}` (at most 28 bytes), key = order id. Written once, when
-/// the record is created (in whatever status), so `cafe.deleted` reads only
-/// that item's productions instead of listing (and version-checking) all.
+/// The productions of menu item `cafe_id`: collection `by-cafe-{cafeId}`
+/// (at most 28 bytes), written once when the record is created (in whatever
+/// status), read by `?cafeId=`.
 pub fn by_cafe(cafe_id: u64) -> String {
     format!("{BY_CAFE_PREFIX}{cafe_id}")
 }
 
+/// The productions now in `status`: collection `by-status-{STATUS}`,
+/// maintained on every change (old entry deleted, new one put), read by
+/// `?status=`.
+pub fn by_status(status: Status) -> String {
+    format!("{BY_STATUS_PREFIX}{}", status.as_str())
+}
+
+/// Store key of the production of order `id`.
 pub fn key(id: u64) -> String {
+    kit::keys::id(id)
+}
+
+/// Event key: the order id, plain decimal.
+pub fn event_key(id: u64) -> String {
     id.to_string()
+}
+
+/// Store a new record with its index entries and announce it.
+pub fn insert(p: &impl Platform, x: &Production) -> Result<(), StoreError> {
+    let k = key(x.order_id);
+    let entry = IndexEntry {
+        order_id: x.order_id,
+    };
+    p.put_json(&by_cafe(x.cafe_id), &k, &entry)?;
+    p.put_json(&by_status(x.status), &k, &entry)?;
+    p.put_json(PRODUCTIONS, &k, x)?;
+    p.publish_json(x.status.topic(), &event_key(x.order_id), x)
+}
+
+/// Move `x` to `to` (version + 1), keep the status index in step, store it
+/// and announce it.
+pub fn change_status(p: &impl Platform, x: &mut Production, to: Status) -> Result<(), StoreError> {
+    let k = key(x.order_id);
+    p.delete(&by_status(x.status), &k);
+    x.status = to;
+    x.version += 1;
+    p.put_json(
+        &by_status(to),
+        &k,
+        &IndexEntry {
+            order_id: x.order_id,
+        },
+    )?;
+    p.put_json(PRODUCTIONS, &k, x)?;
+    p.publish_json(to.topic(), &event_key(x.order_id), x)
 }

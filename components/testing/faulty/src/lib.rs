@@ -140,10 +140,32 @@ fn sleep(query: &str) -> ApiResult {
     Ok(KitResponse::ok(&serde_json::json!({"sleptMs": ms})))
 }
 
-/// A collection as `[{"key":..,"value":<utf-8, lossy>}]` in key order.
+/// Most documents `dump` and `counts` read (in pages of [`DUMP_PAGE`]): the
+/// test collections stay far smaller, and the guest's memory stays bounded.
+const DUMP_MAX: usize = 10_000;
+/// Documents asked for per `range` call.
+const DUMP_PAGE: u32 = 500;
+
+/// The first [`DUMP_MAX`] documents of `collection` in key order, paging
+/// through `range` (following `more`, not trusting `limit`).
+fn scan(collection: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    loop {
+        let after = out.last().map(|(k, _)| k.clone());
+        let want = DUMP_PAGE.min(u32::try_from(DUMP_MAX - out.len()).unwrap_or(DUMP_PAGE));
+        let page = Host.range(collection, after.as_deref(), want);
+        let got = page.entries.len();
+        out.extend(page.entries);
+        if !page.more || got == 0 || out.len() >= DUMP_MAX {
+            return out;
+        }
+    }
+}
+
+/// A collection as `[{"key":..,"value":<utf-8, lossy>}]` in key order (at
+/// most [`DUMP_MAX`] entries).
 fn dump(collection: &str) -> KitResponse {
-    let items: Vec<serde_json::Value> = Host
-        .list(collection)
+    let items: Vec<serde_json::Value> = scan(collection)
         .into_iter()
         .map(|(key, value)| {
             serde_json::json!({ "key": key, "value": String::from_utf8_lossy(&value) })
@@ -162,10 +184,10 @@ fn busy_wait(duration: Duration) {
     }
 }
 
-/// `{"<event key>": <times applied>}` for every handled event key.
+/// `{"<event key>": <times applied>}` for every handled event key (at most
+/// [`DUMP_MAX`] keys).
 fn counts() -> KitResponse {
-    let map: serde_json::Map<String, serde_json::Value> = Host
-        .list("counts")
+    let map: serde_json::Map<String, serde_json::Value> = scan("counts")
         .into_iter()
         .map(|(key, raw)| {
             let n = String::from_utf8_lossy(&raw).parse::<u64>().unwrap_or(0);
