@@ -200,6 +200,118 @@ async fn bare_hyper(db: std::path::PathBuf) -> Result<std::net::SocketAddr> {
     Ok(addr)
 }
 
+/// `bytes` with a custom section appended: a new digest, the same code.
+fn variant(mut bytes: Vec<u8>, tag: &str) -> Vec<u8> {
+    fn leb(out: &mut Vec<u8>, mut n: usize) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let name = format!("bench-variant-{tag}");
+    let mut payload = Vec::new();
+    leb(&mut payload, name.len());
+    payload.extend_from_slice(name.as_bytes());
+    bytes.push(0);
+    leb(&mut bytes, payload.len());
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Steady reads and orders, then the same while cafe and order are swapped
+/// about once a second; then 100 swaps back to back for memory.
+async fn swap_under_load(
+    client: &reqwest::Client,
+    host: &str,
+    running: &sktarbucks::app::RunningHost,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<()> {
+    let mixed = || {
+        let (read, order) = (format!("{host}/cafes/1"), format!("{host}/orders"));
+        move |n: usize| {
+            if n % 2 == 0 {
+                (reqwest::Method::GET, read.clone(), None)
+            } else {
+                (
+                    reqwest::Method::POST,
+                    order.clone(),
+                    Some(format!(r#"{{"custNm":"swap{n}","cafeId":1}}"#)),
+                )
+            }
+        }
+    };
+    let steady = load("GET+POST steady", client, concurrency, duration, mixed()).await;
+    steady.print();
+    let config = running.rt.config();
+    let originals: Vec<(String, Vec<u8>)> = ["cafe", "order"]
+        .iter()
+        .map(|n| Ok(((*n).to_owned(), std::fs::read(&config.components[*n].path)?)))
+        .collect::<Result<_>>()?;
+    let deployer = std::sync::Arc::clone(&running.deployer);
+    let swapping = std::sync::Arc::new(AtomicBool::new(true));
+    let swapper = {
+        let (deployer, swapping, originals) = (std::sync::Arc::clone(&deployer), std::sync::Arc::clone(&swapping), originals.clone());
+        tokio::spawn(async move {
+            let mut swaps = 0usize;
+            let mut refused = 0usize;
+            let mut i = 0usize;
+            while swapping.load(Ordering::Relaxed) {
+                let (name, bytes) = &originals[i % originals.len()];
+                let bytes = if (i / originals.len()) % 2 == 0 { variant(bytes.clone(), "b") } else { bytes.clone() };
+                match deployer.deploy(name, bytes).await {
+                    Ok(_) => swaps += 1,
+                    Err(_) => refused += 1,
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+            }
+            (swaps, refused)
+        })
+    };
+    let during = load("GET+POST while swapping ~1/s", client, concurrency, duration, mixed()).await;
+    swapping.store(false, Ordering::Relaxed);
+    let (swaps, refused) = swapper.await?;
+    during.print();
+    println!(
+        "  hot swap under load: {swaps} swaps ({refused} refused), failed requests {} (steady {}), p99 during swaps / steady = {:.2}x",
+        during.failed,
+        steady.failed,
+        during.pct(0.99).as_secs_f64() / steady.pct(0.99).as_secs_f64().max(1e-9)
+    );
+    let before = rss_kib();
+    let started = Instant::now();
+    for i in 0..100 {
+        let (name, bytes) = &originals[0];
+        let bytes = if i % 2 == 0 { variant(bytes.clone(), "b") } else { bytes.clone() };
+        deployer.deploy(name, bytes).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    println!(
+        "  100 swaps of cafe in {:.1} s: RSS {} MiB before, {} MiB after",
+        started.elapsed().as_secs_f64(),
+        before / 1024,
+        rss_kib() / 1024
+    );
+    Ok(())
+}
+
 /// Orders of the data-growth runs.
 const GROWTH_ORDERS: usize = 20_000;
 
@@ -418,6 +530,7 @@ async fn main() -> Result<()> {
         "event pipeline: backlog of {placed} orders drained {:.2} s after the load stopped",
         drained.as_secs_f64()
     );
+    swap_under_load(&client, &host, &running, concurrency, duration).await?;
     data_growth(&client, &host, &rt, concurrency).await?;
     drop(rt);
     running.stop().await?;

@@ -144,6 +144,7 @@ impl Deployer {
     }
 
     fn mark_diverged(&self, name: &str, reason: Option<String>) {
+        self.rt.set_diverged(name, reason.clone());
         let mut all = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = all.get_mut(name) {
             s.diverged = reason;
@@ -283,6 +284,7 @@ impl Deployer {
             compile_ms,
             "component swapped"
         );
+        self.rt.set_diverged(&record.component, None);
         let mut rollback = record.history.clone();
         rollback.reverse();
         self.set_status(
@@ -389,6 +391,7 @@ impl Deployer {
     }
 
     fn refresh_status(&self, record: &Deployment) {
+        self.rt.set_diverged(&record.component, None);
         let mut rollback = record.history.clone();
         rollback.reverse();
         self.set_status(

@@ -31,6 +31,9 @@ pub struct Runtime {
     pub subscriptions: Mutex<Vec<crate::backend::Subscription>>,
     /// Components that have a dispatcher running.
     dispatching: Mutex<std::collections::BTreeSet<String>>,
+    /// Components whose deployed version this host could not activate
+    /// (it keeps the old one), with the reason: shown by readiness.
+    diverged: Mutex<BTreeMap<String, String>>,
     _ticker: EpochTicker,
 }
 
@@ -107,8 +110,27 @@ impl Runtime {
             env,
             subscriptions: Mutex::default(),
             dispatching: Mutex::default(),
+            diverged: Mutex::default(),
             _ticker: ticker,
         }))
+    }
+
+    /// Why this host runs another version of `name` than the one deployed.
+    pub fn diverged(&self, name: &str) -> Option<String> {
+        self.diverged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Record (or clear, with `None`) that `name` diverges from its deployment.
+    pub fn set_diverged(&self, name: &str, reason: Option<String>) {
+        let mut all = self.diverged.lock().unwrap_or_else(|p| p.into_inner());
+        match reason {
+            Some(r) => all.insert(name.to_owned(), r),
+            None => all.remove(name),
+        };
     }
 
     /// Whether a dispatcher runs for component `name`.

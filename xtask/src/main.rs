@@ -13,7 +13,8 @@ const USAGE: &str = "usage: cargo xtask <command> [args]
 commands:
   build              wasm32-wasip2 target + components + host (release)
   build-components   only the components
-  serve [args]       build, then `sktarbucks serve [args]`
+  serve [args]       build, then `sktarbucks serve --admin 127.0.0.1:9090 [args]`
+  dev [args]         like serve, with --watch: rebuilt components are redeployed
   test [args]        build, make sure redis-server exists, run every test
   bench [args]       build, then run the benchmarks (see README)
 ";
@@ -25,12 +26,26 @@ fn main() -> Result<()> {
     match command.as_str() {
         "build" => build(),
         "build-components" => build_components(),
-        "serve" => {
+        "serve" | "dev" => {
             build()?;
             let bin = root().join("target/release/sktarbucks");
             let mut all = vec!["serve".to_owned()];
+            if command == "dev" {
+                all.push("--watch".to_owned());
+            }
+            let mut cmd = Command::new(bin);
+            // The admin listener is on by default here; it needs a token.
+            if !rest.iter().any(|a| a == "--admin") && std::env::var_os("SKTARBUCKS_ADMIN").is_none() {
+                all.extend(["--admin".to_owned(), "127.0.0.1:9090".to_owned()]);
+            }
+            if std::env::var_os("SKTARBUCKS_ADMIN_TOKEN").is_none() {
+                let token = random_token()?;
+                eprintln!("xtask: admin API token for this run: {token}");
+                eprintln!("xtask: export SKTARBUCKS_ADMIN_TOKEN={token}  # for `sktarbucks components|deploy|rollback|reload`");
+                cmd.env("SKTARBUCKS_ADMIN_TOKEN", token);
+            }
             all.extend(rest);
-            run(Command::new(bin).args(all).current_dir(root()))
+            run(cmd.args(all).current_dir(root()))
         }
         "test" => test(&rest),
         "bench" => {
@@ -56,6 +71,16 @@ fn main() -> Result<()> {
             }
         }
     }
+}
+
+/// 128 random bits as hex, from the OS.
+fn random_token() -> Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for an admin token; set SKTARBUCKS_ADMIN_TOKEN")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -104,6 +129,19 @@ fn build_components() -> Result<()> {
         "--release",
         "--target",
         "wasm32-wasip2",
+    ]))?;
+    // A test guest the host must refuse to deploy (its subscriptions() traps).
+    run(cargo().current_dir(root().join("components")).args([
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip2",
+        "--package",
+        "faulty",
+        "--features",
+        "trap-subscriptions",
+        "--target-dir",
+        "target/variants",
     ]))
 }
 

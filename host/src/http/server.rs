@@ -25,6 +25,9 @@ use crate::bindings;
 use crate::invoke::Failure;
 use crate::runtime::{HttpFailure, Runtime};
 
+/// Names the component version that served a request.
+const VERSION_HEADER: HeaderName = HeaderName::from_static("x-sktarbucks-version");
+
 /// How long a client may take to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections served at once.
@@ -193,10 +196,16 @@ impl App {
                 .collect(),
             body: body.to_vec(),
         };
-        match self.rt.serve_http(&loaded, request).await {
+        let mut response = match self.rt.serve_http(&loaded, request).await {
             Ok(response) => to_hyper(response),
             Err(failure) => self.failure_response(&loaded.name, failure),
+        };
+        // Which version answered: the start of its sha256, as listed by
+        // `GET /admin/components` (a swap shows up here at once).
+        if let Ok(v) = HeaderValue::from_str(loaded.short_digest()) {
+            response.headers_mut().insert(VERSION_HEADER, v);
         }
+        response
     }
 
     fn failure_response(&self, name: &str, failure: HttpFailure) -> Response<Body> {
@@ -284,7 +293,10 @@ impl App {
             .registry
             .all()
             .iter()
-            .map(|c| json!({"name": c.name, "digest": c.digest}))
+            .map(|c| {
+                let diverged = self.rt.diverged(&c.name);
+                json!({"name": c.name, "digest": c.digest, "diverged": diverged})
+            })
             .collect();
         match self.rt.backend.ready().await {
             Ok(()) => {

@@ -21,8 +21,17 @@ struct Component;
 kit::export_handlers! {
     Component,
     http: |req| respond(route(&req)),
-    subscriptions: ["faulty.happened", "faulty.poison"],
+    subscriptions: subscriptions(),
     event: |ev| on_event(&ev),
+}
+
+/// The topics handled; the `trap-subscriptions` build traps here instead.
+#[allow(clippy::panic)]
+fn subscriptions() -> [&'static str; 2] {
+    if cfg!(feature = "trap-subscriptions") {
+        panic!("faulty: built to trap in subscriptions()");
+    }
+    ["faulty.happened", "faulty.poison"]
 }
 
 #[allow(clippy::panic)]

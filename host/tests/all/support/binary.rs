@@ -13,8 +13,13 @@ use super::Client;
 pub struct Host {
     child: Child,
     pub client: Client,
+    /// `http://addr` of the admin listener, when the host opened one.
+    pub admin: Option<String>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
+
+/// The admin token every test host that opens an admin listener uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 impl Host {
     /// Start `sktarbucks serve` with `manifest` (written into `dir`) and extra args.
@@ -30,6 +35,32 @@ impl Host {
     }
 
     fn launch(dir: &Path, manifest_path: &Path, manifest: &str, args: &[&str]) -> Self {
+        Self::launch_env(dir, manifest_path, manifest, args, &[])
+    }
+
+    /// Start with an admin listener on an ephemeral port and the test token.
+    pub fn start_admin(dir: &Path, manifest: &str, args: &[&str]) -> Self {
+        let manifest_path: PathBuf = dir.join("sktarbucks.toml");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--admin", "127.0.0.1:0"]);
+        let host = Self::launch_env(
+            dir,
+            &manifest_path,
+            manifest,
+            &all,
+            &[("SKTARBUCKS_ADMIN_TOKEN", ADMIN_TOKEN)],
+        );
+        assert!(host.admin.is_some(), "the admin listener started");
+        host
+    }
+
+    fn launch_env(
+        dir: &Path,
+        manifest_path: &Path,
+        manifest: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         std::fs::write(dir.join("sktarbucks.toml"), manifest).expect("manifest written");
         let mut child = Command::new(env!("CARGO_BIN_EXE_sktarbucks"))
             .current_dir(dir)
@@ -38,6 +69,8 @@ impl Host {
             .arg("serve")
             .args(args)
             .env("RUST_LOG", "info,wasmtime=warn")
+            .env_remove("SKTARBUCKS_ADMIN_TOKEN")
+            .envs(envs.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -52,8 +85,13 @@ impl Host {
         });
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = std::sync::mpsc::channel();
+        let admin_url = Arc::new(Mutex::new(None::<String>));
+        let admin_sink = Arc::clone(&admin_url);
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("sktarbucks admin on ") {
+                    *admin_sink.lock().expect("admin lock") = Some(url.to_owned());
+                }
                 if let Some(url) = line.strip_prefix("sktarbucks listening on ") {
                     let _ = tx.send(url.to_owned());
                 }
@@ -76,9 +114,12 @@ impl Host {
                 log.lock().expect("log lock").join("\n")
             );
         };
+        // The admin line is printed before the public one.
+        let admin = admin_url.lock().expect("admin lock").clone();
         Self {
             child,
             client: Client::new(url),
+            admin,
             log,
         }
     }
