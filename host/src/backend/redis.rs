@@ -116,7 +116,8 @@ for idx, k in ipairs(keys) do
   if idx > n then more = 1; break end
   local raw = redis.call('HGET', h, k)
   if raw then
-    bytes = bytes + #raw
+    -- the value alone: minus the 20-digit version and the live flag
+    bytes = bytes + #raw - 21
     if #out > 0 and bytes > maxbytes then more = 1; break end
     out[#out + 1] = k
     out[#out + 1] = raw

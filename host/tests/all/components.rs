@@ -319,8 +319,19 @@ async fn deleting_a_menu_item_force_cancels_its_orders_and_productions(kind: Kin
         .send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 5}))
         .await;
     assert_error(status, &body, 404, "5");
-    // A request that raced the delete is force-canceled by production too.
-    h.inject("order", "order.requested", "900", json!({"id": 900, "custNm": "Z", "cafeId": 5, "cafeNm": "Coldbrew", "chkDate": "1", "qty": 1, "status": "REQUESTED", "version": 1})).await;
+    // Production follows order: a force-cancel that overtakes its request
+    // creates the record final, and the late request cannot revive it.
+    let snapshot = |status: &str, version: u64| json!({"id": 900, "custNm": "Z", "cafeId": 5, "cafeNm": "Coldbrew", "chkDate": "1", "qty": 1, "status": status, "version": version});
+    h.inject(
+        "order",
+        "order.force-canceled",
+        "900",
+        snapshot("FORCE_CANCELED", 2),
+    )
+    .await;
+    h.settle().await;
+    h.inject("order", "order.requested", "900", snapshot("REQUESTED", 1))
+        .await;
     h.settle().await;
     let (_, late) = h.client.get("/productions/900").await;
     assert_eq!(late["status"], "FORCE_CANCELED", "{late}");

@@ -183,8 +183,7 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
     let c = host.client.clone();
     let kept = ids.len() - canceled.len();
     eventually("every order settled", Duration::from_secs(60), || async {
-        let (_, orders) = c.get("/orders?limit=1000").await;
-        let orders = orders.as_array()?.clone();
+        let orders = c.get_all("/orders?limit=1000").await.items;
         let ordered = orders.iter().filter(|o| o["status"] == "ORDERED").count();
         let cancel = orders.iter().filter(|o| o["status"] == "CANCELED").count();
         (orders.len() == ids.len() && ordered == kept && cancel == canceled.len()).then_some(())

@@ -71,8 +71,7 @@ async fn per_key(redis: &RedisServer, prefix: &str, topic: &str) -> HashMap<Stri
 
 async fn settle_orders(c: &Client, expected: usize) -> Vec<Value> {
     eventually("orders settled", PATIENCE, || async {
-        let (_, orders) = c.get("/orders?limit=1000").await;
-        let orders = orders.as_array()?.clone();
+        let orders = c.get_all("/orders?limit=1000").await.items;
         let settled = orders.iter().all(|o| o["status"] != "REQUESTED");
         (orders.len() == expected && settled).then_some(orders)
     })
@@ -356,8 +355,7 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     // arriving (it got a 503): such an order exists too, so "at least" here,
     // and stock must match exactly the orders that exist.
     let orders = eventually("orders settled", PATIENCE, || async {
-        let (_, orders) = c.get("/orders?limit=1000").await;
-        let orders = orders.as_array()?.clone();
+        let orders = c.get_all("/orders?limit=1000").await.items;
         let settled = orders.iter().all(|o| o["status"] != "REQUESTED");
         (orders.len() > acked.len() && settled).then_some(orders)
     })
@@ -375,8 +373,8 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     );
     let total = orders.len();
     eventually("productions caught up", PATIENCE, || async {
-        let (_, prods) = c.get("/productions?limit=1000").await;
-        (prods.as_array()?.len() == total).then_some(())
+        let prods = c.get_all("/productions?limit=1000").await.items;
+        (prods.len() == total).then_some(())
     })
     .await;
 }
