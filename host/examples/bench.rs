@@ -246,7 +246,7 @@ async fn swap_under_load(
     let mixed = || {
         let (read, order) = (format!("{host}/cafes/1"), format!("{host}/orders"));
         move |n: usize| {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 (reqwest::Method::GET, read.clone(), None)
             } else {
                 (
@@ -267,14 +267,22 @@ async fn swap_under_load(
     let deployer = std::sync::Arc::clone(&running.deployer);
     let swapping = std::sync::Arc::new(AtomicBool::new(true));
     let swapper = {
-        let (deployer, swapping, originals) = (std::sync::Arc::clone(&deployer), std::sync::Arc::clone(&swapping), originals.clone());
+        let (deployer, swapping, originals) = (
+            std::sync::Arc::clone(&deployer),
+            std::sync::Arc::clone(&swapping),
+            originals.clone(),
+        );
         tokio::spawn(async move {
             let mut swaps = 0usize;
             let mut refused = 0usize;
             let mut i = 0usize;
             while swapping.load(Ordering::Relaxed) {
                 let (name, bytes) = &originals[i % originals.len()];
-                let bytes = if (i / originals.len()) % 2 == 0 { variant(bytes.clone(), "b") } else { bytes.clone() };
+                let bytes = if (i / originals.len()).is_multiple_of(2) {
+                    variant(bytes.clone(), "b")
+                } else {
+                    bytes.clone()
+                };
                 match deployer.deploy(name, bytes).await {
                     Ok(_) => swaps += 1,
                     Err(_) => refused += 1,
@@ -285,7 +293,14 @@ async fn swap_under_load(
             (swaps, refused)
         })
     };
-    let during = load("GET+POST while swapping ~1/s", client, concurrency, duration, mixed()).await;
+    let during = load(
+        "GET+POST while swapping ~1/s",
+        client,
+        concurrency,
+        duration,
+        mixed(),
+    )
+    .await;
     swapping.store(false, Ordering::Relaxed);
     let (swaps, refused) = swapper.await?;
     during.print();
@@ -299,8 +314,15 @@ async fn swap_under_load(
     let started = Instant::now();
     for i in 0..100 {
         let (name, bytes) = &originals[0];
-        let bytes = if i % 2 == 0 { variant(bytes.clone(), "b") } else { bytes.clone() };
-        deployer.deploy(name, bytes).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let bytes = if i % 2 == 0 {
+            variant(bytes.clone(), "b")
+        } else {
+            bytes.clone()
+        };
+        deployer
+            .deploy(name, bytes)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(

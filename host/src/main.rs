@@ -204,13 +204,18 @@ async fn main() -> Result<()> {
             admin,
             watch,
         } => {
-            let mut config = reload()?;
-            if let Some(listen) = listen {
-                config.listen = listen;
-            }
-            if let Some(admin) = admin {
-                config.admin = Some(admin);
-            }
+            // A reload re-reads the manifest with the same overrides.
+            let reload = move || {
+                let mut config = reload()?;
+                if let Some(listen) = listen {
+                    config.listen = listen;
+                }
+                if let Some(admin) = admin {
+                    config.admin = Some(admin);
+                }
+                Ok(config)
+            };
+            let config = reload()?;
             let options = sktarbucks::app::Options {
                 load_config: Some(Box::new(reload)),
                 admin_token: std::env::var("SKTARBUCKS_ADMIN_TOKEN").ok(),

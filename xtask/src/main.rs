@@ -35,13 +35,17 @@ fn main() -> Result<()> {
             }
             let mut cmd = Command::new(bin);
             // The admin listener is on by default here; it needs a token.
-            if !rest.iter().any(|a| a == "--admin") && std::env::var_os("SKTARBUCKS_ADMIN").is_none() {
+            if !rest.iter().any(|a| a == "--admin")
+                && std::env::var_os("SKTARBUCKS_ADMIN").is_none()
+            {
                 all.extend(["--admin".to_owned(), "127.0.0.1:9090".to_owned()]);
             }
             if std::env::var_os("SKTARBUCKS_ADMIN_TOKEN").is_none() {
                 let token = random_token()?;
                 eprintln!("xtask: admin API token for this run: {token}");
-                eprintln!("xtask: export SKTARBUCKS_ADMIN_TOKEN={token}  # for `sktarbucks components|deploy|rollback|reload`");
+                eprintln!(
+                    "xtask: export SKTARBUCKS_ADMIN_TOKEN={token}  # for `sktarbucks components|deploy|rollback|reload`"
+                );
                 cmd.env("SKTARBUCKS_ADMIN_TOKEN", token);
             }
             all.extend(rest);

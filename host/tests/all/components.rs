@@ -135,7 +135,11 @@ async fn ordering_reserves_stock_synchronously_and_refuses_what_it_cannot_serve(
     assert_eq!(pcnt(&h, 5).await, 1);
     let (status, body) = h.client.get(&format!("/orders/{first}")).await;
     assert_eq!(status, 200);
-    assert_eq!(body["status"], "REQUESTED");
+    // Placed REQUESTED; the running dispatchers may have moved it on already.
+    assert!(
+        body["status"] == "REQUESTED" || body["status"] == "ORDERED",
+        "{body}"
+    );
     let (status, body) = h
         .client
         .send(

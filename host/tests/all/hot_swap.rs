@@ -79,7 +79,10 @@ impl Admin {
         let resp = req.send().await.expect("admin request");
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.expect("admin body");
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     async fn deploy(&self, name: &str, bytes: Vec<u8>) -> (u16, Value) {
@@ -261,10 +264,17 @@ async fn components_swap_under_load_without_a_failed_request() {
         let prods = c.get_all("/productions?limit=1000").await.items;
         let pages = c.get_all("/myPages?limit=1000").await.items;
         let prod_canceled = prods.iter().filter(|p| p["status"] == "CANCELED").count() as u64;
-        let settled = pages
-            .iter()
-            .all(|p| p["status"] == p["productionStatus"].as_str().map(|s| if s == "REGISTERED" { "ORDERED" } else { s }).unwrap_or(""));
-        (prods.len() == placed.len() && pages.len() == placed.len() && prod_canceled == canceled && settled)
+        let settled = pages.iter().all(|p| {
+            p["status"]
+                == p["productionStatus"]
+                    .as_str()
+                    .map(|s| if s == "REGISTERED" { "ORDERED" } else { s })
+                    .unwrap_or("")
+        });
+        (prods.len() == placed.len()
+            && pages.len() == placed.len()
+            && prod_canceled == canceled
+            && settled)
             .then_some(())
     })
     .await;
@@ -272,12 +282,21 @@ async fn components_swap_under_load_without_a_failed_request() {
     let conn = rusqlite::Connection::open(db).expect("db");
     let twice: i64 = conn
         .query_row(
-            "SELECT count(*) FROM (SELECT key FROM events WHERE topic = 'cafe.stock-released' GROUP BY key HAVING count(*) > 1)",
+            "SELECT count(*) FROM (SELECT json_extract(CAST(payload AS TEXT), '$.orderId') AS o
+               FROM events WHERE topic = 'cafe.stock-released' GROUP BY o HAVING count(*) > 1)",
             [],
             |r| r.get(0),
         )
         .expect("query");
     assert_eq!(twice, 0, "no order's stock was released twice");
+    let released: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM events WHERE topic = 'cafe.stock-released'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("query");
+    assert_eq!(released as u64, canceled, "one release per cancel");
 }
 
 /// Refused versions get a 422 with the reason; the old version keeps serving.
@@ -287,11 +306,19 @@ async fn bad_versions_are_refused_and_the_old_one_keeps_serving() {
     let host = sqlite_host(dir.path());
     let (c, admin) = (host.client.clone(), Admin::of(&host));
     let before = admin.components().await;
-    let trapping = crate::support::root()
-        .join("components/target/variants/wasm32-wasip2/release/faulty.wasm");
+    let trapping =
+        crate::support::root().join("components/target/variants/wasm32-wasip2/release/faulty.wasm");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("cafe", b"definitely not wasm".to_vec(), "not a valid WebAssembly component"),
-        ("cafe", b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module"),
+        (
+            "cafe",
+            b"definitely not wasm".to_vec(),
+            "not a valid WebAssembly component",
+        ),
+        (
+            "cafe",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "core WebAssembly module",
+        ),
         (
             "cafe",
             std::fs::read(wasm("production")).expect("bytes"),
@@ -299,7 +326,8 @@ async fn bad_versions_are_refused_and_the_old_one_keeps_serving() {
         ),
         (
             "faulty",
-            std::fs::read(&trapping).expect("the trapping faulty variant is built by `cargo xtask build`"),
+            std::fs::read(&trapping)
+                .expect("the trapping faulty variant is built by `cargo xtask build`"),
             "smoke test failed",
         ),
     ];
@@ -308,13 +336,22 @@ async fn bad_versions_are_refused_and_the_old_one_keeps_serving() {
         assert_eq!(s, 422, "{name}: {body}");
         assert_eq!(body["error"], "refused");
         let message = body["message"].as_str().unwrap_or("");
-        assert!(message.contains(reason), "{name}: {message:?} should say {reason:?}");
+        assert!(
+            message.contains(reason),
+            "{name}: {message:?} should say {reason:?}"
+        );
     }
     let (s, body) = admin.deploy("nothere", variant("cafe", "x")).await;
-    assert_eq!((s, body["error"].as_str()), (404, Some("component_not_found")));
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (404, Some("component_not_found"))
+    );
     let after = admin.components().await;
     for name in ["cafe", "faulty"] {
-        assert_eq!(before[name]["digest"], after[name]["digest"], "{name} untouched");
+        assert_eq!(
+            before[name]["digest"], after[name]["digest"],
+            "{name} untouched"
+        );
     }
     let (s, _) = c
         .send(
@@ -341,7 +378,11 @@ async fn rollback_restores_the_previous_version() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["previous"], original.as_str());
     let (s, body) = admin.deploy("cafe", b.clone()).await;
-    assert_eq!((s, body["changed"].as_bool()), (200, Some(false)), "same digest: no-op");
+    assert_eq!(
+        (s, body["changed"].as_bool()),
+        (200, Some(false)),
+        "same digest: no-op"
+    );
     assert_eq!(served_by(&c, "/cafes").await, digest(&b)[..12]);
     let listing = admin.components().await;
     assert_eq!(listing["cafe"]["source"], "deployed");
@@ -370,7 +411,11 @@ async fn admin_routes_need_the_token_and_stay_off_the_public_port() {
     for (method, path) in routes {
         for token in [None, Some("wrong"), Some("")] {
             let (s, body) = admin.call(method, path, Some(b"x".to_vec()), token).await;
-            assert_eq!((s, body["error"].as_str()), (401, Some("unauthorized")), "{method} {path} {token:?}");
+            assert_eq!(
+                (s, body["error"].as_str()),
+                (401, Some("unauthorized")),
+                "{method} {path} {token:?}"
+            );
         }
         let (s, _) = host.client.raw(method, path, Some("x")).await;
         assert_eq!(s, 404, "{method} {path} is not on the public port");
@@ -411,7 +456,11 @@ async fn restart_keeps_the_deployed_version(redis: Option<&RedisServer>) {
     assert!(host.terminate().success());
     let host = Host::start_admin(dir.path(), &text, &args);
     let admin = Admin::of(&host);
-    assert_eq!(admin.digest_of("cafe").await, digest(&b), "the deployed version came back");
+    assert_eq!(
+        admin.digest_of("cafe").await,
+        digest(&b),
+        "the deployed version came back"
+    );
     assert_eq!(admin.components().await["cafe"]["source"], "deployed");
     assert_eq!(served_by(&host.client, "/cafes").await, digest(&b)[..12]);
 }
@@ -454,27 +503,32 @@ async fn deployments_reach_every_host_on_one_redis() {
     let (s, body) = admin_a.deploy("order", v.clone()).await;
     assert_eq!(s, 200, "{body}");
     let t0 = Instant::now();
-    eventually("host B runs the deployed version", Duration::from_secs(2), || async {
-        (admin_b.digest_of("order").await == digest(&v)).then_some(())
-    })
+    eventually(
+        "host B runs the deployed version",
+        Duration::from_secs(2),
+        || async { (admin_b.digest_of("order").await == digest(&v)).then_some(()) },
+    )
     .await;
     eprintln!("deploy on A reached B after {:?}", t0.elapsed());
     let (s, body) = admin_b.rollback("order").await;
     assert_eq!(s, 200, "{body}");
     let t0 = Instant::now();
-    eventually("host A follows the rollback", Duration::from_secs(2), || async {
-        (admin_a.digest_of("order").await == original).then_some(())
-    })
+    eventually(
+        "host A follows the rollback",
+        Duration::from_secs(2),
+        || async { (admin_a.digest_of("order").await == original).then_some(()) },
+    )
     .await;
     eprintln!("rollback on B reached A after {:?}", t0.elapsed());
     let (s, body) = admin_a.deploy("order", v.clone()).await;
     assert_eq!(s, 200, "{body}");
     let c = start("c");
-    assert_eq!(Admin::of(&c).digest_of("order").await, digest(&v), "a later host runs the active version");
     assert_eq!(
-        served_by(&c.client, "/orders").await,
-        digest(&v)[..12]
+        Admin::of(&c).digest_of("order").await,
+        digest(&v),
+        "a later host runs the active version"
     );
+    assert_eq!(served_by(&c.client, "/orders").await, digest(&v)[..12]);
 }
 
 /// A reload applies a new route and a changed deadline without a restart;
@@ -483,12 +537,23 @@ async fn deployments_reach_every_host_on_one_redis() {
 async fn a_manifest_reload_applies_whole_or_not_at_all() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = test_config(dir.path());
-    let host = Host::start_admin(dir.path(), &manifest_text(&config), &["--listen", "127.0.0.1:0"]);
+    let host = Host::start_admin(
+        dir.path(),
+        &manifest_text(&config),
+        &["--listen", "127.0.0.1:0"],
+    );
     let (c, admin) = (host.client.clone(), Admin::of(&host));
-    let reload = || async { admin.call("POST", "/admin/reload", None, Some(ADMIN_TOKEN)).await };
+    let reload = || async {
+        admin
+            .call("POST", "/admin/reload", None, Some(ADMIN_TOKEN))
+            .await
+    };
     let (s, body) = c.get("/menu").await;
     assert_eq!(s, 404);
-    assert!(body["message"].as_str().unwrap_or("").contains("routes:"), "the host answers: {body}");
+    assert!(
+        body["message"].as_str().unwrap_or("").contains("routes:"),
+        "the host answers: {body}"
+    );
     let (s, _) = c.get("/faulty/sleep?ms=300").await;
     assert_eq!(s, 200, "300 ms fits the 500 ms deadline");
 
@@ -498,10 +563,20 @@ async fn a_manifest_reload_applies_whole_or_not_at_all() {
         f.deadline_ms = 100;
         f.routes.push("/cafes".into());
     }
-    std::fs::write(dir.path().join("sktarbucks.toml"), manifest_text_unchecked(&broken)).expect("write");
+    std::fs::write(
+        dir.path().join("sktarbucks.toml"),
+        manifest_text_unchecked(&broken),
+    )
+    .expect("write");
     let (s, body) = reload().await;
     assert_eq!(s, 422, "{body}");
-    assert!(body["message"].as_str().unwrap_or("").contains("claimed by both"), "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("claimed by both"),
+        "{body}"
+    );
     let (s, _) = c.get("/faulty/sleep?ms=300").await;
     assert_eq!(s, 200, "the old deadline still applies");
 
@@ -517,9 +592,16 @@ async fn a_manifest_reload_applies_whole_or_not_at_all() {
     let (s, body) = c.get("/menu").await;
     assert_eq!(s, 404);
     assert_eq!(body["error"], "not_found");
-    assert!(!served_by(&c, "/menu").await.is_empty(), "cafe answers /menu now");
+    assert!(
+        !served_by(&c, "/menu").await.is_empty(),
+        "cafe answers /menu now"
+    );
     let (s, body) = c.get("/faulty/sleep?ms=300").await;
-    assert_eq!((s, body["error"].as_str()), (504, Some("timeout")), "the new deadline applies");
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (504, Some("timeout")),
+        "the new deadline applies"
+    );
 }
 
 /// TOML of a configuration that `Config::check` would refuse.
