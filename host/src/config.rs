@@ -159,6 +159,47 @@ pub struct ComponentConfig {
     /// Linear-memory ceiling of one instance.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
+    /// Topics it may publish: exact names or `prefix.*`. Default: its own
+    /// namespace, `<name>.*`. Publishing anything else fails the invocation.
+    #[serde(default)]
+    pub publishes: Option<Vec<String>>,
+    /// Concurrency limit and circuit breaker.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Admission settings of one component (`[components.<name>.limits]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Invocations running at once (requests, events and linked calls into it).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: u32,
+    /// How long an invocation may wait for a free slot before a 503.
+    #[serde(default = "default_queue_ms")]
+    pub queue_ms: u64,
+    /// Failures in a row that open the breaker (0: never by streak).
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    /// Outcomes remembered for the failure rate; half of them failing opens
+    /// the breaker (0: no rate rule).
+    #[serde(default = "default_window")]
+    pub window: u32,
+    /// How long an open breaker refuses before it lets one probe through.
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: default_max_in_flight(),
+            queue_ms: default_queue_ms(),
+            consecutive_failures: default_consecutive_failures(),
+            window: default_window(),
+            open_ms: default_open_ms(),
+        }
+    }
 }
 
 impl ComponentConfig {
@@ -171,7 +212,16 @@ impl ComponentConfig {
             links: BTreeMap::new(),
             deadline_ms: default_deadline_ms(),
             memory_mib: default_memory_mib(),
+            publishes: None,
+            limits: LimitsConfig::default(),
         }
+    }
+
+    /// The topic patterns `name` may publish (its own namespace by default).
+    pub fn publish_patterns(&self, name: &str) -> Vec<String> {
+        self.publishes
+            .clone()
+            .unwrap_or_else(|| vec![format!("{name}.*")])
     }
 
     /// The deadline as a `Duration`.
@@ -188,6 +238,21 @@ fn default_data() -> PathBuf {
 }
 fn default_max_body() -> usize {
     1024 * 1024
+}
+fn default_max_in_flight() -> u32 {
+    256
+}
+fn default_queue_ms() -> u64 {
+    100
+}
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_window() -> u32 {
+    20
+}
+fn default_open_ms() -> u64 {
+    10_000
 }
 fn default_max_wasm() -> usize {
     64 * 1024 * 1024
@@ -278,6 +343,17 @@ impl Config {
             }
             if component.deadline_ms == 0 {
                 bail!("component {name:?}: deadline_ms must be positive");
+            }
+            if component.limits.max_in_flight == 0 {
+                bail!("component {name:?}: limits.max_in_flight must be at least 1");
+            }
+            for topic in component.publishes.iter().flatten() {
+                let name_part = topic.strip_suffix(".*").unwrap_or(topic);
+                if name_part.is_empty() || name_part.contains('*') || topic.len() > 256 {
+                    bail!(
+                        "component {name:?}: publishes entry {topic:?} must be a topic name or `prefix.*`"
+                    );
+                }
             }
         }
         config.validate()?;

@@ -277,6 +277,8 @@ impl Deployer {
     fn activate(&self, loaded: Arc<Loaded>, record: &Deployment, compile_ms: u64) {
         let new = loaded.digest.clone();
         let old = self.rt.registry.install(loaded);
+        // A new version starts with a closed breaker.
+        self.rt.env.guards.reset(&record.component);
         tracing::info!(
             component = %record.component,
             old = %old.as_ref().map_or("-", |o| o.short_digest()),
@@ -522,6 +524,8 @@ fn same_settings(a: &ComponentConfig, b: &ComponentConfig) -> bool {
         && a.links == b.links
         && a.deadline_ms == b.deadline_ms
         && a.memory_mib == b.memory_mib
+        && a.publishes == b.publishes
+        && a.limits == b.limits
 }
 
 /// Does `loaded` export what its role in `config` needs, given the other

@@ -13,6 +13,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime::Engine;
 
 use crate::backend::{BackendUnavailable, SharedBackend};
+use crate::guard::Guards;
 use crate::registry::{Loaded, Registry};
 use crate::state::{HostState, Links};
 use crate::uow::UnitOfWork;
@@ -23,6 +24,8 @@ pub struct Env {
     pub engine: Engine,
     pub backend: SharedBackend,
     pub registry: Arc<Registry>,
+    /// Concurrency limits and breakers, per component and per link.
+    pub guards: Guards,
 }
 
 /// Raised when an invocation runs past its deadline (from the epoch callback
@@ -110,6 +113,9 @@ impl Invocation {
         cap: Option<Instant>,
         depth: u8,
     ) -> Self {
+        loaded
+            .invocations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let budget = loaded.config.deadline();
         let own = Instant::now() + budget;
         let deadline = cap.map_or(own, |cap| cap.min(own));

@@ -8,6 +8,7 @@
 //! - `routes`     path prefix → component
 //! - `registry`   the live set: manifest, versions (`InstancePre` + exports), routes; swapped atomically
 //! - `uow`        the unit of work: buffered reads/writes/events of one invocation
+//! - `guard`      per-component concurrency limit and circuit breaker (and per link)
 //! - `invoke`     fresh store per call, deadline, failure classification (`Env`)
 //! - `linking`    component → component calls (order's `stock` import → cafe)
 //! - `runtime`    HTTP request / event → invocation → atomic commit, with retries
@@ -25,6 +26,7 @@ pub mod config;
 pub mod deploy;
 pub mod engine;
 pub mod events;
+pub mod guard;
 pub mod http;
 pub mod invoke;
 pub mod linking;

@@ -8,16 +8,21 @@ use std::sync::Arc;
 use wasmtime::Store;
 
 use crate::bindings::{Reservation, StockError, stock_export};
+use crate::guard::{Admitted, Refusal};
 use crate::invoke::{Env, Failure, Invocation, within};
 use crate::state::{HostState, Links};
 
 /// Deepest chain of synchronous calls (guards against link cycles).
 const MAX_DEPTH: u8 = 4;
 
-/// A provider instance ready to be called.
+/// A provider instance ready to be called, admitted by its guards.
 struct Provider {
     inv: Invocation,
     guest: stock_export::Guest,
+    /// The provider's own concurrency slot and breaker.
+    component: Admitted,
+    /// The breaker of this link (caller → provider).
+    link: Admitted,
 }
 
 /// Open the provider `caller` links `iface` to: its live version as of now
@@ -48,6 +53,30 @@ async fn open_provider(
             "component {name:?} does not export `{iface}`"
         )));
     };
+    let limits = &provider.config.limits;
+    let refused = |what: &str, r: Refusal| {
+        StockError::Unavailable(match r {
+            Refusal::Open(d) => format!(
+                "{name} is not taking calls: the {what} circuit breaker is open (retry in {} ms)",
+                d.as_millis()
+            ),
+            Refusal::Busy(d) => format!(
+                "{name} is at its concurrency limit (waited {} ms)",
+                d.as_millis()
+            ),
+        })
+    };
+    let link = env
+        .guards
+        .link(&caller.identity.name, name, limits)
+        .admit_breaker()
+        .map_err(|r| refused("link", r))?;
+    let component = env
+        .guards
+        .component(name, limits)
+        .admit()
+        .await
+        .map_err(|r| refused(name, r))?;
     // The callee works on a fork of the caller's unit: it reads the
     // caller's writes, and its own become the caller's only on success.
     let mut inv = Invocation::start(
@@ -60,8 +89,17 @@ async fn open_provider(
     // The unit's limits span the whole call chain.
     inv.store.data_mut().inherit_budget(&*caller);
     match inv.open(&provider, iface, |s, i| indices.load(s, i)).await {
-        Ok(guest) => Ok(Provider { inv, guest }),
-        Err(failure) => Err(unavailable(&provider.name, &failure)),
+        Ok(guest) => Ok(Provider {
+            inv,
+            guest,
+            component,
+            link,
+        }),
+        Err(failure) => {
+            component.finish(false);
+            link.finish(false);
+            Err(unavailable(&provider.name, &failure))
+        }
     }
 }
 
@@ -77,6 +115,17 @@ impl HostState {
     ) -> Result<T, StockError> {
         let deadline = provider.inv.deadline();
         let outcome = within(deadline, call(&provider.guest, &mut provider.inv.store)).await;
+        let failed = matches!(
+            &outcome,
+            Err(e) if !e.is::<crate::backend::BackendUnavailable>()
+        );
+        if failed {
+            provider.component.finish(false);
+            provider.link.finish(false);
+        } else {
+            provider.component.finish(true);
+            provider.link.finish(true);
+        }
         match outcome.map_err(|e| provider.inv.failure(e)) {
             Ok(Ok(value)) => {
                 let callee = provider.inv.into_state();

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
@@ -42,6 +42,9 @@ pub struct Loaded {
     pub identity: Arc<Identity>,
     /// Invocations of this version running now (requests, events, linked calls).
     pub in_flight: AtomicUsize,
+    /// Instances of this version ever started (every invocation, linked
+    /// calls and smoke tests included).
+    pub invocations: AtomicU64,
 }
 
 /// Counts one invocation of a version while alive.
@@ -109,6 +112,7 @@ impl Loaded {
             memory_bytes: usize::try_from(config.memory_mib.saturating_mul(1024 * 1024))
                 .unwrap_or(usize::MAX),
             links: config.links.clone(),
+            publishes: config.publish_patterns(name),
         });
         Self {
             name: name.to_owned(),
@@ -118,6 +122,7 @@ impl Loaded {
             exports,
             identity,
             in_flight: AtomicUsize::new(0),
+            invocations: AtomicU64::new(0),
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Runtime {
 /// Result of an HTTP invocation that did not produce a component response.
 #[derive(Debug)]
 pub enum HttpFailure {
+    /// Not admitted: the breaker is open or every slot stayed busy.
+    Refused(crate::guard::Refusal),
     Invoke(Failure),
     /// Still conflicting after the configured attempts.
     Contended(u32),
@@ -52,8 +54,14 @@ pub enum HttpFailure {
 pub enum EventOutcome {
     /// Handler succeeded; these changes must commit with the ack.
     Handled(Changes),
-    /// Handler returned an error or failed; retry later or dead-letter.
+    /// Handler returned an error (a domain refusal); retry later or dead-letter.
     Failed(String),
+    /// The guest trapped or ran out of time; retry later or dead-letter
+    /// (and it counts against the component's breaker).
+    Faulted(String),
+    /// Not admitted (breaker open or no free slot): redeliver later, no
+    /// attempt counted.
+    Refused(crate::guard::Refusal),
     /// The state backend failed underneath; retry without counting an attempt.
     Unavailable(String),
 }
@@ -101,6 +109,7 @@ impl Runtime {
             engine: engine.clone(),
             backend: Arc::clone(&backend),
             registry: Arc::clone(&registry),
+            guards: crate::guard::Guards::default(),
         });
         Ok(Arc::new(Self {
             engine,
@@ -171,6 +180,28 @@ impl Runtime {
     /// Serve one request with `loaded`; commit its unit of work when the
     /// response is below 400, retrying the whole invocation on conflict.
     pub async fn serve_http(
+        self: &Arc<Self>,
+        loaded: &Arc<Loaded>,
+        req: Request,
+    ) -> Result<Response, HttpFailure> {
+        let guard = self
+            .env
+            .guards
+            .component(&loaded.name, &loaded.config.limits);
+        let admitted = guard.admit().await.map_err(HttpFailure::Refused)?;
+        let outcome = self.serve_http_admitted(loaded, req).await;
+        match &outcome {
+            Ok(r) => admitted.finish(r.status < 500),
+            Err(HttpFailure::Invoke(
+                Failure::Trap { .. } | Failure::Deadline(_) | Failure::Missing(_),
+            )) => admitted.finish(false),
+            // Backend trouble, contention, no pool slot: not the guest's fault.
+            Err(_) => drop(admitted),
+        }
+        outcome
+    }
+
+    async fn serve_http_admitted(
         self: &Arc<Self>,
         loaded: &Arc<Loaded>,
         req: Request,
@@ -247,11 +278,29 @@ impl Runtime {
             source: delivery.source.clone(),
             attempt: delivery.attempt,
         };
+        let guard = self
+            .env
+            .guards
+            .component(&loaded.name, &loaded.config.limits);
+        let admitted = match guard.admit().await {
+            Ok(a) => a,
+            Err(refusal) => return EventOutcome::Refused(refusal),
+        };
         match self.run_event_once(loaded, &event).await {
-            Ok((Ok(()), uow)) => EventOutcome::Handled(uow.into_changes()),
-            Ok((Err(domain), _)) => EventOutcome::Failed(format!("handler returned {domain:?}")),
+            Ok((Ok(()), uow)) => {
+                admitted.finish(true);
+                EventOutcome::Handled(uow.into_changes())
+            }
+            Ok((Err(domain), _)) => {
+                admitted.finish(true);
+                EventOutcome::Failed(format!("handler returned {domain:?}"))
+            }
             Err(Failure::Backend(reason)) => EventOutcome::Unavailable(reason),
-            Err(failure) => EventOutcome::Failed(failure.to_string()),
+            Err(Failure::Overloaded(reason)) => EventOutcome::Unavailable(reason),
+            Err(failure) => {
+                admitted.finish(false);
+                EventOutcome::Faulted(failure.to_string())
+            }
         }
     }
 

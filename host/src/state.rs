@@ -46,6 +46,20 @@ pub struct Identity {
     pub memory_bytes: usize,
     /// Imported interface → providing component (`stock` → `cafe`).
     pub links: std::collections::BTreeMap<String, String>,
+    /// Topics it may publish: exact names or `prefix.*`.
+    pub publishes: Vec<String>,
+}
+
+impl Identity {
+    /// Whether this component may publish `topic`.
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publishes.iter().any(|p| match p.strip_suffix(".*") {
+            Some(prefix) => topic
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1),
+            None => p == topic,
+        })
+    }
 }
 
 /// Synchronous calls from one component into another, served by the host
@@ -318,6 +332,13 @@ impl events::Host for HostState {
         payload: Vec<u8>,
     ) -> wasmtime::Result<()> {
         check_name("topic", &topic)?;
+        if !self.identity.may_publish(&topic) {
+            wasmtime::bail!(
+                "component {:?} may not publish {topic:?} (it may publish: {})",
+                self.identity.name,
+                self.identity.publishes.join(", ")
+            );
+        }
         if key.len() > MAX_NAME_BYTES {
             wasmtime::bail!("event key of {} bytes exceeds {MAX_NAME_BYTES}", key.len());
         }

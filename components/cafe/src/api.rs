@@ -12,6 +12,11 @@ pub const PREFIX: &str = "/cafes";
 /// Tries [`fresh_id`] makes before giving up (see there).
 const FRESH_ID_TRIES: u32 = 24;
 
+/// Highest explicit `cafeId` the id sequence is advanced to (2^62): the
+/// host's sequences end at `i64::MAX` (2^63 - 1), and advancing to a
+/// client's `9223372036854775807` would make every later id-less POST fail.
+const MAX_ADVANCE: u64 = 1 << 62;
+
 /// Answer one request; every failure becomes a JSON error response.
 pub fn handle(p: &impl Platform, method: &str, path: &str, query: &str, body: &[u8]) -> Response {
     respond(route(p, method, path, query, body))
@@ -128,7 +133,13 @@ fn create(p: &impl Platform, body: &[u8]) -> ApiResult {
                     let item = changes.into_new(id)?;
                     // An id-less POST must never be handed this id: one
                     // step, whatever the gap (outside the unit of work).
-                    p.advance_sequence(CAFE_SEQ, id);
+                    // Not for ids beyond MAX_ADVANCE: the sequence would be
+                    // left no room (the host's sequences end at i64::MAX),
+                    // and the sequence cannot reach them anyway (`fresh_id`
+                    // still checks every candidate).
+                    if id <= MAX_ADVANCE {
+                        p.advance_sequence(CAFE_SEQ, id);
+                    }
                     register(p, item)
                 }
             }

@@ -19,6 +19,8 @@ mod stock;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fuzz;
+#[cfg(test)]
 mod tests_stock;
 
 pub use events::SUBSCRIPTIONS;
@@ -76,7 +78,8 @@ kit::export_handlers! {
     Component,
     http: |req| http(&Host, &req.method, &req.path, &req.query, &req.body),
     subscriptions: SUBSCRIPTIONS,
-    event: |ev| event(&Host, &ev.topic, &ev.payload),
+    event: |ev| kit::platform::from_owner(&ev.topic, &ev.source)
+        .and_then(|()| event(&Host, &ev.topic, &ev.payload)),
 }
 
 impl stock_export::Guest for Component {

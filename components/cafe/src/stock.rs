@@ -6,6 +6,7 @@
 //! moves them back (see `model` for the invariant).
 
 use kit::Platform;
+use kit::platform::MAX_NAME_BYTES;
 pub use kit::stock::{Reserved, StockFailure};
 
 use crate::model::{
@@ -20,9 +21,7 @@ pub fn reserve(
     cafe_id: u64,
     qty: u32,
 ) -> Result<Reserved, StockFailure> {
-    if order_id.trim().is_empty() {
-        return Err(StockFailure::Invalid("order id must not be empty".into()));
-    }
+    check_order_id(order_id)?;
     if qty == 0 || qty > MAX_QTY {
         return Err(StockFailure::Invalid(format!(
             "qty must be from 1 to {MAX_QTY}, got {qty}"
@@ -98,6 +97,7 @@ pub fn reserve(
 /// stock; returns whether this call restored anything (false when there is
 /// no reservation, it was already released, or the item has been deleted).
 pub fn release(p: &impl Platform, order_id: &str) -> Result<bool, StockFailure> {
+    check_order_id(order_id)?;
     let Some(mut r) = p.get_json::<Reservation>(RESERVATIONS, order_id)? else {
         return Ok(false);
     };
@@ -121,4 +121,19 @@ pub fn release(p: &impl Platform, order_id: &str) -> Result<bool, StockFailure> 
         },
     )?;
     Ok(true)
+}
+
+/// An order id is a store key (collection `reservations`): not blank and at
+/// most [`MAX_NAME_BYTES`] bytes, or the host would trap on it.
+fn check_order_id(order_id: &str) -> Result<(), StockFailure> {
+    if order_id.trim().is_empty() {
+        return Err(StockFailure::Invalid("order id must not be empty".into()));
+    }
+    if order_id.len() > MAX_NAME_BYTES {
+        return Err(StockFailure::Invalid(format!(
+            "order id must be at most {MAX_NAME_BYTES} bytes, got {}",
+            order_id.len()
+        )));
+    }
+    Ok(())
 }

@@ -169,6 +169,22 @@ impl From<ApiError> for EventError {
     }
 }
 
+/// Refuse an event whose source is not the context that owns its topic:
+/// `order.canceled` may only come from `order` (the host's default publish
+/// capability is the same namespace rule). A hostile or misconfigured
+/// component that was allowed to publish it still cannot make this
+/// consumer act on it; the event is retried and then dead-lettered.
+pub fn from_owner(topic: &str, source: &str) -> Result<(), EventError> {
+    let owner = topic.split('.').next().unwrap_or("");
+    if owner == source {
+        Ok(())
+    } else {
+        Err(EventError::Invalid(format!(
+            "event {topic} from {source:?} refused: only {owner:?} may send {owner}.* events"
+        )))
+    }
+}
+
 /// An event payload decoded as `T`, or `invalid` naming the topic.
 pub fn payload<T: DeserializeOwned>(topic: &str, bytes: &[u8]) -> Result<T, EventError> {
     serde_json::from_slice(bytes).map_err(|e| {
@@ -302,10 +318,48 @@ type Key = (String, String);
 /// Entries one `range` call of [`MemPlatform`] returns at most, as the host.
 pub const DEFAULT_RANGE_CAP: u32 = 1000;
 
+/// Longest collection, key, `after`, sequence or topic name (each also
+/// non-empty) and longest event key the host accepts; anything else traps
+/// the invocation.
+pub const MAX_NAME_BYTES: usize = 256;
+/// Largest document or event payload the host accepts (a larger one traps).
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Highest value of a sequence: both host backends keep sequences as
+/// `i64`, clamp `advance-sequence` there, and fail `next-id` beyond it.
+pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
+
+/// What the host would refuse by trapping (or, for an exhausted sequence,
+/// by failing the invocation): [`MemPlatform`] panics instead, so a native
+/// test fails where the component would fail on the host.
+#[allow(clippy::panic)]
+fn host_refuses(why: std::fmt::Arguments<'_>) -> ! {
+    panic!("the host would fail this invocation: {why}")
+}
+
+fn check_name(what: &str, name: &str) {
+    if name.is_empty() || name.len() > MAX_NAME_BYTES {
+        host_refuses(format_args!(
+            "{what} must be 1..={MAX_NAME_BYTES} bytes, got {} bytes",
+            name.len()
+        ));
+    }
+}
+
+fn check_value(what: &str, value: &[u8]) {
+    if value.len() > MAX_VALUE_BYTES {
+        host_refuses(format_args!(
+            "{what}: value of {} bytes exceeds {MAX_VALUE_BYTES}",
+            value.len()
+        ));
+    }
+}
+
 /// An in-memory [`Platform`] with the host's unit-of-work semantics, for
 /// native tests of component logic: writes and events are pending until
 /// [`finish`](MemPlatform::finish) commits or discards them; reads see
-/// pending writes.
+/// pending writes. It also enforces the host's limits on names
+/// ([`MAX_NAME_BYTES`]), values ([`MAX_VALUE_BYTES`]) and sequences
+/// ([`MAX_SEQUENCE`]) by panicking where the host would fail the invocation.
 #[derive(Debug, Default, Clone)]
 pub struct MemPlatform {
     committed: RefCell<BTreeMap<Key, Vec<u8>>>,
@@ -428,6 +482,8 @@ pub struct Snapshot {
 
 impl Platform for MemPlatform {
     fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
+        check_name("collection", collection);
+        check_name("key", key);
         let k = (collection.to_owned(), key.to_owned());
         match self.pending.borrow().get(&k) {
             Some(v) => v.clone(),
@@ -436,6 +492,9 @@ impl Platform for MemPlatform {
     }
 
     fn put(&self, collection: &str, key: &str, value: &[u8]) {
+        check_name("collection", collection);
+        check_name("key", key);
+        check_value("store.put", value);
         self.pending.borrow_mut().insert(
             (collection.to_owned(), key.to_owned()),
             Some(value.to_vec()),
@@ -443,12 +502,18 @@ impl Platform for MemPlatform {
     }
 
     fn delete(&self, collection: &str, key: &str) {
+        check_name("collection", collection);
+        check_name("key", key);
         self.pending
             .borrow_mut()
             .insert((collection.to_owned(), key.to_owned()), None);
     }
 
     fn range(&self, collection: &str, after: Option<&str>, limit: u32) -> RangePage {
+        check_name("collection", collection);
+        if let Some(after) = after {
+            check_name("after", after);
+        }
         let cap = match self.range_cap.get() {
             0 => DEFAULT_RANGE_CAP,
             n => n,
@@ -463,19 +528,34 @@ impl Platform for MemPlatform {
     }
 
     fn next_id(&self, sequence: &str) -> u64 {
+        check_name("sequence", sequence);
         let mut seqs = self.sequences.borrow_mut();
         let n = seqs.entry(sequence.to_owned()).or_insert(0);
+        if *n >= MAX_SEQUENCE {
+            host_refuses(format_args!(
+                "sequence {sequence:?} is exhausted at {MAX_SEQUENCE}"
+            ));
+        }
         *n += 1;
         *n
     }
 
     fn advance_sequence(&self, sequence: &str, value: u64) {
+        check_name("sequence", sequence);
         let mut seqs = self.sequences.borrow_mut();
         let n = seqs.entry(sequence.to_owned()).or_insert(0);
-        *n = (*n).max(value);
+        *n = (*n).max(value.min(MAX_SEQUENCE));
     }
 
     fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
+        check_name("topic", topic);
+        if key.len() > MAX_NAME_BYTES {
+            host_refuses(format_args!(
+                "event key of {} bytes exceeds {MAX_NAME_BYTES}",
+                key.len()
+            ));
+        }
+        check_value("events.publish", payload);
         self.pending_events.borrow_mut().push(Published {
             topic: topic.to_owned(),
             key: key.to_owned(),
@@ -761,6 +841,57 @@ mod tests {
         assert_eq!(p.get("e", "1"), Some(b"x".to_vec()));
         assert_eq!(p.published().len(), 1);
         assert_eq!(p.next_id("s"), 6);
+    }
+
+    #[test]
+    fn sequences_stop_where_the_hosts_do() {
+        let p = MemPlatform::new();
+        p.advance_sequence("s", u64::MAX);
+        assert_eq!(p.snapshot().sequences.get("s"), Some(&MAX_SEQUENCE));
+        let exhausted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.next_id("s")));
+        assert!(
+            exhausted.is_err(),
+            "next-id beyond i64::MAX fails on the host"
+        );
+        p.set_sequence("t", MAX_SEQUENCE);
+        assert_eq!(p.next_id("t"), MAX_SEQUENCE);
+    }
+
+    #[test]
+    fn names_and_values_beyond_the_hosts_limits_panic() {
+        let long = "k".repeat(MAX_NAME_BYTES + 1);
+        let big = vec![b'x'; MAX_VALUE_BYTES + 1];
+        let p = MemPlatform::new();
+        let at_limit = "k".repeat(MAX_NAME_BYTES);
+        p.put(&at_limit, &at_limit, &vec![b'x'; MAX_VALUE_BYTES]);
+        p.publish(&at_limit, "", b"{}");
+        type Call<'a> = Box<dyn Fn(&MemPlatform) + 'a>;
+        let refused: [Call; 9] = [
+            Box::new(|p| p.put("c", "", b"1")),
+            Box::new(|p| p.put("", "k", b"1")),
+            Box::new(|p| p.put("c", &long, b"1")),
+            Box::new(|p| p.put("c", "k", &big)),
+            Box::new(|p| drop(p.get(&long, "k"))),
+            Box::new(|p| p.delete("c", &long)),
+            Box::new(|p| drop(p.range("c", Some(""), 1))),
+            Box::new(|p| p.publish("t", &long, b"{}")),
+            Box::new(|p| p.publish("t", "k", &big)),
+        ];
+        for (i, f) in refused.iter().enumerate() {
+            let p = MemPlatform::new();
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&p)));
+            assert!(r.is_err(), "case {i} should be refused");
+        }
+    }
+
+    #[test]
+    fn events_are_accepted_only_from_the_topics_owner() {
+        assert_eq!(from_owner("order.canceled", "order"), Ok(()));
+        let e = from_owner("order.canceled", "faulty").unwrap_err();
+        assert!(
+            matches!(e, EventError::Invalid(m) if m.contains("faulty") && m.contains("\"order\""))
+        );
+        assert!(from_owner("cafe.deleted", "cafeteria").is_err());
     }
 
     #[test]

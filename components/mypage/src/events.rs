@@ -31,9 +31,13 @@ pub fn subscriptions() -> Vec<String> {
 /// Apply one event; topics not handled are acknowledged and ignored.
 pub fn handle(p: &impl Platform, topic: &str, payload: &[u8]) -> Result<(), EventError> {
     if ORDER_TOPICS.contains(&topic) {
-        apply_order(p, kit::platform::payload(topic, payload)?)
+        let ev: OrderEvent = kit::platform::payload(topic, payload)?;
+        ev.check(topic)?;
+        apply_order(p, ev)
     } else if PRODUCTION_TOPICS.contains(&topic) {
-        apply_production(p, kit::platform::payload(topic, payload)?)
+        let ev: ProductionEvent = kit::platform::payload(topic, payload)?;
+        ev.check(topic)?;
+        apply_production(p, ev)
     } else {
         Ok(())
     }

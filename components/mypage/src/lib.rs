@@ -17,6 +17,8 @@ mod model;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_fuzz;
 
 pub use events::subscriptions;
 
@@ -45,7 +47,8 @@ kit::export_handlers! {
     Component,
     http: |req| http(&Host, &req.method, &req.path, &req.query),
     subscriptions: subscriptions(),
-    event: |ev| event(&Host, &ev.topic, &ev.payload),
+    event: |ev| kit::platform::from_owner(&ev.topic, &ev.source)
+        .and_then(|()| event(&Host, &ev.topic, &ev.payload)),
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -1,5 +1,7 @@
 //! The read model: one row per order, merged from order and production events.
 
+use kit::EventError;
+use kit::fields::MAX_TEXT;
 use serde::{Deserialize, Serialize};
 
 /// Rows, key = [`kit::keys::id`] of the order id (so key order = id order).
@@ -63,6 +65,63 @@ pub struct OrderEvent {
 
 fn one() -> u32 {
     1
+}
+
+impl OrderEvent {
+    /// `invalid` unless a row can hold it (see [`check`]).
+    pub fn check(&self, topic: &str) -> Result<(), EventError> {
+        check(
+            topic,
+            ("id", self.id),
+            [
+                ("custNm", Some(&self.cust_nm)),
+                ("cafeNm", Some(&self.cafe_nm)),
+                ("chkDate", Some(&self.chk_date)),
+                ("status", Some(&self.status)),
+            ],
+        )
+    }
+}
+
+impl ProductionEvent {
+    /// `invalid` unless a row can hold it (see [`check`]).
+    pub fn check(&self, topic: &str) -> Result<(), EventError> {
+        check(
+            topic,
+            ("orderId", self.order_id),
+            [
+                ("custNm", self.cust_nm.as_ref()),
+                ("cafeNm", self.cafe_nm.as_ref()),
+                ("chkDate", self.chk_date.as_ref()),
+                ("status", Some(&self.status)),
+            ],
+        )
+    }
+}
+
+/// A payload a row can hold: the order id >= 1 (paths and `after` cursors
+/// refuse 0) and texts of at most [`MAX_TEXT`] characters (what order and
+/// production send; a longer text could push the row past the host's
+/// document size, a trap).
+fn check(
+    topic: &str,
+    (id_name, id): (&str, u64),
+    texts: [(&str, Option<&String>); 4],
+) -> Result<(), EventError> {
+    if id == 0 {
+        return Err(EventError::Invalid(format!(
+            "payload of {topic}: {id_name} must be a positive integer, got 0"
+        )));
+    }
+    for (name, text) in texts {
+        let chars = text.map_or(0, |t| t.chars().count());
+        if chars > MAX_TEXT {
+            return Err(EventError::Invalid(format!(
+                "payload of {topic}: {name} must be at most {MAX_TEXT} characters, got {chars}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A `production.*` payload (the production record); the descriptive

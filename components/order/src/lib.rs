@@ -18,6 +18,8 @@ mod model;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_fuzz;
+#[cfg(test)]
 mod tests_paging;
 
 pub use events::{CAFE_SWEEP, SUBSCRIPTIONS, SWEEP_CHUNK};
@@ -92,7 +94,8 @@ kit::export_handlers! {
     Component,
     http: |req| http(&Host, &StockImport, &req.method, &req.path, &req.query, &req.body),
     subscriptions: SUBSCRIPTIONS,
-    event: |ev| event(&Host, &ev.topic, &ev.payload),
+    event: |ev| kit::platform::from_owner(&ev.topic, &ev.source)
+        .and_then(|()| event(&Host, &ev.topic, &ev.payload)),
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -21,7 +21,9 @@ pub fn handle(p: &impl Platform, topic: &str, payload: &[u8]) -> Result<(), Even
         "order.force-canceled" => Status::ForceCanceled,
         _ => return Ok(()),
     };
-    follow(p, kit::platform::payload(topic, payload)?, to)
+    let order: OrderSnapshot = kit::platform::payload(topic, payload)?;
+    order.check(topic)?;
+    follow(p, order, to)
 }
 
 /// Bring the order's production to `to`:

@@ -4,7 +4,8 @@
 //! digits, zero-padded), so key order is id order and lists page with a
 //! keyset cursor.
 
-use kit::{Platform, StoreError};
+use kit::fields::MAX_TEXT;
+use kit::{EventError, Platform, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// One production per order, key = padded order id.
@@ -92,6 +93,33 @@ fn one() -> u32 {
 }
 
 impl OrderSnapshot {
+    /// `invalid` unless the store and the listing can hold the record:
+    /// positive ids (paths and `after` cursors refuse 0) and texts of at
+    /// most [`MAX_TEXT`] characters (what order accepts; a longer text
+    /// could push the record past the host's document size, a trap).
+    pub fn check(&self, topic: &str) -> Result<(), EventError> {
+        for (name, id) in [("id", self.id), ("cafeId", self.cafe_id)] {
+            if id == 0 {
+                return Err(EventError::Invalid(format!(
+                    "payload of {topic}: {name} must be a positive integer, got 0"
+                )));
+            }
+        }
+        for (name, text) in [
+            ("custNm", &self.cust_nm),
+            ("cafeNm", &self.cafe_nm),
+            ("chkDate", &self.chk_date),
+        ] {
+            let chars = text.chars().count();
+            if chars > MAX_TEXT {
+                return Err(EventError::Invalid(format!(
+                    "payload of {topic}: {name} must be at most {MAX_TEXT} characters, got {chars}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// A first version of the production of this order, in `status`.
     pub fn production(self, status: Status) -> Production {
         Production {

@@ -262,7 +262,18 @@ async fn handle(
             sleep_or_shutdown(Duration::from_millis(500), shutdown).await;
             false
         }
-        EventOutcome::Failed(reason) => {
+        EventOutcome::Refused(refusal) => {
+            // The component's breaker is open or it is saturated: the event
+            // waits (no attempt counted) and is delivered when it admits.
+            tracing::debug!(?refusal, "component not admitting; event waits");
+            let wait = match refusal {
+                crate::guard::Refusal::Open(d) => d.min(IDLE_WAIT),
+                crate::guard::Refusal::Busy(_) => Duration::from_millis(50),
+            };
+            sleep_or_shutdown(wait, shutdown).await;
+            false
+        }
+        EventOutcome::Failed(reason) | EventOutcome::Faulted(reason) => {
             let dead = delivery.attempt >= max;
             if dead {
                 tracing::error!(reason = %reason, "event dead-lettered after {max} attempts");

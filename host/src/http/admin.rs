@@ -195,6 +195,10 @@ impl Admin {
                     "deadlineMs": l.config.deadline_ms,
                     "memoryMib": l.config.memory_mib,
                     "inFlight": l.in_flight.load(Ordering::Relaxed),
+                    "invocations": l.invocations.load(Ordering::Relaxed),
+                    "breaker": self.rt.env.guards.component(&l.name, &l.config.limits).state(),
+                    "limits": l.config.limits,
+                    "publishes": l.identity.publishes,
                 })
             })
             .collect();

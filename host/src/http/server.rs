@@ -210,6 +210,29 @@ impl App {
 
     fn failure_response(&self, name: &str, failure: HttpFailure) -> Response<Body> {
         match failure {
+            HttpFailure::Refused(refusal) => {
+                let (kind, message) = match &refusal {
+                    crate::guard::Refusal::Open(d) => (
+                        "circuit_open",
+                        format!(
+                            "{name} failed repeatedly and is cut off for now (retry in {} ms); nothing was run or saved",
+                            d.as_millis()
+                        ),
+                    ),
+                    crate::guard::Refusal::Busy(d) => (
+                        "overloaded",
+                        format!(
+                            "{name} is at its concurrency limit (waited {} ms); nothing was run or saved, retry",
+                            d.as_millis()
+                        ),
+                    ),
+                };
+                let mut response = reply::error(StatusCode::SERVICE_UNAVAILABLE, kind, message);
+                if let Ok(v) = HeaderValue::from_str(&refusal.retry_after_secs().to_string()) {
+                    response.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+                }
+                response
+            }
             HttpFailure::Invoke(Failure::Deadline(budget)) => {
                 tracing::warn!(reason = "deadline", "invocation interrupted");
                 reply::error(
@@ -295,8 +318,19 @@ impl App {
             .iter()
             .map(|c| {
                 let diverged = self.rt.diverged(&c.name);
-                json!({"name": c.name, "digest": c.digest, "diverged": diverged})
+                let guard = self.rt.env.guards.component(&c.name, &c.config.limits);
+                json!({"name": c.name, "digest": c.digest, "diverged": diverged,
+                       "breaker": guard.state(), "inFlight": guard.in_flight()})
             })
+            .collect();
+        let links: serde_json::Map<String, serde_json::Value> = self
+            .rt
+            .env
+            .guards
+            .report()
+            .into_iter()
+            .filter(|(key, _, _)| key.contains("->"))
+            .map(|(key, state, _)| (key, json!(state)))
             .collect();
         match self.rt.backend.ready().await {
             Ok(()) => {
@@ -310,7 +344,7 @@ impl App {
                     .collect();
                 reply::json(
                     StatusCode::OK,
-                    &json!({"status": "ready", "backend": self.rt.backend.name(), "components": components, "lag": lag}),
+                    &json!({"status": "ready", "backend": self.rt.backend.name(), "components": components, "links": links, "lag": lag}),
                 )
             }
             Err(e) => reply::json(

@@ -6,6 +6,7 @@ mod data_growth;
 mod e2e;
 mod event_log;
 mod faults;
+mod guards;
 mod hot_swap;
 mod ranges;
 mod redis_hosts;

@@ -93,7 +93,8 @@ fn route(req: &Request) -> ApiResult {
         ("seen", "GET") => Ok(dump("seen")),
         ("counts", "GET") => Ok(counts()),
         ("flood", "POST") => flood(&req.query),
-        ("write" | "write-then-trap" | "write-then-500" | "flood", _) => {
+        ("forge", "POST") => forge(req),
+        ("write" | "write-then-trap" | "write-then-500" | "flood" | "forge", _) => {
             Err(ApiError::method_not_allowed(method, path, &["POST"]))
         }
         ("loop" | "bomb" | "sleep" | "things" | "seen" | "counts", _) => {
@@ -217,4 +218,13 @@ fn flood(query: &str) -> ApiResult {
         Host.put("things", &format!("flood-{i}"), &block);
     }
     Ok(KitResponse::ok(&serde_json::json!({"written": n})))
+}
+
+/// Publish the body on `?topic=` with `?key=`: another context's topic
+/// (`order.canceled`) must be refused unless the manifest allows it.
+fn forge(req: &Request) -> ApiResult {
+    let topic = query_param(&req.query, "topic").unwrap_or_default();
+    let key = query_param(&req.query, "key").unwrap_or_else(|| "1".to_owned());
+    Host.publish(&topic, &key, &req.body);
+    Ok(KitResponse::ok(&serde_json::json!({"published": topic})))
 }

@@ -1,0 +1,241 @@
+//! Property tests of production's entry points against hostile input:
+//! random sequences of requests (any method, paths under `/productions`
+//! with any segments, any query and filters) and events on every subscribed
+//! topic (and others) with any payload, over a platform seeded with records
+//! in every status.
+//!
+//! Whatever comes in: no panic (a trap on wasm, or a host limit the
+//! `MemPlatform` enforces), no status >= 500, JSON answers in the kit shape,
+//! events `ok` or `invalid`; afterwards every record still reads, through
+//! every listing and filter, and every page's `next` link can be followed.
+
+use kit::{EventError, MemPlatform};
+use props::{check_event, check_response, method, path, payload, query, text};
+use proptest::prelude::*;
+use proptest::sample::select;
+use serde_json::{Value, json};
+
+const WORDS: &[&str] = &["productions", "x"];
+const PARAMS: &[&str] = &["orderId", "cafeId", "status"];
+const ORDER_FIELDS: &[&str] = &[
+    "id", "custNm", "cafeId", "cafeNm", "chkDate", "qty", "status", "version",
+];
+
+#[derive(Debug, Clone)]
+enum Step {
+    Http {
+        method: String,
+        path: String,
+        query: String,
+    },
+    Event {
+        topic: String,
+        payload: Vec<u8>,
+    },
+}
+
+fn topic() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => select(crate::SUBSCRIPTIONS).prop_map(str::to_owned),
+        1 => select(&["order.ordered", "cafe.deleted", "production.registered", ""][..])
+            .prop_map(str::to_owned),
+        1 => text(),
+    ]
+}
+
+/// A well-formed order record (ids 1..=8) with a field or two mutated: to
+/// get past decoding and reach the store.
+fn nearly_valid_order() -> impl Strategy<Value = Vec<u8>> {
+    props::mutated((1u64..=8, 1u64..=3).prop_map(|(id, cafe)| {
+        vec![
+            ("id", id.to_string()),
+            ("custNm", "\"Hwang\"".to_owned()),
+            ("cafeId", cafe.to_string()),
+            ("cafeNm", "\"Coldbrew\"".to_owned()),
+            ("chkDate", "\"20210713\"".to_owned()),
+            ("qty", "1".to_owned()),
+            ("status", "\"REQUESTED\"".to_owned()),
+            ("version", "1".to_owned()),
+        ]
+    }))
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (method(), path("/productions", WORDS), query(PARAMS))
+            .prop_map(|(method, path, query)| Step::Http { method, path, query }),
+        2 => (topic(), payload(ORDER_FIELDS))
+            .prop_map(|(topic, payload)| Step::Event { topic, payload }),
+        2 => (select(crate::SUBSCRIPTIONS), nearly_valid_order())
+            .prop_map(|(topic, payload)| Step::Event { topic: topic.to_owned(), payload }),
+    ]
+}
+
+fn order(id: u64, cafe: u64) -> Value {
+    json!({"id": id, "custNm": "Hwang", "cafeId": cafe, "cafeNm": "Coldbrew",
+           "chkDate": "20210713", "qty": 1, "status": "REQUESTED", "version": 1})
+}
+
+/// Records 1 REGISTERED, 2 CANCELED, 3 FORCE_CANCELED (created directly).
+fn seeded() -> MemPlatform {
+    let p = MemPlatform::new();
+    for (topic, id) in [
+        ("order.requested", 1),
+        ("order.requested", 2),
+        ("order.canceled", 2),
+        ("order.force-canceled", 3),
+    ] {
+        crate::event(&p, topic, order(id, id).to_string().as_bytes()).unwrap();
+        p.finish(true);
+    }
+    p.take_published();
+    p
+}
+
+fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
+    match step {
+        Step::Http {
+            method,
+            path,
+            query,
+        } => {
+            let r = crate::http(p, method, path, query);
+            p.finish(r.status < 400);
+            check_response(&r)?;
+        }
+        Step::Event { topic, payload } => {
+            let r = crate::event(p, topic, payload);
+            p.finish(r.is_ok());
+            check_event(topic, &r)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every page of `target` (following `Link`), as JSON items.
+fn all_pages(p: &MemPlatform, target: &str) -> Result<Vec<Value>, TestCaseError> {
+    let mut items = Vec::new();
+    let mut next = Some(target.to_owned());
+    let mut pages = 0;
+    while let Some(target) = next.take() {
+        pages += 1;
+        prop_assert!(pages < 100, "paging does not end");
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let r = crate::http(p, "GET", path, query);
+        p.finish(true);
+        let v = check_response(&r)?;
+        prop_assert_eq!(r.status, 200, "{}: {}", target, v);
+        items.extend(v.as_array().cloned().unwrap_or_default());
+        next = r.header("link").map(|l| {
+            l.trim_start_matches('<')
+                .trim_end_matches(">; rel=\"next\"")
+                .to_owned()
+        });
+    }
+    Ok(items)
+}
+
+/// Every record reads alone and through every listing it belongs to, also
+/// one page of one record at a time (every `next` link is followable).
+fn still_readable(p: &MemPlatform) -> Result<(), TestCaseError> {
+    let all = all_pages(p, "/productions?limit=1000")?;
+    prop_assert_eq!(&all_pages(p, "/productions?limit=1")?, &all);
+    for x in &all {
+        let id = x["orderId"].as_u64().unwrap_or_default();
+        let r = crate::http(p, "GET", &format!("/productions/{id}"), "");
+        p.finish(true);
+        prop_assert_eq!(&check_response(&r)?, x);
+        for filter in [
+            format!("orderId={id}"),
+            format!("cafeId={}", x["cafeId"]),
+            format!("status={}", x["status"].as_str().unwrap_or_default()),
+        ] {
+            let listed = all_pages(p, &format!("/productions?limit=1000&{filter}"))?;
+            prop_assert!(listed.contains(x), "record {} missing from ?{}", id, filter);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(props::config())]
+
+    #[test]
+    fn any_input_is_answered_without_a_trap_or_a_5xx(steps in prop::collection::vec(step(), 1..8)) {
+        let p = seeded();
+        for s in &steps {
+            run(&p, s)?;
+        }
+        still_readable(&p)?;
+    }
+}
+
+#[test]
+fn records_the_store_or_the_listing_cannot_hold_are_invalid() {
+    let huge = "x".repeat(kit::platform::MAX_VALUE_BYTES);
+    let mut bad = Vec::new();
+    for (field, value) in [
+        ("custNm", json!(huge)),
+        ("cafeNm", json!(huge)),
+        ("chkDate", json!(huge)),
+        ("custNm", json!("x".repeat(201))),
+        ("id", json!(0)),
+        ("cafeId", json!(0)),
+    ] {
+        let mut o = order(9, 5);
+        o[field] = value;
+        bad.push((field, o));
+    }
+    for topic in crate::SUBSCRIPTIONS {
+        for (field, o) in &bad {
+            let p = seeded();
+            let r = crate::event(&p, topic, o.to_string().as_bytes());
+            assert!(
+                matches!(&r, Err(EventError::Invalid(m)) if m.contains(field)),
+                "{topic} {field}: {r:?}"
+            );
+        }
+    }
+    let p = seeded();
+    let mut at_limit = order(9, 5);
+    at_limit["custNm"] = json!("황".repeat(200));
+    assert_eq!(
+        crate::event(&p, "order.requested", at_limit.to_string().as_bytes()),
+        Ok(())
+    );
+}
+
+/// A well-formed order record of order `id`.
+fn valid(id: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("id", id.to_string()),
+        ("custNm", "\"Hwang\"".to_owned()),
+        ("cafeId", "5".to_owned()),
+        ("cafeNm", "\"Coldbrew\"".to_owned()),
+        ("chkDate", "\"20210713\"".to_owned()),
+        ("qty", "1".to_owned()),
+        ("status", "\"REQUESTED\"".to_owned()),
+        ("version", "1".to_owned()),
+    ]
+}
+
+/// Every field of every subscribed topic's payload dropped or at every
+/// edge value (each on a fresh order id, so it reaches the store): `ok` or
+/// `invalid`, and the records still read, one per page too.
+#[test]
+fn every_field_at_every_edge_is_ok_or_invalid() {
+    for topic in crate::SUBSCRIPTIONS {
+        for (field, _) in valid(0) {
+            let p = seeded();
+            for (n, value) in props::field_edges().into_iter().enumerate() {
+                let payload = props::with_field(&valid(10 + n as u64), field, value.as_deref());
+                let r = crate::event(&p, topic, &payload);
+                p.finish(r.is_ok());
+                check_event(topic, &r)
+                    .unwrap_or_else(|e| panic!("{topic} {field} = {value:?}: {e}"));
+            }
+            still_readable(&p)
+                .unwrap_or_else(|e| panic!("{topic} after the edges of {field}: {e}"));
+        }
+    }
+}
