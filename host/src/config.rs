@@ -28,6 +28,10 @@ pub struct Config {
     /// Requests with a larger body are refused with 413 before reaching a guest.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// A component answering a larger body gets a 502 instead (and nothing
+    /// it wrote is kept).
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
     /// Compiled-component cache; defaults to `<data>/compile-cache`.
     #[serde(default)]
     pub compile_cache: Option<PathBuf>,
@@ -238,6 +242,9 @@ fn default_data() -> PathBuf {
 }
 fn default_max_body() -> usize {
     1024 * 1024
+}
+fn default_max_response() -> usize {
+    8 * 1024 * 1024
 }
 fn default_max_in_flight() -> u32 {
     256

@@ -45,6 +45,11 @@ pub enum HttpFailure {
     Invoke(Failure),
     /// Still conflicting after the configured attempts.
     Contended(u32),
+    /// The component answered a body larger than `max_response_bytes`.
+    ResponseTooLarge {
+        bytes: usize,
+        limit: usize,
+    },
     /// The commit itself failed.
     Commit(String),
 }
@@ -192,6 +197,7 @@ impl Runtime {
         let outcome = self.serve_http_admitted(loaded, req).await;
         match &outcome {
             Ok(r) => admitted.finish(r.status < 500),
+            Err(HttpFailure::ResponseTooLarge { .. }) => admitted.finish(false),
             Err(HttpFailure::Invoke(
                 Failure::Trap { .. } | Failure::Deadline(_) | Failure::Missing(_),
             )) => admitted.finish(false),
@@ -223,6 +229,15 @@ impl Runtime {
                 .run_http_once(loaded, &req)
                 .await
                 .map_err(HttpFailure::Invoke)?;
+            let limit = self.config().max_response_bytes;
+            if response.body.len() > limit {
+                // Checked before committing: an answer the client cannot get
+                // must not leave its writes behind.
+                return Err(HttpFailure::ResponseTooLarge {
+                    bytes: response.body.len(),
+                    limit,
+                });
+            }
             if response.status >= 400 {
                 return Ok(response);
             }

@@ -134,24 +134,34 @@ fn build_components() -> Result<()> {
         "--target",
         "wasm32-wasip2",
     ]))?;
-    // A test guest the host must refuse to deploy (its subscriptions() traps).
-    run(cargo().current_dir(root().join("components")).args([
-        "build",
-        "--release",
-        "--target",
-        "wasm32-wasip2",
-        "--package",
-        "faulty",
-        "--features",
-        "trap-subscriptions",
-        "--target-dir",
-        "target/variants",
-    ]))
+    // Test guests the host must refuse to deploy: subscriptions() traps
+    // (faulty) or never returns (hostile).
+    for (package, feature) in [
+        ("faulty", "trap-subscriptions"),
+        ("hostile", "loop-subscriptions"),
+    ] {
+        run(cargo().current_dir(root().join("components")).args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--package",
+            package,
+            "--features",
+            feature,
+            "--target-dir",
+            "target/variants",
+        ]))?;
+    }
+    Ok(())
 }
 
 fn build() -> Result<()> {
     build_components()?;
-    run(cargo().args(["build", "--release", "--package", "sktarbucks"]))
+    // Every target at once: tests enable dev-dependency features (rustix,
+    // via tempfile) that wasmtime shares, so building the binary alone
+    // would make `cargo test` rebuild wasmtime with different features.
+    run(cargo().args(["build", "--release", "--workspace", "--all-targets"]))
 }
 
 /// Tests need a real `redis-server`; install it when missing (Debian/Ubuntu

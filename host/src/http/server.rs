@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, HeaderName, HeaderValue};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
@@ -33,13 +33,29 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections served at once.
 const MAX_CONNECTIONS: usize = 10_000;
 /// How long a client may take to send its whole request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request target (path + query) answered by a guest; longer → 414.
+const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes (names + values) of one request; more → 431.
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Most headers of one request (hyper refuses more itself, see README).
+const MAX_HEADERS: usize = 100;
+/// Bytes of an oversized body read and dropped before the 413, so a client
+/// that writes its whole body before reading still gets the answer.
+const LINGER_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes of request bodies buffered at once across all connections; a body
+/// that does not fit waits briefly, then gets 503 (never an OOM).
+const BODY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
+/// How long a body waits for room in the budget.
+const BODY_BUDGET_WAIT: Duration = Duration::from_millis(500);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Shared by every connection.
 struct App {
     rt: Arc<Runtime>,
+    /// Permits are bytes of request bodies being buffered.
+    body_budget: Arc<tokio::sync::Semaphore>,
     /// Set once shutdown begins: readiness turns false so balancers stop sending.
     draining: AtomicBool,
 }
@@ -52,6 +68,7 @@ pub async fn serve(
 ) -> Result<()> {
     let app = Arc::new(App {
         rt,
+        body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_BYTES)),
         draining: AtomicBool::new(false),
     });
     let graceful = GracefulShutdown::new();
@@ -88,6 +105,7 @@ pub async fn serve(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_headers(MAX_HEADERS)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -111,11 +129,26 @@ pub async fn serve(
 
 impl App {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if let Some(refused) = refuse_at_the_edge(&req) {
+            return refused;
+        }
         let path = req.uri().path().to_owned();
-        match path.as_str() {
-            "/health/live" => return reply::json(StatusCode::OK, &json!({"status": "live"})),
-            "/health/ready" => return self.ready().await,
-            _ => {}
+        if path == "/health/live" || path == "/health/ready" {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                let mut r = reply::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{path} answers GET and HEAD only"),
+                );
+                r.headers_mut()
+                    .insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return r;
+            }
+            return if path == "/health/live" {
+                reply::json(StatusCode::OK, &json!({"status": "live"}))
+            } else {
+                self.ready().await
+            };
         }
         // One snapshot per request: routes and versions agree with each other.
         let live = self.rt.registry.snapshot();
@@ -159,10 +192,52 @@ impl App {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let chunked = req.headers().contains_key(hyper::header::TRANSFER_ENCODING);
+        let expects_continue = req
+            .headers()
+            .get(hyper::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let (parts, body) = req.into_parts();
         if declared.is_some_and(|n| n > limit as u64) {
-            discard(body, limit).await;
+            if !expects_continue {
+                // The client may be writing the body before it reads:
+                // drop some of it so it gets the 413 instead of a reset.
+                discard(body, LINGER_BYTES).await;
+            }
+            // With Expect: 100-continue the body is never polled, so no
+            // `100 Continue` goes out before the 413.
             return too_large();
+        }
+        // Room in the global body budget (a declared length reserves it all
+        // up front; a chunked body reserves the limit; no body, nothing).
+        let reserve = match (declared, chunked) {
+            (Some(n), _) => usize::try_from(n).unwrap_or(limit).min(limit),
+            (None, true) => limit,
+            (None, false) => 0,
+        };
+        let budget = if reserve == 0 {
+            None
+        } else {
+            let wanted = u32::try_from(reserve).unwrap_or(u32::MAX);
+            match tokio::time::timeout(
+                BODY_BUDGET_WAIT,
+                Arc::clone(&self.body_budget).acquire_many_owned(wanted),
+            )
+            .await
+            {
+                Ok(Ok(permit)) => Some(permit),
+                _ => None,
+            }
+        };
+        if reserve > 0 && budget.is_none() {
+            let mut r = reply::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too many request bodies are being received at once; retry",
+            );
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
         }
         let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, limit)).await {
             Err(_) => {
@@ -185,8 +260,14 @@ impl App {
                 );
             }
         };
+        // HEAD is GET without the body (hyper drops it from the answer).
+        let method = if parts.method == Method::HEAD {
+            "GET"
+        } else {
+            parts.method.as_str()
+        };
         let request = bindings::Request {
-            method: parts.method.as_str().to_owned(),
+            method: method.to_owned(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().unwrap_or("").to_owned(),
             headers: parts
@@ -287,6 +368,16 @@ impl App {
                     ),
                 )
             }
+            HttpFailure::ResponseTooLarge { bytes, limit } => {
+                tracing::error!(bytes, limit, "component answered an oversized body");
+                reply::error(
+                    StatusCode::BAD_GATEWAY,
+                    "response_too_large",
+                    format!(
+                        "{name} answered {bytes} bytes, more than max_response_bytes ({limit}); nothing was saved"
+                    ),
+                )
+            }
             HttpFailure::Contended(attempts) => {
                 tracing::warn!(attempts, "unit of work kept conflicting");
                 let mut response = reply::error(
@@ -355,6 +446,44 @@ impl App {
     }
 }
 
+/// Limits answered before any guest runs, each with a JSON body: an
+/// unsupported `Expect` (417), an over-long target (414), too many header
+/// bytes (431).
+fn refuse_at_the_edge<B>(req: &Request<B>) -> Option<Response<Body>> {
+    if let Some(expect) = req.headers().get(hyper::header::EXPECT)
+        && !expect.as_bytes().eq_ignore_ascii_case(b"100-continue")
+    {
+        return Some(reply::error(
+            StatusCode::EXPECTATION_FAILED,
+            "expectation_failed",
+            "only `Expect: 100-continue` is supported",
+        ));
+    }
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > MAX_URI_BYTES {
+        return Some(reply::error(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is {target} bytes; at most {MAX_URI_BYTES} are accepted"),
+        ));
+    }
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Some(reply::error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"
+            ),
+        ));
+    }
+    None
+}
+
 /// The body if it fits in `limit` bytes; `None` (after discarding the rest)
 /// if it does not.
 async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, hyper::Error> {
@@ -362,7 +491,7 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, hy
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             if buf.len() + data.len() > limit {
-                discard(body, limit).await;
+                discard(body, LINGER_BYTES).await;
                 return Ok(None);
             }
             buf.extend_from_slice(&data);
@@ -371,12 +500,12 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, hy
     Ok(Some(buf.freeze()))
 }
 
-/// Read and drop up to `limit` more bytes (for at most two seconds) before a
-/// 413, so a client still sending gets the answer instead of a reset
+/// Read and drop up to `limit` more bytes (for at most five seconds) before
+/// a 413, so a client still sending gets the answer instead of a reset
 /// connection; a bigger or slower body is cut off.
 async fn discard(mut body: Incoming, limit: usize) {
     let mut seen = 0usize;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(frame)) = body.frame().await {
             if let Ok(data) = frame.into_data() {
                 seen += data.len();

@@ -4,9 +4,11 @@
 mod components;
 mod data_growth;
 mod e2e;
+mod edge;
 mod event_log;
 mod faults;
 mod guards;
+mod hostile;
 mod hot_swap;
 mod ranges;
 mod redis_hosts;

@@ -100,6 +100,11 @@ impl Harness {
         }
     }
 
+    /// The running host (its deployer, addresses).
+    pub fn host(&self) -> &RunningHost {
+        self.host.as_ref().expect("the host runs until stop")
+    }
+
     /// The subscription of `component` as the host would make it.
     pub async fn subscription(&self, component: &str) -> Subscription {
         let loaded = self.rt.registry.get(component).expect("component loaded");

@@ -41,6 +41,19 @@ macro_rules! on_both_backends {
     )* };
 }
 
+/// A test variant built by `cargo xtask build` into `target/variants`.
+pub fn variant_wasm(name: &str) -> PathBuf {
+    let path = root().join(format!(
+        "components/target/variants/wasm32-wasip2/release/{name}.wasm"
+    ));
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask build` first",
+        path.display()
+    );
+    path
+}
+
 /// A component built by `cargo xtask build`.
 pub fn wasm(name: &str) -> PathBuf {
     let path = root().join(format!(
@@ -82,8 +95,14 @@ pub fn test_config(data: &std::path::Path) -> Config {
     add("production", "/productions");
     add("mypage", "/myPages");
     add("faulty", "/faulty");
+    add("hostile", "/hostile");
     if let Some(order) = config.components.get_mut("order") {
         order.links.insert("stock".into(), "cafe".into());
+    }
+    if let Some(hostile) = config.components.get_mut("hostile") {
+        // Linked to itself: its `stock.reserve` recurses through the host.
+        hostile.links.insert("stock".into(), "hostile".into());
+        hostile.deadline_ms = 1_000;
     }
     if let Some(faulty) = config.components.get_mut("faulty") {
         faulty.deadline_ms = 500;

@@ -1,0 +1,160 @@
+//! The HTTP edge against hostile clients, over raw sockets: limits answered
+//! before any guest runs, each with a JSON body; HEAD and health methods;
+//! oversized bodies answered 413 even to clients that write before reading.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::harness::{Harness, Kind};
+
+/// Send raw bytes, read the whole answer (the request asks to close).
+async fn exchange(h: &Harness, head: &str, body: &[u8]) -> (u16, String, String) {
+    let addr = h.client.base.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    if !body.is_empty() {
+        // A client that writes everything before it reads.
+        let _ = stream.write_all(body).await;
+    }
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (headers, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, headers.to_owned(), rest.to_owned())
+}
+
+fn json_error(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
+    v["error"].as_str().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_are_answered_before_any_guest_runs_with_json_bodies() {
+    let h = Harness::start(Kind::Sqlite).await;
+    let cafe_before =
+        h.rt.registry
+            .get("cafe")
+            .expect("cafe")
+            .invocations
+            .load(std::sync::atomic::Ordering::Relaxed);
+
+    let (s, _, body) = exchange(
+        &h,
+        "GET /cafes HTTP/1.1\r\nHost: t\r\nExpect: the-unexpected\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (s, json_error(&body).as_str()),
+        (417, "expectation_failed"),
+        "{body}"
+    );
+
+    let (s, headers, body) = exchange(
+        &h,
+        "POST /cafes HTTP/1.1\r\nHost: t\r\nContent-Length: 5000000\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(s, 413, "no 100 Continue before the 413: {headers}");
+    assert!(!headers.contains("100 Continue"));
+    assert_eq!(json_error(&body), "payload_too_large");
+
+    let long = format!("/cafes/{}", "1".repeat(9000));
+    let (s, _, body) = exchange(
+        &h,
+        &format!("GET {long} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (s, json_error(&body).as_str()),
+        (414, "uri_too_long"),
+        "{body}"
+    );
+
+    let many: String = (0..40)
+        .map(|i| format!("X-Pad-{i}: {}\r\n", "v".repeat(1000)))
+        .collect();
+    let (s, _, body) = exchange(
+        &h,
+        &format!("GET /cafes HTTP/1.1\r\nHost: t\r\n{many}Connection: close\r\n\r\n"),
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (s, json_error(&body).as_str()),
+        (431, "headers_too_large"),
+        "{body}"
+    );
+
+    let cafe_after =
+        h.rt.registry
+            .get("cafe")
+            .expect("cafe")
+            .invocations
+            .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(cafe_before, cafe_after, "no guest ran for any of them");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_works_where_get_does_and_health_refuses_other_methods() {
+    let h = Harness::start(Kind::Sqlite).await;
+    for path in ["/cafes", "/health/live", "/health/ready"] {
+        let (s, headers, body) = exchange(
+            &h,
+            &format!("HEAD {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+            b"",
+        )
+        .await;
+        assert_eq!(s, 200, "HEAD {path}: {headers}");
+        assert!(body.is_empty(), "HEAD {path} has no body");
+    }
+    for method in ["DELETE", "PATCH", "TRACE", "FOO", "POST"] {
+        let (s, headers, body) = exchange(
+            &h,
+            &format!("{method} /health/live HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            b"",
+        )
+        .await;
+        assert_eq!(
+            (s, json_error(&body).as_str()),
+            (405, "method_not_allowed"),
+            "{method}: {body}"
+        );
+        assert!(
+            headers.to_ascii_lowercase().contains("allow: get, head"),
+            "{headers}"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_writing_a_big_body_before_reading_still_gets_the_413() {
+    let h = Harness::start(Kind::Sqlite).await;
+    let body = vec![b'x'; 8 * 1024 * 1024];
+    let (s, _, answer) = exchange(
+        &h,
+        &format!(
+            "POST /cafes HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        ),
+        &body,
+    )
+    .await;
+    assert_eq!(
+        (s, json_error(&answer).as_str()),
+        (413, "payload_too_large"),
+        "{answer}"
+    );
+    h.stop().await;
+}
