@@ -28,6 +28,10 @@ pub struct Config {
     /// Requests with a larger body are refused with 413 before reaching a guest.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Open connections one client address may hold on the public port;
+    /// more are answered 503 and closed (one client cannot starve the rest).
+    #[serde(default = "default_per_client")]
+    pub max_connections_per_client: usize,
     /// A component answering a larger body gets a 502 instead (and nothing
     /// it wrote is kept).
     #[serde(default = "default_max_response")]
@@ -242,6 +246,9 @@ fn default_data() -> PathBuf {
 }
 fn default_max_body() -> usize {
     1024 * 1024
+}
+fn default_per_client() -> usize {
+    2048
 }
 fn default_max_response() -> usize {
     8 * 1024 * 1024

@@ -25,6 +25,27 @@ use crate::bindings;
 use crate::invoke::Failure;
 use crate::runtime::{HttpFailure, Runtime};
 
+/// Identifies a request in the logs; kept when the client sends a valid one.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client's `x-request-id` when it is 1..=128 characters of
+/// `[A-Za-z0-9._:-]`, otherwise a new random one (128 bits, hex).
+fn request_id<B>(req: &Request<B>) -> String {
+    let given = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        });
+    match given {
+        Some(id) => id.to_owned(),
+        None => format!("{:032x}", rand::random::<u128>()),
+    }
+}
+
 /// Names the component version that served a request.
 const VERSION_HEADER: HeaderName = HeaderName::from_static("x-sktarbucks-version");
 
@@ -51,6 +72,63 @@ const BODY_BUDGET_WAIT: Duration = Duration::from_millis(500);
 /// How long shutdown waits for in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Open connections per client address.
+type Clients = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One client's connection, counted while it is open.
+struct ClientSlot {
+    clients: Clients,
+    ip: std::net::IpAddr,
+}
+
+impl ClientSlot {
+    /// Count a new connection from `ip`, unless it already holds `max`.
+    fn take(clients: &Clients, ip: std::net::IpAddr, max: usize) -> Option<Self> {
+        let mut all = clients.lock().unwrap_or_else(|p| p.into_inner());
+        let n = all.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            clients: Arc::clone(clients),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut all = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = all.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                all.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A 503 in JSON written straight to a connection over its client's limit.
+async fn refuse_connection(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = json!({
+        "error": "too_many_connections",
+        "message": format!("this address already has {max} open connections; close some and retry"),
+    })
+    .to_string();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 /// Shared by every connection.
 struct App {
     rt: Arc<Runtime>,
@@ -73,6 +151,7 @@ pub async fn serve(
     });
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let clients: Clients = Arc::default();
     tokio::pin!(shutdown);
     loop {
         // Past the limit, stop accepting (the kernel backlog queues the rest)
@@ -97,10 +176,26 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let per_client = app.rt.config().max_connections_per_client;
+        let Some(slot) = ClientSlot::take(&clients, peer.ip(), per_client) else {
+            // One address holds its share: answer and close, so it cannot
+            // take every connection slot from everyone else.
+            tokio::spawn(refuse_connection(stream, per_client));
+            drop(permit);
+            continue;
+        };
         let app = Arc::clone(&app);
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: Request<Incoming>| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(app.handle(req).await) }
+            async move {
+                let id = request_id(&req);
+                let span = tracing::info_span!("request", request_id = %id);
+                let mut response = app.handle(req).instrument(span).await;
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    response.headers_mut().insert(REQUEST_ID_HEADER, v);
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -112,6 +207,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(slot);
             drop(permit);
         });
     }

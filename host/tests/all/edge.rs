@@ -158,3 +158,88 @@ async fn a_client_writing_a_big_body_before_reading_still_gets_the_413() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_address_cannot_take_every_connection() {
+    let h = Harness::start_with(Kind::Sqlite, |c| c.max_connections_per_client = 4).await;
+    let addr = h.client.base.trim_start_matches("http://").to_owned();
+    // Four idle connections: this address's whole share.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(&addr).await.expect("connect"));
+    }
+    // The premise: they are open (each answers a request).
+    let mut first = held.remove(0);
+    first
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 512];
+    let n = first.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    held.insert(0, first);
+    let (s, _, body) = exchange(
+        &h,
+        "GET /cafes HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (s, json_error(&body).as_str()),
+        (503, "too_many_connections"),
+        "{body}"
+    );
+    drop(held.pop());
+    let mut ok = false;
+    for _ in 0..50 {
+        let (s, _, _) = exchange(
+            &h,
+            "GET /cafes HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            b"",
+        )
+        .await;
+        if s == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a freed slot serves again");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_answer_carries_a_request_id() {
+    let h = Harness::start(Kind::Sqlite).await;
+    let (_, headers, _) = exchange(
+        &h,
+        "GET /cafes HTTP/1.1\r\nHost: t\r\nX-Request-Id: order-flow-42\r\nConnection: close\r\n\r\n",
+        b"",
+    )
+    .await;
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("x-request-id: order-flow-42"),
+        "{headers}"
+    );
+    for given in ["", "X-Request-Id: has spaces and ~\r\n"] {
+        let (_, headers, _) = exchange(
+            &h,
+            &format!("GET /nowhere HTTP/1.1\r\nHost: t\r\n{given}Connection: close\r\n\r\n"),
+            b"",
+        )
+        .await;
+        let id = headers
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-request-id: ")
+                    .map(str::to_owned)
+            })
+            .expect("an id was assigned");
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+    h.stop().await;
+}
