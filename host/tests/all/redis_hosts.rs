@@ -12,8 +12,9 @@ use crate::support::{Client, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A manifest for a Redis-backed host with its own key prefix; events
-/// stalled for 7 s in a dead consumer are reclaimed.
+/// A manifest for a Redis-backed host with its own key prefix; a dead
+/// host's events are taken over once its heartbeat expires, events stalled
+/// for 7 s in a live-looking consumer are reclaimed.
 fn redis_manifest(dir: &std::path::Path, prefix: &str) -> String {
     let mut config = crate::support::test_config(dir);
     config.redis_prefix = prefix.to_owned();
@@ -192,8 +193,9 @@ async fn two_hosts_share_one_redis_with_exact_effects() {
     );
 }
 
-/// SIGKILL a host while it is handling an event: the survivor reclaims the
-/// stalled event after the idle time and applies it exactly once.
+/// SIGKILL a host while it is handling an event, start another: it takes
+/// over the dead host's events once its heartbeat expired and applies them
+/// exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_hosts_pending_events_are_reclaimed_and_applied_once() {
     if !available() {
@@ -257,8 +259,8 @@ async fn a_killed_hosts_pending_events_are_reclaimed_and_applied_once() {
     .await;
     assert!(
         b.log_text()
-            .contains("reclaimed an event from a stalled consumer"),
-        "B should have taken over A's stalled event:\n{}",
+            .contains("took over an event from a dead consumer"),
+        "B should have taken over A's event once A's heartbeat expired:\n{}",
         b.log_text()
     );
     // Give a late duplicate every chance to show up, then count effects.
