@@ -2,6 +2,8 @@
 //! a host killed mid-stream, Redis itself restarted under load.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -476,12 +478,20 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
         )
         .await;
     assert_eq!(s, 201);
+    // Load until told to stop; the counters let the test follow it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked_n = Arc::new(AtomicUsize::new(0));
+    let refused_n = Arc::new(AtomicUsize::new(0));
     let load = {
-        let c = c.clone();
+        let (c, stop, acked_n, refused_n) = (
+            c.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&acked_n),
+            Arc::clone(&refused_n),
+        );
         tokio::spawn(async move {
             let (mut acked, mut refused, mut worst) = (Vec::new(), 0, Duration::ZERO);
-            let started = std::time::Instant::now();
-            while started.elapsed() < Duration::from_secs(4) {
+            while !stop.load(Ordering::Relaxed) {
                 let t0 = std::time::Instant::now();
                 let (s, body) = c
                     .send("POST", "/orders", json!({"custNm": "load", "cafeId": 1}))
@@ -493,21 +503,51 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
                 );
                 worst = worst.max(t0.elapsed());
                 match s {
-                    201 => acked.push(body["id"].as_u64().expect("id")),
-                    503 => refused += 1,
+                    201 => {
+                        acked.push(body["id"].as_u64().expect("id"));
+                        acked_n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    503 => {
+                        refused += 1;
+                        refused_n.fetch_add(1, Ordering::Relaxed);
+                    }
                     other => panic!("unexpected {other}: {body}"),
                 }
             }
             (acked, refused, worst)
         })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let at_least = |counter: &Arc<AtomicUsize>, n: usize| {
+        let counter = Arc::clone(counter);
+        move || {
+            let counter = Arc::clone(&counter);
+            async move { (counter.load(Ordering::Relaxed) >= n).then_some(()) }
+        }
+    };
+    eventually("orders flowing", PATIENCE, at_least(&acked_n, 20)).await;
     redis.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (s, ready) = c.get("/health/ready").await;
+    let (s, ready) = eventually("not ready while redis is down", PATIENCE, || async {
+        let (s, ready) = c.get("/health/ready").await;
+        (s != 200).then_some((s, ready))
+    })
+    .await;
     assert_eq!(s, 503, "ready must be false while redis is down: {ready}");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Some orders of the load met the outage before Redis comes back.
+    eventually(
+        "an order refused while down",
+        PATIENCE,
+        at_least(&refused_n, 1),
+    )
+    .await;
     redis.relaunch();
+    let resumed = acked_n.load(Ordering::Relaxed) + 20;
+    eventually(
+        "orders flowing again",
+        PATIENCE,
+        at_least(&acked_n, resumed),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
     let (acked, refused, worst) = load.await.expect("load task");
     eprintln!(
         "redis restart: {} orders acknowledged, {refused} refused with 503 while down, slowest answer {worst:?}",
