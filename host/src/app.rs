@@ -68,7 +68,8 @@ impl RunningHost {
     }
 
     /// Stop accepting, drain in-flight requests, let dispatchers finish
-    /// their current event.
+    /// their current event, then close the backend (on Redis: delete this
+    /// process's heartbeat).
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
         self.wait().await
@@ -84,6 +85,11 @@ impl RunningHost {
             if let Err(e) = handle.await {
                 tracing::error!(error = %e, "a background task panicked");
             }
+        }
+        // Dispatchers are done: whatever this host still holds is taken
+        // over by the other hosts at once, not after an idle time.
+        if let Err(e) = self.rt.backend.close().await {
+            tracing::warn!(error = %format!("{e:#}"), "closing the backend failed");
         }
         tracing::info!("stopped");
         served

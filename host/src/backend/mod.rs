@@ -149,6 +149,13 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The host stopped cleanly (its dispatchers are done): release what
+    /// marks this process as alive, so other hosts take over what it still
+    /// held at once. Default: nothing to do.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Up to `max` deliveries for `sub`, waiting at most `wait` for the first.
     async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 

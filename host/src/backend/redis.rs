@@ -7,7 +7,18 @@
 //! `XADD`s the published events and — for an event handler — `XACK`s the
 //! delivery and sets a processed marker, all or nothing. The marker makes a
 //! delivery that was reclaimed by another host after a stall commit at most
-//! once. Key layout (prefix `sk` by default):
+//! once.
+//!
+//! Failover: every consuming process keeps a heartbeat key with a TTL
+//! ([`HEARTBEAT_TTL`], refreshed every [`HEARTBEAT_EVERY`]; deleted by a
+//! clean stop). At its polls (at most every 250 ms per subscriber) a host
+//! looks at its groups' consumers and takes over at once every entry held
+//! by one whose heartbeat is gone (one script: heartbeat checked, entries
+//! chosen by owner, `XCLAIM`ed, the emptied consumer deleted), counting an
+//! attempt. `XAUTOCLAIM` after `events.claim_idle_ms` stays as the fallback
+//! for a consumer that looks alive but holds an entry that long.
+//!
+//! Key layout (prefix `sk` by default):
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -18,14 +29,15 @@
 //! | `sk:stream:{topic}` | stream | events (`topic`, `key`, `payload`, `source`) |
 //! | `sk:replay:{component}` | stream | dead letters replayed to one subscriber |
 //! | `sk:attempts:{component}` | hash | delivery id → failed attempts |
-//! | `sk:done:{component}:{delivery}` | string | processed marker (7 days) |
+//! | `sk:done:{component}:{stream}:{entry}` | string | processed marker (7 days) |
+//! | `sk:alive:{consumer}` | string | heartbeat of a consuming process (TTL 3 s, refreshed every second, deleted on a clean stop) |
 //! | `sk:dead` | stream | dead letters with their error |
 //! | `sk:wasm:{sha256}` | string | component bytes, content-addressed |
 //! | `sk:deploy` | hash | component → active deployment (JSON: digest, activated_ms, history) |
 //! | `sk:deploy:gen` | string | generation, incremented with every deployment (hosts poll it) |
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -44,6 +56,18 @@ use crate::uow::{Changes, DocKey};
 const DONE_TTL_SECS: u64 = 7 * 24 * 3600;
 /// Width of the version prefix of every stored document.
 const VERSION_WIDTH: usize = 20;
+/// How often a consuming process refreshes its heartbeat key.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Lifetime of a heartbeat key: a process that missed this long of
+/// refreshes (killed, frozen, cut off from Redis) is presumed dead and its
+/// pending entries are taken over at once. Three refresh periods, so one
+/// late refresh is not a death.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+/// How often one subscriber looks for dead consumers in its groups (at its
+/// next poll once due; an idle dispatcher polls every 500 ms).
+const DEAD_SCAN_EVERY: Duration = Duration::from_millis(250);
+/// Most entries taken over from one dead consumer per stream and scan.
+const DEAD_CLAIM_BATCH: usize = 100;
 
 const COMMIT_LUA: &str = r#"
 local i = 1
@@ -148,6 +172,33 @@ redis.call('HDEL', attempts_key, delivery)
 return 1
 "#;
 
+/// Take over every entry a dead consumer (ARGV[3], heartbeat key ARGV[5]
+/// absent) holds on one stream, for consumer ARGV[4]; once it holds nothing,
+/// remove it from the group. Atomic: the heartbeat is checked and the
+/// entries are chosen by their owner in the same step, so a live consumer's
+/// entry (one another host already took over included) is never taken.
+/// Returns `{removed, {entry, ...}}` (entries as `XCLAIM` returns them;
+/// ones trimmed meanwhile are dropped from the pending list, not returned).
+const CLAIM_DEAD_LUA: &str = r#"
+local stream, group, dead, me, alive, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
+if redis.call('EXISTS', alive) == 1 then return {0, {}} end
+local pending = redis.call('XPENDING', stream, group, '-', '+', count, dead)
+local claimed = {}
+if #pending > 0 then
+  local ids = {}
+  for j, p in ipairs(pending) do ids[j] = p[1] end
+  for _, e in ipairs(redis.call('XCLAIM', stream, group, me, 0, unpack(ids))) do
+    if type(e) == 'table' then claimed[#claimed + 1] = e end
+  end
+end
+local removed = 0
+if #pending < count then
+  redis.call('XGROUP', 'DELCONSUMER', stream, group, dead)
+  removed = 1
+end
+return {removed, claimed}
+"#;
+
 /// Put a dead letter on its subscriber's replay stream and remove it.
 const REPLAY_LUA: &str = r#"
 local dead, id, prefix = ARGV[1], ARGV[2], ARGV[3]
@@ -177,11 +228,44 @@ pub struct RedisBackend {
     retain: Duration,
     blocking: tokio::sync::Mutex<HashMap<String, ConnectionManager>>,
     last_claim: Mutex<HashMap<String, Instant>>,
+    last_dead_scan: Mutex<HashMap<String, Instant>>,
+    /// This process's heartbeat, started by the first `subscribe`.
+    heartbeat: Arc<Heartbeat>,
     commit: Script,
     dead_letter: Script,
     replay: Script,
     range: Script,
     advance_sequence: Script,
+    claim_dead: Script,
+}
+
+/// The heartbeat of one process: `{prefix}:alive:{consumer}`, set with a
+/// TTL of [`HEARTBEAT_TTL`] and refreshed every [`HEARTBEAT_EVERY`] by a
+/// task, from the first subscription until [`Backend::close`] (which
+/// deletes it) or until the backend is dropped (it then expires).
+#[derive(Default)]
+struct Heartbeat {
+    /// Serialises refreshes with `close`, so a refresh in flight cannot
+    /// put the key back after it was deleted.
+    lock: tokio::sync::Mutex<HeartbeatState>,
+}
+
+#[derive(Default)]
+struct HeartbeatState {
+    task: Option<tokio::task::JoinHandle<()>>,
+    closed: bool,
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        // The task holds only a weak reference and stops by itself at its
+        // next tick; stop it now when nobody is using the state.
+        if let Ok(mut state) = self.heartbeat.lock.try_lock()
+            && let Some(task) = state.task.take()
+        {
+            task.abort();
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -226,6 +310,17 @@ fn text(entry: &StreamId, name: &str) -> String {
     String::from_utf8_lossy(&field(entry, name)).into_owned()
 }
 
+/// Set (or refresh) a heartbeat key with its TTL.
+async fn beat(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<()> {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(now_ms())
+        .arg("PX")
+        .arg(u64::try_from(HEARTBEAT_TTL.as_millis()).unwrap_or(u64::MAX))
+        .query_async(conn)
+        .await
+}
+
 fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
 }
@@ -262,17 +357,61 @@ impl RedisBackend {
             retain,
             blocking: tokio::sync::Mutex::default(),
             last_claim: Mutex::default(),
+            last_dead_scan: Mutex::default(),
+            heartbeat: Arc::default(),
             commit: Script::new(COMMIT_LUA),
             dead_letter: Script::new(DEAD_LETTER_LUA),
             replay: Script::new(REPLAY_LUA),
             range: Script::new(RANGE_LUA),
             advance_sequence: Script::new(ADVANCE_SEQUENCE_LUA),
+            claim_dead: Script::new(CLAIM_DEAD_LUA),
         })
     }
 
     /// This process's consumer name.
     pub fn consumer(&self) -> &str {
         &self.consumer
+    }
+
+    /// The heartbeat key of `consumer`.
+    fn alive_key(&self, consumer: &str) -> String {
+        format!("{}:alive:{consumer}", self.prefix)
+    }
+
+    /// Mark this process alive and keep it so (idempotent). Called by
+    /// `subscribe`, before this process first reads as a consumer, so no
+    /// other host ever sees its consumer without a heartbeat.
+    async fn start_heartbeat(&self) -> Result<()> {
+        let mut state = self.heartbeat.lock.lock().await;
+        if state.closed || state.task.is_some() {
+            return Ok(());
+        }
+        let key = self.alive_key(&self.consumer);
+        let mut conn = self.conn.clone();
+        beat(&mut conn, &key)
+            .await
+            .context("redis heartbeat SET failed")?;
+        let weak = Arc::downgrade(&self.heartbeat);
+        state.task = Some(tokio::spawn(async move {
+            let mut every = tokio::time::interval(HEARTBEAT_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await; // the first tick is immediate: just beaten
+            loop {
+                every.tick().await;
+                // The backend was dropped: stop (the key expires).
+                let Some(heartbeat) = weak.upgrade() else {
+                    return;
+                };
+                let state = heartbeat.lock.lock().await;
+                if state.closed {
+                    return;
+                }
+                if let Err(e) = beat(&mut conn, &key).await {
+                    tracing::warn!(error = %e, "redis heartbeat refresh failed; retrying");
+                }
+            }
+        }));
+        Ok(())
     }
 
     fn doc_hash(&self, ns: &str, collection: &str) -> String {
@@ -454,7 +593,87 @@ impl RedisBackend {
         Ok(())
     }
 
-    /// Take over entries that a stopped consumer left pending too long.
+    /// Take over at once every entry held by a consumer of `sub`'s groups
+    /// whose process is dead (its heartbeat key expired or was deleted by a
+    /// clean stop), and remove such consumers once they hold nothing. Each
+    /// entry taken over counts as a failed attempt, like the idle reclaim.
+    async fn claim_from_dead(&self, sub: &Subscription) -> Result<()> {
+        {
+            let mut last = self
+                .last_dead_scan
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let due = last
+                .get(&sub.component)
+                .is_none_or(|t| t.elapsed() >= DEAD_SCAN_EVERY);
+            if !due {
+                return Ok(());
+            }
+            last.insert(sub.component.clone(), Instant::now());
+        }
+        let mut conn = self.conn.clone();
+        let mut alive: HashMap<String, bool> = HashMap::new();
+        for stream in self.streams_of(sub) {
+            let consumers: redis::RedisResult<Value> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&stream)
+                .arg(&sub.component)
+                .query_async(&mut conn)
+                .await;
+            let consumers = match consumers {
+                Ok(consumers) => consumers,
+                // Stream or group lost with Redis's data: the read that
+                // follows recreates them (see `poll`); nobody holds anything.
+                Err(e) if is_nogroup(&e) || e.to_string().contains("no such key") => continue,
+                Err(e) => return Err(e.into()),
+            };
+            for consumer in infos(&consumers) {
+                let Some(name) = consumer.text("name") else {
+                    continue;
+                };
+                if name == self.consumer {
+                    continue;
+                }
+                let is_alive = match alive.get(&name) {
+                    Some(known) => *known,
+                    None => {
+                        let exists: bool = conn.exists(self.alive_key(&name)).await?;
+                        alive.insert(name.clone(), exists);
+                        exists
+                    }
+                };
+                if is_alive {
+                    continue;
+                }
+                let (removed, claimed): (i64, redis::streams::StreamClaimReply) = self
+                    .claim_dead
+                    .arg(&stream)
+                    .arg(&sub.component)
+                    .arg(&name)
+                    .arg(&self.consumer)
+                    .arg(self.alive_key(&name))
+                    .arg(DEAD_CLAIM_BATCH)
+                    .invoke_async(&mut conn)
+                    .await
+                    .context("redis claim-from-dead script failed")?;
+                for entry in claimed.ids {
+                    let id = self.delivery_id(&stream, &entry);
+                    tracing::warn!(component = %sub.component, event_id = %id, dead_consumer = %name, "took over an event from a dead consumer");
+                    let _: i64 = conn
+                        .hincr(self.attempts_key(&sub.component), &id, 1)
+                        .await?;
+                }
+                if removed == 1 {
+                    tracing::info!(stream = %stream, group = %sub.component, consumer = %name, "removed a dead consumer");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Take over entries that a stopped consumer left pending too long (the
+    /// fallback for a consumer whose heartbeat is still there, e.g. a host
+    /// that stalled without dying).
     async fn claim_stalled(&self, sub: &Subscription) -> Result<()> {
         {
             let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
@@ -570,6 +789,7 @@ impl RedisBackend {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
+        self.claim_from_dead(sub).await?;
         self.claim_stalled(sub).await?;
         let mut conn = self.conn.clone();
         // Our own pending entries first: failed ones awaiting retry, claimed ones.
@@ -694,7 +914,22 @@ impl Backend for RedisBackend {
     }
 
     async fn subscribe(&self, sub: &Subscription) -> Result<()> {
+        self.start_heartbeat().await?;
         self.ensure_groups(sub).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let mut state = self.heartbeat.lock.lock().await;
+        state.closed = true;
+        if let Some(task) = state.task.take() {
+            task.abort();
+            let mut conn = self.conn.clone();
+            let _: i64 = conn
+                .del(self.alive_key(&self.consumer))
+                .await
+                .context("redis DEL of the heartbeat failed")?;
+        }
+        Ok(())
     }
 
     async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>> {

@@ -174,9 +174,31 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
         .map(|m| m.values().filter_map(Value::as_u64).sum())
         .unwrap_or(0);
     host.kill();
+    // Premise: events were still undelivered when the host died. The lag
+    // read right before the kill, and the log itself after it (a killed
+    // host delivers nothing more, so this is what the restart must finish).
+    let undelivered_at_kill: i64 = {
+        let db = rusqlite::Connection::open(dir.path().join("sktarbucks.db")).expect("db opens");
+        db.query_row(
+            "SELECT count(*) FROM events e JOIN topic_offsets o
+               ON o.topic = e.topic WHERE e.seq > o.seq",
+            [],
+            |r| r.get(0),
+        )
+        .expect("undelivered count")
+    };
     eprintln!(
-        "killed with {pending} undelivered deliveries pending: {}",
+        "killed with {pending} undelivered deliveries pending ({undelivered_at_kill} in the log after the kill): {}",
         ready["lag"]
+    );
+    assert!(
+        pending > 0,
+        "events must be pending at the kill: {}",
+        ready["lag"]
+    );
+    assert!(
+        undelivered_at_kill > 0,
+        "the killed host left undelivered events in the log"
     );
 
     let host = Host::start(dir.path(), &text, &["--listen", "127.0.0.1:0"]);
@@ -263,16 +285,38 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_in_flight_requests_finish_then_exits_cleanly() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut host = Host::start(
+    let mut host = Host::start_admin(
         dir.path(),
         &manifest(dir.path()),
         &["--listen", "127.0.0.1:0"],
     );
     let slow = {
         let c = host.client.clone();
-        tokio::spawn(async move { c.get("/faulty/sleep?ms=300").await })
+        tokio::spawn(async move { c.get("/faulty/sleep?ms=400").await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Wait until the request is running in faulty (the admin listing
+    // counts invocations in flight), then signal.
+    let admin = host.admin.clone().expect("admin listener");
+    let http = reqwest::Client::new();
+    eventually("the slow request in flight", PATIENCE, || async {
+        let listing: Value = http
+            .get(format!("{admin}/admin/components"))
+            .bearer_auth(crate::support::binary::ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let faulty = listing["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == "faulty")?
+            .clone();
+        (faulty["inFlight"] == 1).then_some(())
+    })
+    .await;
+    assert!(!slow.is_finished(), "the request is in flight at SIGTERM");
     let status = tokio::task::block_in_place(|| host.terminate());
     let (s, body) = slow.await.expect("slow request task");
     assert_eq!(s, 200, "the in-flight request completed: {body}");

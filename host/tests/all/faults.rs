@@ -1,29 +1,73 @@
 //! Fault isolation and event failure handling: hostile guests fail their own
 //! invocation only; failing handlers are retried, then dead-lettered.
 
+use std::time::Duration;
+
 use serde_json::json;
 
+use crate::support::eventually;
 use crate::support::harness::{Harness, Kind};
+
+/// How many invocations of `component` are running right now.
+fn in_flight(h: &Harness, component: &str) -> usize {
+    h.rt.registry
+        .get(component)
+        .expect("component loaded")
+        .in_flight
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// An infinite loop is interrupted at its deadline while other routes keep answering.
 async fn an_infinite_loop_times_out_without_blocking_other_routes(kind: Kind) {
-    let h = Harness::start(kind).await;
+    // A 2 s deadline: room for the other routes to answer while it loops.
+    let h = Harness::start_with(kind, |c| {
+        if let Some(f) = c.components.get_mut("faulty") {
+            f.deadline_ms = 2_000;
+        }
+    })
+    .await;
     let looping = {
         let client = h.client.clone();
         tokio::spawn(async move { client.get("/faulty/loop").await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    eventually("the loop running", Duration::from_secs(10), || async {
+        (in_flight(&h, "faulty") == 1).then_some(())
+    })
+    .await;
     let (status, _) = h.client.get("/cafes").await;
     assert_eq!(status, 200, "cafe answers while faulty loops");
+    let (status, _) = h.client.get("/orders").await;
+    assert_eq!(status, 200, "order answers while faulty loops");
+    // Premise: they answered while the loop was still running.
+    assert!(
+        !looping.is_finished() && in_flight(&h, "faulty") == 1,
+        "the looping request was still running when the other routes answered"
+    );
     let (status, body) = looping.await.expect("loop task");
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["error"], "timeout");
+    assert_eq!(in_flight(&h, "faulty"), 0, "the loop was stopped");
     h.stop().await;
 }
 
-/// A memory bomb hits the component's memory limit and fails alone.
+/// A memory bomb hits the component's memory limit and fails alone. The
+/// limit that stops it is faulty's own 32 MiB, not the engine's pool (64
+/// MiB, the largest `memory_mib`): 40 MiB fails for faulty, yet the same
+/// allocation succeeds once faulty's own limit is 64 MiB.
 async fn a_memory_bomb_fails_only_its_own_invocation(kind: Kind) {
     let h = Harness::start(kind).await;
+    let config = h.rt.config();
+    let pool_mib = config.components.values().map(|c| c.memory_mib).max();
+    assert_eq!(pool_mib, Some(64), "the engine's pool limit");
+    assert_eq!(config.components["faulty"].memory_mib, 32);
+    let (status, body) = h.client.get("/faulty/alloc?mib=16").await;
+    assert_eq!(
+        (status, body["allocatedMib"].clone()),
+        (200, json!(16)),
+        "{body}"
+    );
+    let (status, body) = h.client.get("/faulty/alloc?mib=40").await;
+    assert_eq!(status, 500, "40 MiB is over faulty's own 32 MiB: {body}");
     let (status, body) = h.client.get("/faulty/bomb").await;
     assert_eq!(status, 500, "{body}");
     let (status, _) = h.client.get("/orders").await;
@@ -35,6 +79,27 @@ async fn a_memory_bomb_fails_only_its_own_invocation(kind: Kind) {
     assert_eq!(
         status, 200,
         "the faulty component itself recovers on a fresh instance"
+    );
+    h.stop().await;
+    // The same pool, faulty allowed 64 MiB: the 40 MiB allocation fits.
+    let h = Harness::start_with(kind, |c| {
+        if let Some(f) = c.components.get_mut("faulty") {
+            f.memory_mib = 64;
+        }
+    })
+    .await;
+    let pool_mib =
+        h.rt.config()
+            .components
+            .values()
+            .map(|c| c.memory_mib)
+            .max();
+    assert_eq!(pool_mib, Some(64), "the same pool limit");
+    let (status, body) = h.client.get("/faulty/alloc?mib=40").await;
+    assert_eq!(
+        (status, body["allocatedMib"].clone()),
+        (200, json!(40)),
+        "40 MiB fits the pool; only faulty's own limit refused it: {body}"
     );
     h.stop().await;
 }

@@ -237,3 +237,144 @@ async fn idle_consumers_holding_nothing_are_forgotten() {
         "a consumer holding an entry stays: {text}"
     );
 }
+
+/// A consumer without a heartbeat (its process died) has its entries taken
+/// over at the next poll of another host, counted as an attempt, and is
+/// removed from the group; a live consumer's entry is never taken (the idle
+/// reclaim is set far away). A clean `close` deletes the heartbeat, so what
+/// that process still held is taken over at once too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_consumers_entries_are_taken_over_at_once_and_a_live_ones_never() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let connect = || {
+        RedisBackend::connect(
+            &redis.url,
+            "hb",
+            Duration::from_secs(600),
+            Duration::from_secs(3600),
+        )
+    };
+    let a = connect().await.expect("connect");
+    let b = connect().await.expect("connect");
+    let sub = Subscription {
+        component: "c".into(),
+        topics: vec!["t".into()],
+    };
+    a.subscribe(&sub).await.expect("subscribe");
+    b.subscribe(&sub).await.expect("subscribe");
+    let client = redis::Client::open(redis.url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let alive_key = format!("hb:alive:{}", a.consumer());
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&alive_key)
+        .query_async(&mut conn)
+        .await
+        .expect("pttl");
+    assert!(
+        ttl > 0 && ttl <= 3_000,
+        "a subscribed process heartbeats with a TTL: {ttl}"
+    );
+    backend_commit(&a, 3).await;
+    // A (alive) holds k0; a consumer of a dead process ("ghost", no
+    // heartbeat) holds k1.
+    let held = a.poll(&sub, 1, Duration::ZERO).await.expect("poll");
+    assert_eq!(held[0].key, "k0");
+    let _: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("c")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg("hb:stream:t")
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("xreadgroup");
+
+    let got = b.poll(&sub, 16, Duration::ZERO).await.expect("poll");
+    let keys: Vec<(&str, u32)> = got.iter().map(|d| (d.key.as_str(), d.attempt)).collect();
+    assert_eq!(
+        keys,
+        vec![("k1", 2)],
+        "the ghost's entry at once, as a second attempt; not A's"
+    );
+    let owners = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        async move {
+            let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
+                .arg("hb:stream:t")
+                .arg("c")
+                .arg("-")
+                .arg("+")
+                .arg(100)
+                .query_async(&mut conn)
+                .await
+                .expect("xpending");
+            reply
+                .ids
+                .into_iter()
+                .map(|p| p.consumer)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        owners(&mut conn).await,
+        vec![a.consumer().to_owned(), b.consumer().to_owned()]
+    );
+    let info: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("hb:stream:t")
+        .arg("c")
+        .query_async(&mut conn)
+        .await
+        .expect("xinfo");
+    assert!(
+        info.consumers.iter().all(|c| c.name != "ghost"),
+        "the dead consumer, holding nothing now, is removed"
+    );
+    b.ack(&sub, &got[0], Changes::default()).await.expect("ack");
+    let next = b.poll(&sub, 16, Duration::ZERO).await.expect("poll");
+    assert_eq!(next[0].key, "k2", "B goes on with new entries, not A's");
+    b.ack(&sub, &next[0], Changes::default())
+        .await
+        .expect("ack");
+    // Later polls (dead-consumer scans due again) still leave A's entry alone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        b.poll(&sub, 16, Duration::ZERO)
+            .await
+            .expect("poll")
+            .is_empty()
+    );
+    assert_eq!(owners(&mut conn).await, vec![a.consumer().to_owned()]);
+
+    // A stops cleanly: its heartbeat is deleted and B takes k0 at once.
+    a.close().await.expect("close");
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&alive_key)
+        .query_async(&mut conn)
+        .await
+        .expect("exists");
+    assert!(!exists, "a clean close deletes the heartbeat");
+    let taken =
+        crate::support::eventually("A's entry taken over", Duration::from_secs(10), || async {
+            let got = b.poll(&sub, 16, Duration::ZERO).await.expect("poll");
+            (!got.is_empty()).then_some(got)
+        })
+        .await;
+    assert_eq!((taken[0].key.as_str(), taken[0].attempt), ("k0", 2));
+}
+
+async fn backend_commit(backend: &RedisBackend, n: usize) {
+    assert_eq!(
+        backend.commit(events(n)).await.expect("commit"),
+        Commit::Applied
+    );
+}

@@ -88,6 +88,7 @@ fn route(req: &Request) -> ApiResult {
         }
         ("loop", "GET") => spin_forever(),
         ("bomb", "GET") => eat_memory(),
+        ("alloc", "GET") => alloc(&req.query),
         ("sleep", "GET") => sleep(&req.query),
         ("things", "GET") => Ok(dump("things")),
         ("seen", "GET") => Ok(dump("seen")),
@@ -97,7 +98,7 @@ fn route(req: &Request) -> ApiResult {
         ("write" | "write-then-trap" | "write-then-500" | "flood" | "forge", _) => {
             Err(ApiError::method_not_allowed(method, path, &["POST"]))
         }
-        ("loop" | "bomb" | "sleep" | "things" | "seen" | "counts", _) => {
+        ("loop" | "bomb" | "alloc" | "sleep" | "things" | "seen" | "counts", _) => {
             Err(ApiError::method_not_allowed(method, path, &["GET"]))
         }
         _ => Err(ApiError::no_route(method, path)),
@@ -132,6 +133,30 @@ fn eat_memory() -> ! {
         }
         hoard.push(std::hint::black_box(block));
     }
+}
+
+/// Allocate `mib` MiB in one block, touch every page and answer 200
+/// `{"allocatedMib":N}`; over the component's memory limit the allocation
+/// fails (which aborts: a trap).
+fn alloc(query: &str) -> ApiResult {
+    let raw = query_param(query, "mib").unwrap_or_default();
+    let mib: usize = raw.parse().ok().filter(|mib| *mib < 4096).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "mib must be a whole number below 4096, got {}",
+                kit::http::echo_str(&raw)
+            ),
+        )
+    })?;
+    let mut block = vec![0u8; mib << 20];
+    for b in block.iter_mut().step_by(4096) {
+        *b = 1;
+    }
+    let held = std::hint::black_box(block).len() >> 20;
+    Ok(KitResponse::ok(
+        &serde_json::json!({ "allocatedMib": held }),
+    ))
 }
 
 /// Busy-wait `ms` milliseconds (no host sleep is imported).
