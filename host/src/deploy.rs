@@ -286,18 +286,7 @@ impl Deployer {
             compile_ms,
             "component swapped"
         );
-        self.rt.set_diverged(&record.component, None);
-        let mut rollback = record.history.clone();
-        rollback.reverse();
-        self.set_status(
-            &record.component,
-            Status {
-                source: Source::Deployed,
-                activated_ms: record.activated_ms,
-                rollback,
-                diverged: None,
-            },
-        );
+        self.refresh_status(record);
     }
 
     /// Compile `bytes` as component `name` and check it can take its role
@@ -392,6 +381,8 @@ impl Deployer {
         Ok(())
     }
 
+    /// This host now runs `record`'s version: status from the record, no
+    /// divergence.
     fn refresh_status(&self, record: &Deployment) {
         self.rt.set_diverged(&record.component, None);
         let mut rollback = record.history.clone();

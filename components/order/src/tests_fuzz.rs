@@ -14,7 +14,7 @@
 
 use kit::stock::{Reserved, Stock, StockFailure};
 use kit::{MemPlatform, Platform};
-use props::{body, check_event, check_response, method, path, payload, query, text};
+use props::{Listing, Step, body, method, path, payload, query, text};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
@@ -56,20 +56,6 @@ impl Stock for FakeStock<'_> {
             remaining: left - qty,
         })
     }
-}
-
-#[derive(Debug, Clone)]
-enum Step {
-    Http {
-        method: String,
-        path: String,
-        query: String,
-        body: Vec<u8>,
-    },
-    Event {
-        topic: String,
-        payload: Vec<u8>,
-    },
 }
 
 fn topic() -> impl Strategy<Value = String> {
@@ -153,9 +139,8 @@ fn step() -> impl Strategy<Value = Step> {
         2 => place(),
         2 => cancel(),
         4 => (method(), path("/orders", WORDS), query(PARAMS), body(FIELDS))
-            .prop_map(|(method, path, query, body)| Step::Http { method, path, query, body }),
-        2 => (topic(), payload(PAYLOAD_FIELDS))
-            .prop_map(|(topic, payload)| Step::Event { topic, payload }),
+            .prop_map(props::http_step),
+        2 => (topic(), payload(PAYLOAD_FIELDS)).prop_map(props::event_step),
         1 => continuation(),
     ]
 }
@@ -200,63 +185,28 @@ fn seeded() -> MemPlatform {
 }
 
 fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
-    match step {
-        Step::Http {
-            method,
-            path,
-            query,
-            body,
-        } => {
-            let r = crate::http(p, &FakeStock(p), method, path, query, body);
-            p.finish(r.status < 400);
-            check_response(&r)?;
-        }
-        Step::Event { topic, payload } => {
-            let r = crate::event(p, topic, payload);
-            p.finish(r.is_ok());
-            check_event(topic, &r)?;
-        }
-    }
-    Ok(())
-}
-
-/// Every page of `target` (following `Link`), as JSON items.
-fn all_pages(p: &MemPlatform, target: &str) -> Result<Vec<Value>, TestCaseError> {
-    let mut items = Vec::new();
-    let mut next = Some(target.to_owned());
-    let mut pages = 0;
-    while let Some(target) = next.take() {
-        pages += 1;
-        prop_assert!(pages < 100, "paging does not end");
-        let r = http(p, "GET", &target, "");
-        let v = check_response(&r)?;
-        prop_assert_eq!(r.status, 200, "{}: {}", target, v);
-        items.extend(v.as_array().cloned().unwrap_or_default());
-        next = r.header("link").map(|l| {
-            l.trim_start_matches('<')
-                .trim_end_matches(">; rel=\"next\"")
-                .to_owned()
-        });
-    }
-    Ok(items)
+    props::run_step(
+        p,
+        step,
+        |method, path, query, body| crate::http(p, &FakeStock(p), method, path, query, body),
+        |topic, payload| crate::event(p, topic, payload),
+    )
 }
 
 /// Every order reads alone and through every listing it belongs to, and
 /// the status indexes agree with the orders.
 fn still_readable(p: &MemPlatform) -> Result<(), TestCaseError> {
-    let all = all_pages(p, "/orders?limit=1000")?;
-    for o in &all {
-        let id = o["id"].as_u64().unwrap_or_default();
-        let r = http(p, "GET", &format!("/orders/{id}"), "");
-        prop_assert_eq!(&check_response(&r)?, o);
-        for filter in [
-            format!("cafeId={}", o["cafeId"]),
-            format!("status={}", o["status"].as_str().unwrap_or_default()),
-        ] {
-            let listed = all_pages(p, &format!("/orders?limit=1000&{filter}"))?;
-            prop_assert!(listed.contains(o), "order {} missing from ?{}", id, filter);
-        }
-    }
+    let listing = Listing {
+        path: "/orders",
+        id: "id",
+        filters: &["cafeId", "status"],
+        one_per_page: false,
+    };
+    let all = listing.still_reads(|path, query| {
+        let r = crate::http(p, &FakeStock(p), "GET", path, query, b"");
+        p.finish(r.status < 400);
+        r
+    })?;
     for status in Status::ALL {
         for k in p.keys(&by_status(status)) {
             let o: Option<Order> = p.get_json(ORDERS, &k).unwrap();
@@ -290,9 +240,7 @@ proptest! {
         payload in payload(PAYLOAD_FIELDS),
     ) {
         let p = seeded();
-        let r = crate::event(&p, topic, &payload);
-        p.finish(r.is_ok());
-        check_event(topic, &r)?;
+        props::handled(&p, topic, &crate::event(&p, topic, &payload))?;
         still_readable(&p)?;
     }
 }
@@ -333,19 +281,20 @@ fn every_field_at_every_edge_is_answered_without_a_trap_or_a_5xx() {
         }),
     ];
     for (method, request) in requests {
-        for (field, _) in request(0).1 {
-            let p = seeded();
-            for (n, value) in props::field_edges().into_iter().enumerate() {
+        props::edge_grid(
+            method,
+            &request(0).1,
+            seeded,
+            |p, field, n, value| {
                 let (path, valid) = request(n as u64);
-                let body = props::with_field(&valid, field, value.as_deref());
-                let r = crate::http(&p, &FakeStock(&p), method, &path, "", &body);
-                p.finish(r.status < 400);
-                check_response(&r)
-                    .unwrap_or_else(|e| panic!("{method} {path} {field} = {value:?}: {e}"));
-            }
-            still_readable(&p)
-                .unwrap_or_else(|e| panic!("{method} after the edges of {field}: {e}"));
-        }
+                let body = props::with_field(&valid, field, value);
+                let r = crate::http(p, &FakeStock(p), method, &path, "", &body);
+                props::answered(p, &r)
+                    .map(drop)
+                    .map_err(|e| TestCaseError::fail(format!("{path}: {e}")))
+            },
+            still_readable,
+        );
     }
     let payloads: [(&str, Vec<(&'static str, String)>); 3] = [
         ("production.registered", vec![("orderId", "1".to_owned())]),
@@ -359,17 +308,12 @@ fn every_field_at_every_edge_is_answered_without_a_trap_or_a_5xx() {
         ),
     ];
     for (topic, valid) in payloads {
-        for (field, _) in &valid {
-            let p = seeded();
-            for value in props::field_edges() {
-                let payload = props::with_field(&valid, field, value.as_deref());
-                let r = crate::event(&p, topic, &payload);
-                p.finish(r.is_ok());
-                check_event(topic, &r)
-                    .unwrap_or_else(|e| panic!("{topic} {field} = {value:?}: {e}"));
-            }
-            still_readable(&p)
-                .unwrap_or_else(|e| panic!("{topic} after the edges of {field}: {e}"));
-        }
+        props::event_edge_grid(
+            topic,
+            |_| valid.clone(),
+            seeded,
+            crate::event,
+            still_readable,
+        );
     }
 }

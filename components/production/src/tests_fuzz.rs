@@ -10,7 +10,7 @@
 //! every listing and filter, and every page's `next` link can be followed.
 
 use kit::{EventError, MemPlatform};
-use props::{check_event, check_response, method, path, payload, query, text};
+use props::{Listing, Step, method, path, payload, query, text};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
@@ -20,19 +20,6 @@ const PARAMS: &[&str] = &["orderId", "cafeId", "status"];
 const ORDER_FIELDS: &[&str] = &[
     "id", "custNm", "cafeId", "cafeNm", "chkDate", "qty", "status", "version",
 ];
-
-#[derive(Debug, Clone)]
-enum Step {
-    Http {
-        method: String,
-        path: String,
-        query: String,
-    },
-    Event {
-        topic: String,
-        payload: Vec<u8>,
-    },
-}
 
 fn topic() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -63,11 +50,9 @@ fn nearly_valid_order() -> impl Strategy<Value = Vec<u8>> {
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (method(), path("/productions", WORDS), query(PARAMS))
-            .prop_map(|(method, path, query)| Step::Http { method, path, query }),
-        2 => (topic(), payload(ORDER_FIELDS))
-            .prop_map(|(topic, payload)| Step::Event { topic, payload }),
-        2 => (select(crate::SUBSCRIPTIONS), nearly_valid_order())
-            .prop_map(|(topic, payload)| Step::Event { topic: topic.to_owned(), payload }),
+            .prop_map(props::get_step),
+        2 => (topic(), payload(ORDER_FIELDS)).prop_map(props::event_step),
+        2 => (select(crate::SUBSCRIPTIONS), nearly_valid_order()).prop_map(props::event_step),
     ]
 }
 
@@ -93,68 +78,30 @@ fn seeded() -> MemPlatform {
 }
 
 fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
-    match step {
-        Step::Http {
-            method,
-            path,
-            query,
-        } => {
-            let r = crate::http(p, method, path, query);
-            p.finish(r.status < 400);
-            check_response(&r)?;
-        }
-        Step::Event { topic, payload } => {
-            let r = crate::event(p, topic, payload);
-            p.finish(r.is_ok());
-            check_event(topic, &r)?;
-        }
-    }
-    Ok(())
-}
-
-/// Every page of `target` (following `Link`), as JSON items.
-fn all_pages(p: &MemPlatform, target: &str) -> Result<Vec<Value>, TestCaseError> {
-    let mut items = Vec::new();
-    let mut next = Some(target.to_owned());
-    let mut pages = 0;
-    while let Some(target) = next.take() {
-        pages += 1;
-        prop_assert!(pages < 100, "paging does not end");
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let r = crate::http(p, "GET", path, query);
-        p.finish(true);
-        let v = check_response(&r)?;
-        prop_assert_eq!(r.status, 200, "{}: {}", target, v);
-        items.extend(v.as_array().cloned().unwrap_or_default());
-        next = r.header("link").map(|l| {
-            l.trim_start_matches('<')
-                .trim_end_matches(">; rel=\"next\"")
-                .to_owned()
-        });
-    }
-    Ok(items)
+    props::run_step(
+        p,
+        step,
+        |method, path, query, _| crate::http(p, method, path, query),
+        |topic, payload| crate::event(p, topic, payload),
+    )
 }
 
 /// Every record reads alone and through every listing it belongs to, also
 /// one page of one record at a time (every `next` link is followable).
 fn still_readable(p: &MemPlatform) -> Result<(), TestCaseError> {
-    let all = all_pages(p, "/productions?limit=1000")?;
-    prop_assert_eq!(&all_pages(p, "/productions?limit=1")?, &all);
-    for x in &all {
-        let id = x["orderId"].as_u64().unwrap_or_default();
-        let r = crate::http(p, "GET", &format!("/productions/{id}"), "");
-        p.finish(true);
-        prop_assert_eq!(&check_response(&r)?, x);
-        for filter in [
-            format!("orderId={id}"),
-            format!("cafeId={}", x["cafeId"]),
-            format!("status={}", x["status"].as_str().unwrap_or_default()),
-        ] {
-            let listed = all_pages(p, &format!("/productions?limit=1000&{filter}"))?;
-            prop_assert!(listed.contains(x), "record {} missing from ?{}", id, filter);
-        }
-    }
-    Ok(())
+    let listing = Listing {
+        path: "/productions",
+        id: "orderId",
+        filters: &["orderId", "cafeId", "status"],
+        one_per_page: true,
+    };
+    listing
+        .still_reads(|path, query| {
+            let r = crate::http(p, "GET", path, query);
+            p.finish(true);
+            r
+        })
+        .map(drop)
 }
 
 proptest! {
@@ -225,17 +172,12 @@ fn valid(id: u64) -> Vec<(&'static str, String)> {
 #[test]
 fn every_field_at_every_edge_is_ok_or_invalid() {
     for topic in crate::SUBSCRIPTIONS {
-        for (field, _) in valid(0) {
-            let p = seeded();
-            for (n, value) in props::field_edges().into_iter().enumerate() {
-                let payload = props::with_field(&valid(10 + n as u64), field, value.as_deref());
-                let r = crate::event(&p, topic, &payload);
-                p.finish(r.is_ok());
-                check_event(topic, &r)
-                    .unwrap_or_else(|e| panic!("{topic} {field} = {value:?}: {e}"));
-            }
-            still_readable(&p)
-                .unwrap_or_else(|e| panic!("{topic} after the edges of {field}: {e}"));
-        }
+        props::event_edge_grid(
+            topic,
+            |n| valid(10 + n as u64),
+            seeded,
+            crate::event,
+            still_readable,
+        );
     }
 }

@@ -29,6 +29,9 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Map, Number, Value};
 
+pub mod harness;
+pub use harness::*;
+
 /// Cases per property: 256, so `cargo test` stays fast; the environment's
 /// `PROPTEST_CASES` (e.g. `PROPTEST_CASES=20000 cargo test`) overrides it
 /// for a longer soak.
