@@ -13,7 +13,7 @@
 
 use kit::MemPlatform;
 use kit::stock::StockFailure;
-use props::{body, check_event, check_response, method, path, payload, query, text};
+use props::{Listing, body, method, path, payload, query, text};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::json;
@@ -27,18 +27,10 @@ const ORDER_FIELDS: &[&str] = &[
     "id", "custNm", "cafeId", "cafeNm", "chkDate", "qty", "status", "version",
 ];
 
+/// A request or an event ([`props::Step`]), or a direct `stock` call.
 #[derive(Debug, Clone)]
 enum Step {
-    Http {
-        method: String,
-        path: String,
-        query: String,
-        body: Vec<u8>,
-    },
-    Event {
-        topic: String,
-        payload: Vec<u8>,
-    },
+    Common(props::Step),
     Reserve {
         order_id: String,
         cafe_id: u64,
@@ -58,12 +50,15 @@ fn order_id() -> impl Strategy<Value = String> {
 }
 
 fn topic() -> impl Strategy<Value = String> {
-    prop_oneof![
-        6 => select(crate::SUBSCRIPTIONS).prop_map(str::to_owned),
-        1 => select(&["order.force-canceled", "cafe.deleted", "order.requested", ""][..])
-            .prop_map(str::to_owned),
-        1 => text(),
-    ]
+    props::topic(
+        select(crate::SUBSCRIPTIONS),
+        &[
+            "order.force-canceled",
+            "cafe.deleted",
+            "order.requested",
+            "",
+        ],
+    )
 }
 
 /// `POST /cafes` or `PUT /cafes/{id}` with a well-formed body (`pcnt` near
@@ -79,15 +74,17 @@ fn owner_write() -> impl Strategy<Value = Step> {
                 ("pcnt", pcnt.to_string()),
             ]
         });
-        props::mutated(valid).prop_map(move |body| Step::Http {
-            method: if put { "PUT" } else { "POST" }.to_owned(),
-            path: if put {
-                format!("/cafes/{id}")
-            } else {
-                "/cafes".to_owned()
-            },
-            query: String::new(),
-            body,
+        props::mutated(valid).prop_map(move |body| {
+            Step::Common(props::Step::Http {
+                method: if put { "PUT" } else { "POST" }.to_owned(),
+                path: if put {
+                    format!("/cafes/{id}")
+                } else {
+                    "/cafes".to_owned()
+                },
+                query: String::new(),
+                body,
+            })
         })
     })
 }
@@ -96,9 +93,8 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => owner_write(),
         4 => (method(), path("/cafes", WORDS), query(PARAMS), body(FIELDS))
-            .prop_map(|(method, path, query, body)| Step::Http { method, path, query, body }),
-        2 => (topic(), payload(ORDER_FIELDS))
-            .prop_map(|(topic, payload)| Step::Event { topic, payload }),
+            .prop_map(|s| Step::Common(props::http_step(s))),
+        2 => (topic(), payload(ORDER_FIELDS)).prop_map(|s| Step::Common(props::event_step(s))),
         1 => (
             order_id(),
             prop_oneof![3 => 1u64..=6, 1 => any::<u64>()],
@@ -132,21 +128,7 @@ fn seeded() -> MemPlatform {
 
 fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
     match step {
-        Step::Http {
-            method,
-            path,
-            query,
-            body,
-        } => {
-            let r = crate::http(p, method, path, query, body);
-            p.finish(r.status < 400);
-            check_response(&r)?;
-        }
-        Step::Event { topic, payload } => {
-            let r = crate::event(p, topic, payload);
-            p.finish(r.is_ok());
-            check_event(topic, &r)?;
-        }
+        Step::Common(step) => props::run_step(p, step, crate::http, crate::event)?,
         Step::Reserve {
             order_id,
             cafe_id,
@@ -174,29 +156,15 @@ fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
 /// Every page of `GET /cafes` (following `Link`) and every item it lists
 /// read fine, and every stored item keeps the stock rule.
 fn still_readable(p: &MemPlatform) -> Result<(), TestCaseError> {
-    let mut query = "limit=1000".to_owned();
-    for _ in 0..100 {
-        let r = crate::http(p, "GET", "/cafes", &query, b"");
-        p.finish(true);
-        let v = check_response(&r)?;
-        prop_assert_eq!(r.status, 200);
-        for item in v.as_array().into_iter().flatten() {
-            let id = item["cafeId"].as_u64().unwrap_or_default();
-            let one = crate::http(p, "GET", &format!("/cafes/{id}"), "", b"");
-            p.finish(true);
-            prop_assert_eq!(&check_response(&one)?, item);
-        }
-        match r.header("link") {
-            None => break,
-            Some(link) => {
-                let next = link.split("after=").nth(1).unwrap_or_default();
-                query = format!(
-                    "limit=1000&after={}",
-                    next.trim_end_matches(">; rel=\"next\"")
-                );
-            }
-        }
-    }
+    let listing = Listing {
+        path: "/cafes",
+        id: "cafeId",
+        filters: &[],
+        one_per_page: false,
+    };
+    listing.still_reads(props::reading(p, |p, method, path, query| {
+        crate::http(p, method, path, query, b"")
+    }))?;
     for (key, bytes) in p.entries(CAFES) {
         let item: Item = serde_json::from_slice(&bytes).unwrap();
         prop_assert!(
@@ -212,19 +180,13 @@ proptest! {
 
     #[test]
     fn any_input_is_answered_without_a_trap_or_a_5xx(steps in prop::collection::vec(step(), 1..8)) {
-        let p = seeded();
-        for s in &steps {
-            run(&p, s)?;
-        }
-        still_readable(&p)?;
+        props::run_steps(&seeded(), &steps, run, still_readable)?;
     }
 
     #[test]
     fn any_order_canceled_payload_is_ok_or_invalid(payload in payload(ORDER_FIELDS)) {
         let p = seeded();
-        let r = crate::event(&p, "order.canceled", &payload);
-        p.finish(r.is_ok());
-        check_event("order.canceled", &r)?;
+        props::handled(&p, "order.canceled", &crate::event(&p, "order.canceled", &payload))?;
         still_readable(&p)?;
     }
 }
@@ -269,17 +231,8 @@ fn valid_item(id: u64) -> Vec<(&'static str, String)> {
 }
 
 /// A well-formed `order.canceled` payload (the order record) of order `id`.
-fn valid_order(id: u64) -> Vec<(&'static str, String)> {
-    vec![
-        ("id", id.to_string()),
-        ("custNm", "\"Hwang\"".to_owned()),
-        ("cafeId", "1".to_owned()),
-        ("cafeNm", "\"Coldbrew\"".to_owned()),
-        ("chkDate", "\"20210713\"".to_owned()),
-        ("qty", "2".to_owned()),
-        ("status", "\"CANCELED\"".to_owned()),
-        ("version", "2".to_owned()),
-    ]
+fn valid_order(id: u64) -> props::Fields {
+    props::order_record(id, 1, 2, "CANCELED", 2)
 }
 
 /// Every field of a POST (new ids), of a PUT of the item at the bound with
@@ -288,31 +241,23 @@ fn valid_order(id: u64) -> Vec<(&'static str, String)> {
 /// still reads and keeps the stock rule.
 #[test]
 fn every_field_at_every_edge_is_answered_without_a_trap_or_a_5xx() {
-    for (field, _) in valid_item(0) {
-        let p = seeded();
-        for (n, value) in props::field_edges().into_iter().enumerate() {
-            let fail = |e| panic!("{field} = {value:?}: {e}");
-            let body = props::with_field(&valid_item(10 + n as u64), field, value.as_deref());
-            let r = crate::http(&p, "POST", "/cafes", "", &body);
-            p.finish(r.status < 400);
-            check_response(&r).unwrap_or_else(fail);
-            let body = props::with_field(&valid_item(3), field, value.as_deref());
-            let r = crate::http(&p, "PUT", "/cafes/3", "", &body);
-            p.finish(r.status < 400);
-            check_response(&r).unwrap_or_else(fail);
-        }
-        still_readable(&p).unwrap_or_else(|e| panic!("after the edges of {field}: {e}"));
-    }
-    for (field, _) in valid_order(0) {
-        let p = seeded();
-        for (n, value) in props::field_edges().into_iter().enumerate() {
-            let payload =
-                props::with_field(&valid_order(1 + n as u64 % 3), field, value.as_deref());
-            let r = crate::event(&p, "order.canceled", &payload);
-            p.finish(r.is_ok());
-            check_event("order.canceled", &r)
-                .unwrap_or_else(|e| panic!("order.canceled {field} = {value:?}: {e}"));
-        }
-        still_readable(&p).unwrap_or_else(|e| panic!("after the edges of {field}: {e}"));
-    }
+    props::edge_grid(
+        "POST and PUT /cafes",
+        &valid_item(0),
+        seeded,
+        |p, field, n, value| {
+            let body = props::with_field(&valid_item(10 + n as u64), field, value);
+            props::answered(p, &crate::http(p, "POST", "/cafes", "", &body))?;
+            let body = props::with_field(&valid_item(3), field, value);
+            props::answered(p, &crate::http(p, "PUT", "/cafes/3", "", &body)).map(drop)
+        },
+        still_readable,
+    );
+    props::event_edge_grid(
+        "order.canceled",
+        |n| valid_order(1 + n as u64 % 3),
+        seeded,
+        crate::event,
+        still_readable,
+    );
 }

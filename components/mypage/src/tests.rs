@@ -147,25 +147,9 @@ fn errors_are_json() {
 
 /// Every page of `target` (following `Link: rel="next"`): order ids per page.
 fn pages(p: &impl kit::Platform, target: &str) -> Vec<Vec<u64>> {
-    let mut out = Vec::new();
-    let mut target = target.to_owned();
-    loop {
-        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-        let r = api::handle(p, "GET", path, query);
-        assert_eq!(r.status, 200);
-        let v: Value = serde_json::from_slice(&r.body).unwrap();
-        out.push(
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x["orderId"].as_u64().unwrap())
-                .collect(),
-        );
-        match r.header("link") {
-            None => return out,
-            Some(link) => target = link[1..link.find('>').unwrap()].to_owned(),
-        }
-    }
+    props::page_ids(target, "orderId", |path, query| {
+        api::handle(p, "GET", path, query)
+    })
 }
 
 #[test]

@@ -10,7 +10,7 @@
 //! through the listings, and every page's `next` link can be followed.
 
 use kit::{EventError, MemPlatform};
-use props::{Listing, Step, method, path, payload, query, text};
+use props::{Listing, Step, method, path, payload, query};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
@@ -28,11 +28,7 @@ fn subscribed() -> impl Strategy<Value = &'static str> {
 }
 
 fn topic() -> impl Strategy<Value = String> {
-    prop_oneof![
-        6 => subscribed().prop_map(str::to_owned),
-        1 => select(&["cafe.deleted", "order.cafe-sweep", ""][..]).prop_map(str::to_owned),
-        1 => text(),
-    ]
+    props::topic(subscribed(), &["cafe.deleted", "order.cafe-sweep", ""])
 }
 
 fn record(id: u64, status: &str, version: u64) -> Value {
@@ -95,8 +91,8 @@ fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
     props::run_step(
         p,
         step,
-        |method, path, query, _| crate::http(p, method, path, query),
-        |topic, payload| crate::event(p, topic, payload),
+        |p, method, path, query, _| crate::http(p, method, path, query),
+        crate::event,
     )
 }
 
@@ -110,11 +106,7 @@ fn still_readable(p: &MemPlatform) -> Result<(), TestCaseError> {
         one_per_page: true,
     };
     listing
-        .still_reads(|path, query| {
-            let r = crate::http(p, "GET", path, query);
-            p.finish(true);
-            r
-        })
+        .still_reads(props::reading(p, crate::http))
         .map(drop)
 }
 
@@ -123,11 +115,7 @@ proptest! {
 
     #[test]
     fn any_input_is_answered_without_a_trap_or_a_5xx(steps in prop::collection::vec(step(), 1..8)) {
-        let p = seeded();
-        for s in &steps {
-            run(&p, s)?;
-        }
-        still_readable(&p)?;
+        props::run_steps(&seeded(), &steps, run, still_readable)?;
     }
 }
 
@@ -182,18 +170,10 @@ fn records_the_store_or_the_listing_cannot_hold_are_invalid() {
 }
 
 /// A well-formed order and production record of order `id`.
-fn valid(id: u64) -> Vec<(&'static str, String)> {
-    vec![
-        ("id", id.to_string()),
-        ("orderId", id.to_string()),
-        ("custNm", "\"Hwang\"".to_owned()),
-        ("cafeId", "5".to_owned()),
-        ("cafeNm", "\"Coldbrew\"".to_owned()),
-        ("chkDate", "\"20210713\"".to_owned()),
-        ("qty", "1".to_owned()),
-        ("status", "\"REQUESTED\"".to_owned()),
-        ("version", "1".to_owned()),
-    ]
+fn valid(id: u64) -> props::Fields {
+    let mut record = props::order_record(id, 5, 1, "REQUESTED", 1);
+    record.insert(1, ("orderId", id.to_string()));
+    record
 }
 
 /// Every field of every subscribed topic's payload dropped or at every

@@ -14,7 +14,7 @@
 
 use kit::stock::{Reserved, Stock, StockFailure};
 use kit::{MemPlatform, Platform};
-use props::{Listing, Step, body, method, path, payload, query, text};
+use props::{Listing, Step, body, method, path, payload, query};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
@@ -59,12 +59,15 @@ impl Stock for FakeStock<'_> {
 }
 
 fn topic() -> impl Strategy<Value = String> {
-    prop_oneof![
-        6 => select(crate::SUBSCRIPTIONS).prop_map(str::to_owned),
-        1 => select(&["order.canceled", "cafe.registered", "production.canceled", ""][..])
-            .prop_map(str::to_owned),
-        1 => text(),
-    ]
+    props::topic(
+        select(crate::SUBSCRIPTIONS),
+        &[
+            "order.canceled",
+            "cafe.registered",
+            "production.canceled",
+            "",
+        ],
+    )
 }
 
 /// A sweep continuation that may be the one the tombstone waits for, a
@@ -188,8 +191,8 @@ fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
     props::run_step(
         p,
         step,
-        |method, path, query, body| crate::http(p, &FakeStock(p), method, path, query, body),
-        |topic, payload| crate::event(p, topic, payload),
+        |p, method, path, query, body| crate::http(p, &FakeStock(p), method, path, query, body),
+        crate::event,
     )
 }
 
@@ -202,11 +205,9 @@ fn still_readable(p: &MemPlatform) -> Result<(), TestCaseError> {
         filters: &["cafeId", "status"],
         one_per_page: false,
     };
-    let all = listing.still_reads(|path, query| {
-        let r = crate::http(p, &FakeStock(p), "GET", path, query, b"");
-        p.finish(r.status < 400);
-        r
-    })?;
+    let all = listing.still_reads(props::reading(p, |p, method, path, query| {
+        crate::http(p, &FakeStock(p), method, path, query, b"")
+    }))?;
     for status in Status::ALL {
         for k in p.keys(&by_status(status)) {
             let o: Option<Order> = p.get_json(ORDERS, &k).unwrap();
@@ -227,11 +228,7 @@ proptest! {
 
     #[test]
     fn any_input_is_answered_without_a_trap_or_a_5xx(steps in prop::collection::vec(step(), 1..8)) {
-        let p = seeded();
-        for s in &steps {
-            run(&p, s)?;
-        }
-        still_readable(&p)?;
+        props::run_steps(&seeded(), &steps, run, still_readable)?;
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! every listing and filter, and every page's `next` link can be followed.
 
 use kit::{EventError, MemPlatform};
-use props::{Listing, Step, method, path, payload, query, text};
+use props::{Listing, Step, method, path, payload, query};
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
@@ -22,29 +22,19 @@ const ORDER_FIELDS: &[&str] = &[
 ];
 
 fn topic() -> impl Strategy<Value = String> {
-    prop_oneof![
-        6 => select(crate::SUBSCRIPTIONS).prop_map(str::to_owned),
-        1 => select(&["order.ordered", "cafe.deleted", "production.registered", ""][..])
-            .prop_map(str::to_owned),
-        1 => text(),
-    ]
+    props::topic(
+        select(crate::SUBSCRIPTIONS),
+        &["order.ordered", "cafe.deleted", "production.registered", ""],
+    )
 }
 
 /// A well-formed order record (ids 1..=8) with a field or two mutated: to
 /// get past decoding and reach the store.
 fn nearly_valid_order() -> impl Strategy<Value = Vec<u8>> {
-    props::mutated((1u64..=8, 1u64..=3).prop_map(|(id, cafe)| {
-        vec![
-            ("id", id.to_string()),
-            ("custNm", "\"Hwang\"".to_owned()),
-            ("cafeId", cafe.to_string()),
-            ("cafeNm", "\"Coldbrew\"".to_owned()),
-            ("chkDate", "\"20210713\"".to_owned()),
-            ("qty", "1".to_owned()),
-            ("status", "\"REQUESTED\"".to_owned()),
-            ("version", "1".to_owned()),
-        ]
-    }))
+    props::mutated(
+        (1u64..=8, 1u64..=3)
+            .prop_map(|(id, cafe)| props::order_record(id, cafe, 1, "REQUESTED", 1)),
+    )
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -81,8 +71,8 @@ fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
     props::run_step(
         p,
         step,
-        |method, path, query, _| crate::http(p, method, path, query),
-        |topic, payload| crate::event(p, topic, payload),
+        |p, method, path, query, _| crate::http(p, method, path, query),
+        crate::event,
     )
 }
 
@@ -96,11 +86,7 @@ fn still_readable(p: &MemPlatform) -> Result<(), TestCaseError> {
         one_per_page: true,
     };
     listing
-        .still_reads(|path, query| {
-            let r = crate::http(p, "GET", path, query);
-            p.finish(true);
-            r
-        })
+        .still_reads(props::reading(p, crate::http))
         .map(drop)
 }
 
@@ -109,11 +95,7 @@ proptest! {
 
     #[test]
     fn any_input_is_answered_without_a_trap_or_a_5xx(steps in prop::collection::vec(step(), 1..8)) {
-        let p = seeded();
-        for s in &steps {
-            run(&p, s)?;
-        }
-        still_readable(&p)?;
+        props::run_steps(&seeded(), &steps, run, still_readable)?;
     }
 }
 
@@ -153,17 +135,8 @@ fn records_the_store_or_the_listing_cannot_hold_are_invalid() {
 }
 
 /// A well-formed order record of order `id`.
-fn valid(id: u64) -> Vec<(&'static str, String)> {
-    vec![
-        ("id", id.to_string()),
-        ("custNm", "\"Hwang\"".to_owned()),
-        ("cafeId", "5".to_owned()),
-        ("cafeNm", "\"Coldbrew\"".to_owned()),
-        ("chkDate", "\"20210713\"".to_owned()),
-        ("qty", "1".to_owned()),
-        ("status", "\"REQUESTED\"".to_owned()),
-        ("version", "1".to_owned()),
-    ]
+fn valid(id: u64) -> props::Fields {
+    props::order_record(id, 5, 1, "REQUESTED", 1)
 }
 
 /// Every field of every subscribed topic's payload dropped or at every

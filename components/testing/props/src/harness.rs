@@ -55,6 +55,20 @@ pub fn event_step<T: Into<String>>((topic, payload): (T, Vec<u8>)) -> Step {
     }
 }
 
+/// An event topic: mostly one the component subscribes to, sometimes one
+/// of `others` (topics it does not take), sometimes any [`crate::text`].
+pub fn topic(
+    subscribed: impl Strategy<Value = &'static str> + 'static,
+    others: &'static [&'static str],
+) -> BoxedStrategy<String> {
+    prop_oneof![
+        6 => subscribed.prop_map(str::to_owned),
+        1 => proptest::sample::select(others).prop_map(str::to_owned),
+        1 => crate::text(),
+    ]
+    .boxed()
+}
+
 /// Ends the unit of work as the host does for a request (commit below 400)
 /// and checks the answer with [`check_response`]; returns the body.
 pub fn answered(p: &MemPlatform, r: &Response) -> Result<Value, TestCaseError> {
@@ -73,14 +87,14 @@ pub fn handled(
     check_event(topic, r)
 }
 
-/// Runs `step` through the component's `http(method, path, query, body)` or
-/// `event(topic, payload)` and checks the answer ([`answered`],
-/// [`handled`]).
+/// Runs `step` through the component's `http(p, method, path, query,
+/// body)` or `event(p, topic, payload)` and checks the answer
+/// ([`answered`], [`handled`]).
 pub fn run_step(
     p: &MemPlatform,
     step: &Step,
-    http: impl FnOnce(&str, &str, &str, &[u8]) -> Response,
-    event: impl FnOnce(&str, &[u8]) -> Result<(), EventError>,
+    http: impl FnOnce(&MemPlatform, &str, &str, &str, &[u8]) -> Response,
+    event: impl FnOnce(&MemPlatform, &str, &[u8]) -> Result<(), EventError>,
 ) -> Result<(), TestCaseError> {
     match step {
         Step::Http {
@@ -88,9 +102,51 @@ pub fn run_step(
             path,
             query,
             body,
-        } => answered(p, &http(method, path, query, body)).map(drop),
-        Step::Event { topic, payload } => handled(p, topic, &event(topic, payload)),
+        } => answered(p, &http(p, method, path, query, body)).map(drop),
+        Step::Event { topic, payload } => handled(p, topic, &event(p, topic, payload)),
     }
+}
+
+/// On `p`: every step through `run`, then
+/// `still_readable`.
+pub fn run_steps<S>(
+    p: &MemPlatform,
+    steps: &[S],
+    run: impl Fn(&MemPlatform, &S) -> Result<(), TestCaseError>,
+    still_readable: impl Fn(&MemPlatform) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    for s in steps {
+        run(p, s)?;
+    }
+    still_readable(p)
+}
+
+/// A `GET path?query` for [`pages`] and [`Listing::still_reads`]: the
+/// component's `http(p, "GET", path, query)`, its unit of work committed.
+pub fn reading<'a>(
+    p: &'a MemPlatform,
+    http: impl Fn(&MemPlatform, &str, &str, &str) -> Response + 'a,
+) -> impl FnMut(&str, &str) -> Response + 'a {
+    move |path, query| {
+        let r = http(p, "GET", path, query);
+        p.finish(true);
+        r
+    }
+}
+
+/// A well-formed order record of order `id` as order publishes it (custNm
+/// Hwang, item `cafe_id` Coldbrew on 20210713), in the order's field order.
+pub fn order_record(id: u64, cafe_id: u64, qty: u32, status: &str, version: u64) -> Fields {
+    vec![
+        ("id", id.to_string()),
+        ("custNm", "\"Hwang\"".to_owned()),
+        ("cafeId", cafe_id.to_string()),
+        ("cafeNm", "\"Coldbrew\"".to_owned()),
+        ("chkDate", "\"20210713\"".to_owned()),
+        ("qty", qty.to_string()),
+        ("status", Value::from(status).to_string()),
+        ("version", version.to_string()),
+    ]
 }
 
 /// The target of a `Link: <target>; rel="next"` header.

@@ -16,6 +16,10 @@
 //!   for corrupt stored state, which these tests never create; a JSON body;
 //!   the kit error shape on 4xx; `allow` on 405). [`check_event`]: an event
 //!   handler answers `ok` or `invalid`.
+//! - [`harness`] (re-exported here): the driver the components' tests
+//!   share: [`Step`] and [`run_step`], [`all_pages`] / [`page_ids`]
+//!   following `next` links, [`Listing::still_reads`] (every record reads
+//!   through every listing), [`edge_grid`] / [`event_edge_grid`].
 //!
 //! A panic in a handler is a trap on wasm; proptest reports it as a failure
 //! with the shrunk input.
