@@ -26,6 +26,7 @@ pub struct Env {
     pub registry: Arc<Registry>,
     /// Concurrency limits and breakers, per component and per link.
     pub guards: Guards,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Raised when an invocation runs past its deadline (from the epoch callback
@@ -99,6 +100,7 @@ impl fmt::Display for Failure {
 /// One invocation in progress: its own store and its wall-clock budget.
 pub struct Invocation {
     pub store: Store<HostState>,
+    metrics: Arc<crate::metrics::Metrics>,
     deadline: Instant,
     budget: Duration,
 }
@@ -124,6 +126,7 @@ impl Invocation {
             Arc::clone(&loaded.identity),
             Arc::clone(&env.backend),
             links,
+            Arc::clone(&env.metrics),
             uow,
             deadline,
             depth,
@@ -141,6 +144,7 @@ impl Invocation {
         });
         Self {
             store,
+            metrics: Arc::clone(&env.metrics),
             deadline,
             budget,
         }
@@ -159,8 +163,15 @@ impl Invocation {
         export: &str,
         load: impl FnOnce(&mut Store<HostState>, &Instance) -> wasmtime::Result<G>,
     ) -> Result<G, Failure> {
+        let started = Instant::now();
         let instantiated =
             within(self.deadline, loaded.pre.instantiate_async(&mut self.store)).await;
+        self.metrics
+            .instantiate_seconds
+            .get_or_create(&crate::metrics::ComponentLabels {
+                component: loaded.name.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
         let instance = instantiated.map_err(|e| self.failure(e))?;
         load(&mut self.store, &instance).map_err(|e| Failure::Missing(format!("{export} ({e})")))
     }

@@ -10,6 +10,7 @@
 //! - `uow`        the unit of work: buffered reads/writes/events of one invocation
 //! - `guard`      per-component concurrency limit and circuit breaker (and per link)
 //! - `invoke`     fresh store per call, deadline, failure classification (`Env`)
+//! - `metrics`    Prometheus families and the scrape-time readings
 //! - `linking`    component → component calls (order's `stock` import → cafe)
 //! - `runtime`    HTTP request / event → invocation → atomic commit, with retries
 //! - `backend`    the state + event-log trait and its SQLite implementation
@@ -30,6 +31,7 @@ pub mod guard;
 pub mod http;
 pub mod invoke;
 pub mod linking;
+pub mod metrics;
 pub mod registry;
 pub mod routes;
 pub mod runtime;

@@ -114,7 +114,29 @@ impl HostState {
         ) -> wasmtime::Result<Result<T, StockError>>,
     ) -> Result<T, StockError> {
         let deadline = provider.inv.deadline();
+        let started = std::time::Instant::now();
         let outcome = within(deadline, call(&provider.guest, &mut provider.inv.store)).await;
+        let provider_name = provider.inv.store.data().identity.name.clone();
+        let link = format!("{}->{provider_name}", self.identity.name);
+        let label = match &outcome {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(_)) => "refused",
+            Err(_) => "failed",
+        };
+        let metrics = &self.metrics;
+        metrics
+            .link_calls
+            .get_or_create(&crate::metrics::LinkLabels {
+                link,
+                outcome: label.to_owned(),
+            })
+            .inc();
+        metrics
+            .link_seconds
+            .get_or_create(&crate::metrics::ComponentLabels {
+                component: provider_name,
+            })
+            .observe(started.elapsed().as_secs_f64());
         let failed = matches!(
             &outcome,
             Err(e) if !e.is::<crate::backend::BackendUnavailable>()

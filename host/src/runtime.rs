@@ -115,6 +115,7 @@ impl Runtime {
             backend: Arc::clone(&backend),
             registry: Arc::clone(&registry),
             guards: crate::guard::Guards::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         });
         Ok(Arc::new(Self {
             engine,
@@ -247,12 +248,34 @@ impl Runtime {
                 // committed data (read committed) without taking the writer.
                 return Ok(response);
             }
-            match self.backend.commit(changes).await {
+            let started = Instant::now();
+            let committed = self.backend.commit(changes).await;
+            self.env
+                .metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match committed {
                 Ok(Commit::Applied) => return Ok(response),
                 Ok(Commit::Conflict) => {
+                    self.env
+                        .metrics
+                        .conflicts
+                        .get_or_create(&crate::metrics::ComponentLabels {
+                            component: loaded.name.clone(),
+                        })
+                        .inc();
                     tracing::debug!(component = %loaded.name, attempt, "unit of work conflicted, retrying");
                 }
-                Err(e) => return Err(HttpFailure::Commit(format!("{e:#}"))),
+                Err(e) => {
+                    self.env
+                        .metrics
+                        .commit_failures
+                        .get_or_create(&crate::metrics::KindLabels {
+                            kind: "commit_unknown".into(),
+                        })
+                        .inc();
+                    return Err(HttpFailure::Commit(format!("{e:#}")));
+                }
             }
         }
         Err(HttpFailure::Contended(attempts))

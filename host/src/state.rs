@@ -89,6 +89,8 @@ pub struct HostState {
     pub backend: SharedBackend,
     /// Where synchronous calls to linked components go.
     pub links: Arc<dyn Links>,
+    /// Where its linked calls are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Buffered effects; handed to the backend only when the invocation succeeds.
     pub uow: UnitOfWork,
     /// Wall-clock deadline shared with nested calls (they get no more time).
@@ -110,6 +112,7 @@ impl HostState {
         identity: Arc<Identity>,
         backend: SharedBackend,
         links: Arc<dyn Links>,
+        metrics: Arc<crate::metrics::Metrics>,
         uow: UnitOfWork,
         deadline: Instant,
         depth: u8,
@@ -125,6 +128,7 @@ impl HostState {
             identity,
             backend,
             links,
+            metrics,
             uow,
             deadline,
             depth,

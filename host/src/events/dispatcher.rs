@@ -227,10 +227,36 @@ async fn handle(
             return false;
         }
     }
-    match rt.handle_event(&loaded, delivery).await {
+    let started = std::time::Instant::now();
+    let outcome = rt.handle_event(&loaded, delivery).await;
+    let metrics = &rt.env.metrics;
+    let label = match &outcome {
+        EventOutcome::Handled(_) => None,
+        EventOutcome::Failed(_) if delivery.attempt >= rt.config().events.max_attempts => {
+            Some("dead")
+        }
+        EventOutcome::Failed(_) => Some("failed"),
+        EventOutcome::Faulted(_) => Some("faulted"),
+        EventOutcome::Refused(_) => Some("refused"),
+        EventOutcome::Unavailable(_) => Some("unavailable"),
+    };
+    if let Some(label) = label {
+        metrics.delivery(&sub.component, label);
+    }
+    match outcome {
         EventOutcome::Handled(changes) => match rt.backend.ack(sub, delivery, changes).await {
-            Ok(Commit::Applied) => true,
+            Ok(Commit::Applied) => {
+                metrics.delivery(&sub.component, "ok");
+                metrics
+                    .handle_to_ack_seconds
+                    .get_or_create(&crate::metrics::ComponentLabels {
+                        component: sub.component.clone(),
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+                true
+            }
             Ok(Commit::Conflict) => {
+                metrics.delivery(&sub.component, "conflict");
                 let n = streak.bump(&delivery.id);
                 if n >= MAX_CONFLICTS {
                     let reason =

@@ -8,6 +8,7 @@
 //! | `PUT /admin/components/{name}` | body = component bytes: validate, activate (200) or refuse (422) |
 //! | `POST /admin/components/{name}/rollback` | back to the previous version |
 //! | `POST /admin/reload` | re-read the manifest; all of it applies or none |
+//! | `GET /metrics` | Prometheus exposition (read-only, no token) |
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -115,6 +116,14 @@ impl Admin {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
+        if path == "/metrics" {
+            // Read-only and scraped by Prometheus: no token.
+            return if req.method() == Method::GET {
+                self.metrics().await
+            } else {
+                not_allowed(&path, "GET")
+            };
+        }
         let Some(rest) = path.strip_prefix("/admin") else {
             return reply::error(
                 StatusCode::NOT_FOUND,
@@ -160,6 +169,36 @@ impl Admin {
                 format!("no admin route {path}"),
             ),
         }
+    }
+
+    async fn metrics(&self) -> Response<Body> {
+        let scraped = crate::metrics::Scraped {
+            breakers: self.rt.env.guards.report(),
+            lag: self.rt.lag().await.unwrap_or_default(),
+            dead_letters: self
+                .rt
+                .backend
+                .dead_letters()
+                .await
+                .map(|d| d.len())
+                .unwrap_or(0),
+            versions: self
+                .rt
+                .registry
+                .all()
+                .iter()
+                .map(|l| (l.name.clone(), l.digest.clone()))
+                .collect(),
+        };
+        let text = self.rt.env.metrics.encode(scraped);
+        let mut response = Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static(
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+        );
+        response
     }
 
     fn components(&self) -> Response<Body> {

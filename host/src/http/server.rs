@@ -373,10 +373,33 @@ impl App {
                 .collect(),
             body: body.to_vec(),
         };
-        let mut response = match self.rt.serve_http(&loaded, request).await {
+        let started = std::time::Instant::now();
+        let route = crate::metrics::route_template(&request.path);
+        let served = self.rt.serve_http(&loaded, request).await;
+        let outcome = match &served {
+            Ok(r) if r.status >= 500 => "error_5xx",
+            Ok(_) => "ok",
+            Err(HttpFailure::Refused(crate::guard::Refusal::Open(_))) => "refused_open",
+            Err(HttpFailure::Refused(crate::guard::Refusal::Busy(_))) => "refused_busy",
+            Err(HttpFailure::Invoke(Failure::Deadline(_))) => "timeout",
+            Err(HttpFailure::Invoke(Failure::Backend(_)) | HttpFailure::Commit(_)) => "backend",
+            Err(HttpFailure::Invoke(Failure::Overloaded(_))) => "refused_busy",
+            Err(HttpFailure::Contended(_)) => "contended",
+            Err(HttpFailure::ResponseTooLarge { .. }) => "response_too_large",
+            Err(HttpFailure::Invoke(_)) => "trap",
+        };
+        let metrics = &self.rt.env.metrics;
+        metrics.invocation(&loaded.name, outcome);
+        let mut response = match served {
             Ok(response) => to_hyper(response),
             Err(failure) => self.failure_response(&loaded.name, failure),
         };
+        metrics.request(
+            &loaded.name,
+            &route,
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         // Which version answered: the start of its sha256, as listed by
         // `GET /admin/components` (a swap shows up here at once).
         if let Ok(v) = HeaderValue::from_str(loaded.short_digest()) {

@@ -10,6 +10,7 @@ mod faults;
 mod guards;
 mod hostile;
 mod hot_swap;
+mod metrics;
 mod ranges;
 mod redis_hosts;
 mod redis_streams;
