@@ -9,8 +9,10 @@ use serde_json::json;
 use crate::support::binary::Host;
 use crate::support::{eventually, manifest_text, test_config};
 
-/// (name, labels) → value of every sample in one scrape.
-async fn scrape(admin: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+/// (name, sorted labels) → value of every sample in one scrape.
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+async fn scrape(admin: &str) -> Samples {
     let resp = reqwest::get(format!("{admin}/metrics"))
         .await
         .expect("scrape");
@@ -39,11 +41,7 @@ async fn scrape(admin: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
         .collect()
 }
 
-fn get(
-    samples: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn get(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut want: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -78,7 +76,7 @@ async fn metrics_follow_the_traffic() {
     }
     assert_eq!(c.get("/cafes/999").await.0, 404);
     let before = scrape(&admin).await;
-    let ok = |m: &HashMap<_, f64>| {
+    let ok = |m: &Samples| {
         get(
             m,
             "sktarbucks_http_requests_total",
