@@ -77,15 +77,25 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// One screen about a running host: versions, breakers, in-flight, lag (admin API).
+    #[command(
+        after_help = "Example:\n  SKTARBUCKS_ADMIN_TOKEN=secret sktarbucks status --admin 127.0.0.1:9090"
+    )]
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Re-read the manifest on a running host; all of it applies or none (admin API).
     #[command(after_help = "Example:\n  sktarbucks reload --admin 127.0.0.1:9090")]
     Reload {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// List events that exhausted their delivery attempts.
+    /// List events that exhausted their delivery attempts (reads the backend).
+    #[command(after_help = "Example:\n  sktarbucks dead-letters --redis redis://127.0.0.1:6379/0")]
     DeadLetters,
     /// Deliver a dead letter again (after fixing its cause).
+    #[command(after_help = "Example:\n  sktarbucks replay 7")]
     Replay {
         /// The dead letter's id, as listed by `dead-letters`.
         id: String,
@@ -111,6 +121,51 @@ impl AdminArgs {
             format!("http://{}", self.admin)
         };
         format!("{}{path}", base.trim_end_matches('/'))
+    }
+
+    /// `status`: the component listing as a table.
+    async fn status(&self) -> Result<()> {
+        let resp = reqwest::Client::new()
+            .get(self.url("/admin/components"))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.url("")))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!("{status}: {body}");
+        }
+        println!(
+            "{:<12} {:<14} {:<9} {:<10} {:>8} {:>11} {:>6}  routes",
+            "component", "version", "source", "breaker", "in-flight", "invocations", "lag"
+        );
+        for c in body["components"].as_array().into_iter().flatten() {
+            let text = |k: &str| c[k].as_str().unwrap_or("-").to_owned();
+            let num = |k: &str| c[k].as_u64().map_or("-".to_owned(), |n| n.to_string());
+            let digest = text("digest");
+            let routes: Vec<&str> = c["routes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str())
+                .collect();
+            println!(
+                "{:<12} {:<14} {:<9} {:<10} {:>8} {:>11} {:>6}  {}",
+                text("name"),
+                digest.get(..12).unwrap_or(&digest),
+                text("source"),
+                text("breaker"),
+                num("inFlight"),
+                num("invocations"),
+                num("lag"),
+                routes.join(" ")
+            );
+            if let Some(why) = c["diverged"].as_str() {
+                println!("  ! {why}");
+            }
+        }
+        Ok(())
     }
 
     /// Send one admin request; print the JSON answer; fail on an error status.
@@ -264,6 +319,7 @@ async fn main() -> Result<()> {
                 )
                 .await
         }
+        Command::Status { admin } => admin.status().await,
         Command::Reload { admin } => {
             admin
                 .call(reqwest::Method::POST, "/admin/reload", None)

@@ -141,7 +141,7 @@ impl Admin {
         let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         let method = req.method().clone();
         match (segments.as_slice(), &method) {
-            (["components"], &Method::GET) => self.components(),
+            (["components"], &Method::GET) => self.components().await,
             (["components"], _) => not_allowed(&path, "GET"),
             (["components", name], &Method::PUT) => {
                 let name = (*name).to_owned();
@@ -201,7 +201,14 @@ impl Admin {
         response
     }
 
-    fn components(&self) -> Response<Body> {
+    async fn components(&self) -> Response<Body> {
+        let lag: std::collections::HashMap<String, u64> = self
+            .rt
+            .lag()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let status = self.deployer.status();
         let subscriptions = self
             .rt
@@ -230,6 +237,7 @@ impl Admin {
                     "diverged": st.and_then(|s| s.diverged.clone()),
                     "routes": l.config.routes,
                     "subscriptions": topics,
+                    "lag": lag.get(&l.name),
                     "links": l.config.links,
                     "deadlineMs": l.config.deadline_ms,
                     "memoryMib": l.config.memory_mib,

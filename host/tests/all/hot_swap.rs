@@ -608,3 +608,38 @@ async fn a_manifest_reload_applies_whole_or_not_at_all() {
 fn manifest_text_unchecked(config: &sktarbucks::config::Config) -> String {
     config.to_toml().expect("serializes")
 }
+
+/// `sktarbucks status` prints one line per component from the admin API.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_command_summarises_a_running_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = sqlite_host(dir.path());
+    let admin = host.admin.clone().expect("admin");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sktarbucks"))
+        .args(["status", "--admin", &admin])
+        .env("SKTARBUCKS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = Admin::of(&host).digest_of("cafe").await;
+    let cafe = text
+        .lines()
+        .find(|l| l.starts_with("cafe "))
+        .unwrap_or_else(|| panic!("a line for cafe in\n{text}"));
+    assert!(
+        cafe.contains(&digest[..12]) && cafe.contains("closed") && cafe.contains("/cafes"),
+        "{cafe}"
+    );
+    let wrong = std::process::Command::new(env!("CARGO_BIN_EXE_sktarbucks"))
+        .args(["status", "--admin", &admin])
+        .env("SKTARBUCKS_ADMIN_TOKEN", "wrong")
+        .output()
+        .expect("runs");
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+}
