@@ -180,24 +180,7 @@ impl Deployer {
         if history.len() > HISTORY {
             history.drain(..history.len() - HISTORY);
         }
-        let record = Deployment {
-            component: name.to_owned(),
-            digest: digest.clone(),
-            activated_ms: now_ms(),
-            history,
-        };
-        backend
-            .set_deployment(&record)
-            .await
-            .map_err(DeployError::Backend)?;
-        self.activate(loaded, &record, compile_ms);
-        Ok(Swap {
-            component: name.to_owned(),
-            digest,
-            previous: current.digest.clone(),
-            changed: true,
-            compile_ms,
-        })
+        self.go_live(loaded, &current, history, compile_ms).await
     }
 
     /// Return `name` to the version before the current one (validated again).
@@ -224,9 +207,21 @@ impl Deployer {
         let started = Instant::now();
         let loaded = self.validate(name, &bytes).await?;
         let compile_ms = started.elapsed().as_millis() as u64;
+        self.go_live(loaded, &current, history, compile_ms).await
+    }
+
+    /// Record a validated version as the component's deployment (every host
+    /// follows it) and make it live here.
+    async fn go_live(
+        &self,
+        loaded: Arc<Loaded>,
+        current: &Loaded,
+        history: Vec<String>,
+        compile_ms: u64,
+    ) -> Result<Swap, DeployError> {
         let record = Deployment {
-            component: name.to_owned(),
-            digest: previous.clone(),
+            component: loaded.name.clone(),
+            digest: loaded.digest.clone(),
             activated_ms: now_ms(),
             history,
         };
@@ -237,8 +232,8 @@ impl Deployer {
             .map_err(DeployError::Backend)?;
         self.activate(loaded, &record, compile_ms);
         Ok(Swap {
-            component: name.to_owned(),
-            digest: previous,
+            component: record.component,
+            digest: record.digest,
             previous: current.digest.clone(),
             changed: true,
             compile_ms,

@@ -256,13 +256,15 @@ pub struct Guards {
 }
 
 impl Guards {
-    fn get(&self, key: String, limits: &LimitsConfig) -> Arc<Guard> {
+    /// The guard under `key`; allocates only when it is created (this runs
+    /// on every request).
+    fn get(&self, key: &str, limits: &LimitsConfig) -> Arc<Guard> {
         let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
-        match all.get(&key) {
+        match all.get(key) {
             Some(g) if g.limits() == limits => Arc::clone(g),
             _ => {
                 let g = Arc::new(Guard::new(limits.clone()));
-                all.insert(key, Arc::clone(&g));
+                all.insert(key.to_owned(), Arc::clone(&g));
                 g
             }
         }
@@ -270,12 +272,12 @@ impl Guards {
 
     /// The guard of component `name` (rebuilt when its limits changed).
     pub fn component(&self, name: &str, limits: &LimitsConfig) -> Arc<Guard> {
-        self.get(name.to_owned(), limits)
+        self.get(name, limits)
     }
 
     /// The breaker of the link `caller` → `provider`.
     pub fn link(&self, caller: &str, provider: &str, limits: &LimitsConfig) -> Arc<Guard> {
-        self.get(format!("{caller}->{provider}"), limits)
+        self.get(&format!("{caller}->{provider}"), limits)
     }
 
     /// Forget the state of `name` and its links (a new version deserves a

@@ -306,8 +306,7 @@ async fn bad_versions_are_refused_and_the_old_one_keeps_serving() {
     let host = sqlite_host(dir.path());
     let (c, admin) = (host.client.clone(), Admin::of(&host));
     let before = admin.components().await;
-    let trapping =
-        crate::support::root().join("components/target/variants/wasm32-wasip2/release/faulty.wasm");
+    let trapping = crate::support::variant_wasm("faulty");
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "cafe",

@@ -43,22 +43,17 @@ macro_rules! on_both_backends {
 
 /// A test variant built by `cargo xtask build` into `target/variants`.
 pub fn variant_wasm(name: &str) -> PathBuf {
-    let path = root().join(format!(
-        "components/target/variants/wasm32-wasip2/release/{name}.wasm"
-    ));
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo xtask build` first",
-        path.display()
-    );
-    path
+    built("components/target/variants", name)
 }
 
 /// A component built by `cargo xtask build`.
 pub fn wasm(name: &str) -> PathBuf {
-    let path = root().join(format!(
-        "components/target/wasm32-wasip2/release/{name}.wasm"
-    ));
+    built("components/target", name)
+}
+
+/// `<target>/wasm32-wasip2/release/<name>.wasm` under the root, which must exist.
+fn built(target: &str, name: &str) -> PathBuf {
+    let path = root().join(format!("{target}/wasm32-wasip2/release/{name}.wasm"));
     assert!(
         path.exists(),
         "{} is missing: run `cargo xtask build` first",
