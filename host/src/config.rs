@@ -32,6 +32,15 @@ pub struct Config {
     /// more are answered 503 and closed (one client cannot starve the rest).
     #[serde(default = "default_per_client")]
     pub max_connections_per_client: usize,
+    /// Bytes of request bodies buffered at once across all connections; a
+    /// body that does not fit waits briefly, then gets 503 (never an OOM).
+    #[serde(default = "default_body_budget")]
+    pub body_budget_bytes: usize,
+    /// How long a connection may go without sending a complete request
+    /// head: the first request's header deadline (slow-header clients) and
+    /// the idle timeout of a keep-alive connection between requests.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
     /// A component answering a larger body gets a 502 instead (and nothing
     /// it wrote is kept).
     #[serde(default = "default_max_response")]
@@ -250,6 +259,12 @@ fn default_max_body() -> usize {
 fn default_per_client() -> usize {
     2048
 }
+fn default_body_budget() -> usize {
+    256 * 1024 * 1024
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
 fn default_max_response() -> usize {
     8 * 1024 * 1024
 }
@@ -375,6 +390,13 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        if self.body_budget_bytes < self.max_body_bytes {
+            bail!(
+                "body_budget_bytes ({}) must be at least max_body_bytes ({}), or no body of the largest allowed size could ever be received",
+                self.body_budget_bytes,
+                self.max_body_bytes
+            );
+        }
         let mut seen = BTreeMap::new();
         for (name, component) in &self.components {
             for route in &component.routes {

@@ -2,9 +2,11 @@
 //! role before it goes live, activated atomically (in-flight invocations
 //! finish on the old version), recorded durably by the backend so restarts
 //! and other hosts follow, and can be rolled back. Manifest reloads go
-//! through the same checks and apply whole or not at all.
+//! through the same checks and apply whole or not at all. Each host also
+//! remembers its last [`SWAP_LOG`] version changes in memory (since it
+//! started) for the admin console.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +22,9 @@ use crate::runtime::Runtime;
 const HISTORY: usize = 10;
 /// How often a host checks whether another host deployed something.
 pub const SYNC_EVERY: Duration = Duration::from_millis(250);
+/// Version changes [`Deployer::swaps`] remembers (in memory, since this
+/// host started; the backend keeps only the rollback digests).
+pub const SWAP_LOG: usize = 50;
 
 /// Why a deploy, rollback or reload did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,32 @@ pub struct Swap {
     pub compile_ms: u64,
 }
 
+/// What made a version go live on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwapSource {
+    /// A deploy on this host (admin API, CLI or watch mode).
+    Deploy,
+    /// A rollback on this host.
+    Rollback,
+    /// A deploy or rollback recorded by another host, followed here.
+    Sync,
+    /// A manifest reload that named a new file.
+    Reload,
+}
+
+/// One version change on this host, as the admin console lists it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwapEvent {
+    pub component: String,
+    pub digest: String,
+    pub previous: String,
+    /// When it went live on this host (ms since the epoch).
+    pub at_ms: i64,
+    pub source: SwapSource,
+}
+
 /// Reads the manifest again for a reload (path and CLI overrides applied).
 pub type ConfigLoader = Box<dyn Fn() -> Result<Config> + Send + Sync>;
 
@@ -82,6 +113,8 @@ pub struct Deployer {
     /// Deployment generation last reconciled with.
     seen_generation: Mutex<Option<u64>>,
     load_config: Option<ConfigLoader>,
+    /// The last [`SWAP_LOG`] version changes here, oldest first.
+    swaps: Mutex<VecDeque<SwapEvent>>,
 }
 
 pub fn now_ms() -> i64 {
@@ -115,6 +148,7 @@ impl Deployer {
             changing: tokio::sync::Mutex::default(),
             seen_generation: Mutex::new(None),
             load_config,
+            swaps: Mutex::new(VecDeque::with_capacity(SWAP_LOG)),
         }
     }
 
@@ -134,6 +168,32 @@ impl Deployer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The last [`SWAP_LOG`] version changes on this host, newest first.
+    /// In memory only: the list starts empty whenever the host starts.
+    pub fn swaps(&self) -> Vec<SwapEvent> {
+        self.swaps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+
+    fn remember(&self, component: &str, digest: &str, previous: &str, source: SwapSource) {
+        let mut log = self.swaps.lock().unwrap_or_else(|p| p.into_inner());
+        while log.len() >= SWAP_LOG {
+            log.pop_front();
+        }
+        log.push_back(SwapEvent {
+            component: component.to_owned(),
+            digest: digest.to_owned(),
+            previous: previous.to_owned(),
+            at_ms: now_ms(),
+            source,
+        });
     }
 
     fn set_status(&self, name: &str, status: Status) {
@@ -180,7 +240,14 @@ impl Deployer {
         if history.len() > HISTORY {
             history.drain(..history.len() - HISTORY);
         }
-        self.go_live(loaded, &current, history, compile_ms).await
+        let swap = self.go_live(loaded, &current, history, compile_ms).await?;
+        self.remember(
+            &swap.component,
+            &swap.digest,
+            &swap.previous,
+            SwapSource::Deploy,
+        );
+        Ok(swap)
     }
 
     /// Return `name` to the version before the current one (validated again).
@@ -207,7 +274,14 @@ impl Deployer {
         let started = Instant::now();
         let loaded = self.validate(name, &bytes).await?;
         let compile_ms = started.elapsed().as_millis() as u64;
-        self.go_live(loaded, &current, history, compile_ms).await
+        let swap = self.go_live(loaded, &current, history, compile_ms).await?;
+        self.remember(
+            &swap.component,
+            &swap.digest,
+            &swap.previous,
+            SwapSource::Rollback,
+        );
+        Ok(swap)
     }
 
     /// Record a validated version as the component's deployment (every host
@@ -406,7 +480,19 @@ impl Deployer {
             .validate(&record.component, &bytes)
             .await
             .map_err(|e| e.to_string())?;
+        let previous = self
+            .rt
+            .registry
+            .get(&record.component)
+            .map(|l| l.digest.clone())
+            .unwrap_or_default();
         self.activate(loaded, record, started.elapsed().as_millis() as u64);
+        self.remember(
+            &record.component,
+            &record.digest,
+            &previous,
+            SwapSource::Sync,
+        );
         Ok(())
     }
 
@@ -498,7 +584,19 @@ impl Deployer {
                 });
             }
         }
+        let swapped: Vec<(String, String, String)> = set
+            .components
+            .iter()
+            .filter_map(|(name, new)| {
+                let old = live.components.get(name)?;
+                (old.digest != new.digest)
+                    .then(|| (name.clone(), new.digest.clone(), old.digest.clone()))
+            })
+            .collect();
         self.rt.registry.replace(set);
+        for (name, digest, previous) in swapped {
+            self.remember(&name, &digest, &previous, SwapSource::Reload);
+        }
         tracing::info!(changes = ?changes, "manifest reloaded");
         Ok(changes)
     }

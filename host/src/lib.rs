@@ -8,6 +8,7 @@
 //! - `routes`     path prefix → component
 //! - `registry`   the live set: manifest, versions (`InstancePre` + exports), routes; swapped atomically
 //! - `uow`        the unit of work: buffered reads/writes/events of one invocation
+//! - `crash`      named crash points for crash tests (only in `crash-points` builds)
 //! - `guard`      per-component concurrency limit and circuit breaker (and per link)
 //! - `invoke`     fresh store per call, deadline, failure classification (`Env`)
 //! - `metrics`    Prometheus families and the scrape-time readings
@@ -24,6 +25,7 @@ pub mod app;
 pub mod backend;
 pub mod bindings;
 pub mod config;
+pub mod crash;
 pub mod deploy;
 pub mod engine;
 pub mod events;

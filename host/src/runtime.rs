@@ -255,7 +255,10 @@ impl Runtime {
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
             match committed {
-                Ok(Commit::Applied) => return Ok(response),
+                Ok(Commit::Applied) => {
+                    crate::crash::point(crate::crash::AFTER_COMMIT);
+                    return Ok(response);
+                }
                 Ok(Commit::Conflict) => {
                     self.env
                         .metrics

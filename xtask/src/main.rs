@@ -8,6 +8,8 @@ use std::process::{Command, ExitStatus};
 
 use anyhow::{Context, Result, bail};
 
+mod browser;
+
 const USAGE: &str = "usage: cargo xtask <command> [args]
 
 commands:
@@ -17,6 +19,8 @@ commands:
   dev [args]         like serve, with --watch: rebuilt components are redeployed
   test [args]        build, make sure redis-server exists, run every test
   bench [args]       build, then run the benchmarks (see README)
+  soak [minutes]     build, then kill and restart hosts and Redis under mixed
+                     load; prints orders acknowledged, lost, duplicated, 5xx
 ";
 
 fn main() -> Result<()> {
@@ -65,6 +69,14 @@ fn main() -> Result<()> {
                     "--",
                 ])
                 .args(&rest))
+        }
+        "soak" => {
+            build()?;
+            ensure_redis()?;
+            // `build` made every target, examples included: run it as built
+            // (a `cargo run` would rebuild the library with other features).
+            let soak = root().join("target/release/examples/soak");
+            run(Command::new(soak).args(&rest).current_dir(root()))
         }
         _ => {
             eprint!("{USAGE}");
@@ -201,6 +213,7 @@ fn which(bin: &str) -> bool {
 fn test(rest: &[String]) -> Result<()> {
     build()?;
     ensure_redis()?;
+    browser::ensure_browser()?;
     let mut totals = Totals::default();
     let components = run_tests(
         cargo().current_dir(root().join("components")).arg("test"),

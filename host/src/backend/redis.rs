@@ -994,6 +994,7 @@ impl Backend for RedisBackend {
                 .context("redis HINCRBY failed")?;
             return Ok(());
         }
+        crate::crash::point(crate::crash::DEAD_LETTER);
         let _: i64 = self
             .dead_letter
             .arg(stream)
@@ -1296,10 +1297,14 @@ impl RedisBackend {
         }
         invocation.arg(DONE_TTL_SECS);
         let mut conn = self.conn.clone();
+        if ack.is_none() {
+            crate::crash::point(crate::crash::BEFORE_COMMIT);
+        }
         let outcome: String = invocation
             .invoke_async(&mut conn)
             .await
             .context("redis commit script failed")?;
+        crate::crash::point(crate::crash::REDIS_REPLY);
         match outcome.as_str() {
             "ok" => Ok(Commit::Applied),
             // Another host already applied this delivery: nothing to do twice.

@@ -399,7 +399,15 @@ impl Backend for SqliteBackend {
 
     async fn commit(&self, changes: Changes) -> Result<Commit> {
         let has_events = !changes.events.is_empty();
-        let outcome = self.write_checked(move |tx| apply(tx, &changes)).await?;
+        let outcome = self
+            .write_checked(move |tx| {
+                let applied = apply(tx, &changes)?;
+                if applied {
+                    crate::crash::point(crate::crash::BEFORE_COMMIT);
+                }
+                Ok(applied)
+            })
+            .await?;
         if has_events && outcome == Commit::Applied {
             self.appended.notify_waiters();
         }
@@ -526,6 +534,7 @@ impl Backend for SqliteBackend {
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![subscriber, seq, attempt, error, now_ms()],
                 )?;
+                crate::crash::point(crate::crash::DEAD_LETTER);
             } else {
                 record_attempt(tx, &subscriber, seq, attempt, &error)?;
             }

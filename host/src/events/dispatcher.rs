@@ -244,7 +244,7 @@ async fn handle(
         metrics.delivery(&sub.component, label);
     }
     match outcome {
-        EventOutcome::Handled(changes) => match rt.backend.ack(sub, delivery, changes).await {
+        EventOutcome::Handled(changes) => match acknowledge(rt, sub, delivery, changes).await {
             Ok(Commit::Applied) => {
                 metrics.delivery(&sub.component, "ok");
                 metrics
@@ -316,6 +316,17 @@ async fn handle(
             false
         }
     }
+}
+
+/// Commit a handler's changes together with the acknowledgement.
+async fn acknowledge(
+    rt: &Arc<Runtime>,
+    sub: &Subscription,
+    delivery: &Delivery,
+    changes: crate::uow::Changes,
+) -> Result<Commit> {
+    crate::crash::point(crate::crash::AFTER_HANDLER);
+    rt.backend.ack(sub, delivery, changes).await
 }
 
 /// Deliver everything currently pending for `sub`, then return how many

@@ -8,7 +8,17 @@
 //! | `PUT /admin/components/{name}` | body = component bytes: validate, activate (200) or refuse (422) |
 //! | `POST /admin/components/{name}/rollback` | back to the previous version |
 //! | `POST /admin/reload` | re-read the manifest; all of it applies or none |
+//! | `GET /admin/dead-letters` | events that exhausted their attempts, oldest first |
+//! | `POST /admin/dead-letters/{id}/replay` | put one back in front of its subscriber (404 if unknown) |
+//! | `GET /admin/swaps` | the last 50 version changes on this host, newest first (in memory: since this host started) |
+//! | `GET /admin/ui` | the operator console page (static, holds no data; no token) |
 //! | `GET /metrics` | Prometheus exposition (read-only, no token) |
+//!
+//! The console (`console/`: one HTML page, its script and its style, compiled
+//! in; no build step) asks for the token once, keeps it in the tab's
+//! sessionStorage and calls the JSON routes above with it. Its assets are
+//! served with a strict Content-Security-Policy: no inline script, nothing
+//! from another origin.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,6 +42,15 @@ use crate::runtime::Runtime;
 
 /// How long an upload may take.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The operator console's assets, served under `/admin/ui`.
+const CONSOLE_HTML: &str = include_str!("console/console.html");
+const CONSOLE_JS: &str = include_str!("console/console.js");
+const CONSOLE_CSS: &str = include_str!("console/console.css");
+/// Only this origin's own script, style and API; no framing, no forms posted elsewhere.
+const CONSOLE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+    frame-ancestors 'none'";
 
 /// Called after a successful reload (to start dispatchers of new components).
 pub type AfterReload = Arc<dyn Fn() + Send + Sync>;
@@ -131,6 +150,10 @@ impl Admin {
                 format!("no admin route {path}; see /admin/components"),
             );
         };
+        if rest == "/ui" || rest.starts_with("/ui/") {
+            // Static and data-free: the page asks for the token itself.
+            return console(&path, rest, req.method());
+        }
         if !self.authorized(&req) {
             return reply::error(
                 StatusCode::UNAUTHORIZED,
@@ -163,6 +186,15 @@ impl Admin {
                 Err(e) => refusal(&e),
             },
             (["reload"], _) => not_allowed(&path, "POST"),
+            (["dead-letters"], &Method::GET) => self.dead_letters().await,
+            (["dead-letters"], _) => not_allowed(&path, "GET"),
+            (["dead-letters", id, "replay"], &Method::POST) => self.replay(id).await,
+            (["dead-letters", _, "replay"], _) => not_allowed(&path, "POST"),
+            (["swaps"], &Method::GET) => reply::json(
+                StatusCode::OK,
+                &serde_json::to_value(self.deployer.swaps()).unwrap_or_default(),
+            ),
+            (["swaps"], _) => not_allowed(&path, "GET"),
             _ => reply::error(
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -252,6 +284,50 @@ impl Admin {
         reply::json(StatusCode::OK, &json!({ "components": list }))
     }
 
+    /// Every dead letter, oldest first, in the listing's camelCase.
+    async fn dead_letters(&self) -> Response<Body> {
+        let letters = match self.rt.backend.dead_letters().await {
+            Ok(letters) => letters,
+            Err(e) => return backend_unavailable(&e),
+        };
+        let list: Vec<serde_json::Value> = letters
+            .into_iter()
+            .map(|d| {
+                json!({
+                    "id": d.id,
+                    "subscriber": d.subscriber,
+                    "eventId": d.event_id,
+                    "topic": d.topic,
+                    "key": d.key,
+                    "payload": d.payload,
+                    "source": d.source,
+                    "attempts": d.attempts,
+                    "error": d.error,
+                    "deadAtMs": d.dead_at_ms,
+                })
+            })
+            .collect();
+        reply::json(StatusCode::OK, &serde_json::Value::Array(list))
+    }
+
+    /// Put dead letter `id` back in front of its subscriber.
+    async fn replay(&self, id: &str) -> Response<Body> {
+        match self.rt.backend.replay(id).await {
+            Ok(true) => {
+                tracing::info!(dead_letter = %id, "dead letter replayed from the admin API");
+                reply::json(StatusCode::OK, &json!({ "replayed": id }))
+            }
+            Ok(false) => reply::error(
+                StatusCode::NOT_FOUND,
+                "dead_letter_not_found",
+                format!(
+                    "no dead letter with id {id:?} (already replayed, or never existed; see GET /admin/dead-letters)"
+                ),
+            ),
+            Err(e) => backend_unavailable(&e),
+        }
+    }
+
     async fn deploy(&self, name: &str, req: Request<Incoming>) -> Response<Body> {
         let limit = self.rt.config().admin_max_wasm_bytes;
         let body = Limited::new(req.into_body(), limit);
@@ -310,6 +386,49 @@ fn refusal(e: &DeployError) -> Response<Body> {
             format!("{e:#}"),
         ),
     }
+}
+
+fn backend_unavailable(e: &anyhow::Error) -> Response<Body> {
+    reply::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "backend_unavailable",
+        format!("{e:#}"),
+    )
+}
+
+/// `GET /admin/ui` and its two assets (`rest` is the path after `/admin`);
+/// HEAD too (hyper sends no body for it).
+fn console(path: &str, rest: &str, method: &Method) -> Response<Body> {
+    let (text, content_type) = match rest {
+        "/ui" | "/ui/" => (CONSOLE_HTML, "text/html; charset=utf-8"),
+        "/ui/console.js" => (CONSOLE_JS, "text/javascript; charset=utf-8"),
+        "/ui/console.css" => (CONSOLE_CSS, "text/css; charset=utf-8"),
+        _ => {
+            return reply::error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no console asset {path}; the console is at /admin/ui"),
+            );
+        }
+    };
+    if method != Method::GET && method != Method::HEAD {
+        return not_allowed(path, "GET, HEAD");
+    }
+    let mut response = Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+        text.as_bytes(),
+    )));
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (hyper::header::CONTENT_TYPE, content_type),
+        (hyper::header::CACHE_CONTROL, "no-store"),
+        (hyper::header::CONTENT_SECURITY_POLICY, CONSOLE_CSP),
+        (hyper::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (hyper::header::X_FRAME_OPTIONS, "DENY"),
+        (hyper::header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, hyper::header::HeaderValue::from_static(value));
+    }
+    response
 }
 
 fn not_allowed(path: &str, allow: &'static str) -> Response<Body> {

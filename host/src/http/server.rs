@@ -49,8 +49,6 @@ fn request_id<B>(req: &Request<B>) -> String {
 /// Names the component version that served a request.
 const VERSION_HEADER: HeaderName = HeaderName::from_static("x-sktarbucks-version");
 
-/// How long a client may take to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections served at once.
 const MAX_CONNECTIONS: usize = 10_000;
 /// How long a client may take to send its whole request body.
@@ -59,14 +57,15 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_URI_BYTES: usize = 8 * 1024;
 /// Most header bytes (names + values) of one request; more → 431.
 const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Largest read buffer of one connection. hyper's default (~400 KiB) would
+/// let every connection streaming a body hold that much besides the body
+/// budget; this still fits the biggest request head accepted.
+const READ_BUFFER_BYTES: usize = MAX_URI_BYTES + MAX_HEADER_BYTES + 24 * 1024;
 /// Most headers of one request (hyper refuses more itself, see README).
 const MAX_HEADERS: usize = 100;
 /// Bytes of an oversized body read and dropped before the 413, so a client
 /// that writes its whole body before reading still gets the answer.
 const LINGER_BYTES: usize = 16 * 1024 * 1024;
-/// Bytes of request bodies buffered at once across all connections; a body
-/// that does not fit waits briefly, then gets 503 (never an OOM).
-const BODY_BUDGET_BYTES: usize = 256 * 1024 * 1024;
 /// How long a body waits for room in the budget.
 const BODY_BUDGET_WAIT: Duration = Duration::from_millis(500);
 /// How long shutdown waits for in-flight requests.
@@ -144,9 +143,13 @@ pub async fn serve(
     rt: Arc<Runtime>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    let budget = rt
+        .config()
+        .body_budget_bytes
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
     let app = Arc::new(App {
         rt,
-        body_budget: Arc::new(tokio::sync::Semaphore::new(BODY_BUDGET_BYTES)),
+        body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
         draining: AtomicBool::new(false),
     });
     let graceful = GracefulShutdown::new();
@@ -177,6 +180,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let per_client = app.rt.config().max_connections_per_client;
+        let header_timeout = Duration::from_millis(app.rt.config().header_timeout_ms.max(1));
         let Some(slot) = ClientSlot::take(&clients, peer.ip(), per_client) else {
             // One address holds its share: answer and close, so it cannot
             // take every connection slot from everyone else.
@@ -199,8 +203,9 @@ pub async fn serve(
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(header_timeout)
             .max_headers(MAX_HEADERS)
+            .max_buf_size(READ_BUFFER_BYTES)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -335,27 +340,28 @@ impl App {
                 .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
             return r;
         }
-        let body = match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, limit)).await {
-            Err(_) => {
-                return reply::error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "request_timeout",
-                    format!(
-                        "the request body did not arrive within {} s",
-                        BODY_READ_TIMEOUT.as_secs()
-                    ),
-                );
-            }
-            Ok(Ok(Some(bytes))) => bytes,
-            Ok(Ok(None)) => return too_large(),
-            Ok(Err(e)) => {
-                return reply::error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("failed to read the request body: {e}"),
-                );
-            }
-        };
+        let body =
+            match tokio::time::timeout(BODY_READ_TIMEOUT, read_body(body, limit, reserve)).await {
+                Err(_) => {
+                    return reply::error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        format!(
+                            "the request body did not arrive within {} s",
+                            BODY_READ_TIMEOUT.as_secs()
+                        ),
+                    );
+                }
+                Ok(Ok(Some(bytes))) => bytes,
+                Ok(Ok(None)) => return too_large(),
+                Ok(Err(e)) => {
+                    return reply::error(
+                        StatusCode::BAD_REQUEST,
+                        "bad_request",
+                        format!("failed to read the request body: {e}"),
+                    );
+                }
+            };
         // HEAD is GET without the body (hyper drops it from the answer).
         let method = if parts.method == Method::HEAD {
             "GET"
@@ -603,10 +609,15 @@ fn refuse_at_the_edge<B>(req: &Request<B>) -> Option<Response<Body>> {
     None
 }
 
-/// The body if it fits in `limit` bytes; `None` (after discarding the rest)
-/// if it does not.
-async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, hyper::Error> {
-    let mut buf = BytesMut::new();
+/// The whole body, or `None` (after discarding the rest) past `limit`. `expected` (the declared length,
+/// already reserved in the budget) sizes the buffer once, so it never grows
+/// by doubling to twice what the budget accounted for.
+async fn read_body(
+    mut body: Incoming,
+    limit: usize,
+    expected: usize,
+) -> Result<Option<Bytes>, hyper::Error> {
+    let mut buf = BytesMut::with_capacity(expected.min(limit));
     while let Some(frame) = body.frame().await {
         if let Ok(data) = frame?.into_data() {
             if buf.len() + data.len() > limit {

@@ -2,6 +2,8 @@
 //! built from `components/` (run `cargo xtask build` first).
 
 mod components;
+mod console;
+mod crash_points;
 mod data_growth;
 mod e2e;
 mod edge;

@@ -38,6 +38,24 @@ impl Host {
         Self::launch_env(dir, manifest_path, manifest, args, &[])
     }
 
+    /// Start with extra environment variables (e.g. an armed crash point).
+    pub fn start_env(dir: &Path, manifest: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let manifest_path: PathBuf = dir.join("sktarbucks.toml");
+        Self::launch_env(dir, &manifest_path, manifest, args, envs)
+    }
+
+    /// Wait until the process exits by itself (a crash point fired).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// Start with an admin listener on an ephemeral port and the test token.
     pub fn start_admin(dir: &Path, manifest: &str, args: &[&str]) -> Self {
         let manifest_path: PathBuf = dir.join("sktarbucks.toml");

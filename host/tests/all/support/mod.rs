@@ -263,6 +263,28 @@ impl Client {
         out
     }
 
+    /// Like [`send`](Self::send), but a transport error (the server died)
+    /// is returned instead of failing the test.
+    pub async fn try_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(u16, serde_json::Value), reqwest::Error> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Ok((status, json))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         self.raw("GET", path, None).await
     }
