@@ -13,7 +13,7 @@
 //! exact stock. The report is printed and written to
 //! `target/soak/<unix-time>.json`; the exit code is non-zero when anything
 //! was lost or duplicated, an event was dead-lettered, a chaos step failed,
-//! or the orders did not settle within 120 s.
+//! or the orders did not settle (the backlog stopped shrinking for 120 s).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -37,8 +37,11 @@ const ITEMS: u64 = 20;
 const STOCK: u64 = 100_000;
 /// Distinct customer names the clients order under.
 const CUSTOMERS: u32 = 64;
-/// How long the final settle may take.
+/// How long the final settle may go without the event backlog shrinking
+/// (a backlog that drains slowly is reported, not failed: see the time).
 const SETTLE_LIMIT: Duration = Duration::from_secs(120);
+/// How long the final settle may take at most, even while draining.
+const SETTLE_CAP: Duration = Duration::from_secs(20 * 60);
 /// How long a host may take to print its listening line.
 const START_LIMIT: Duration = Duration::from_secs(120);
 /// How long a SIGTERMed host may take to drain and exit.
@@ -1357,8 +1360,8 @@ async fn poll(
     ))
 }
 
-/// Poll (hosts in turn) until every order is settled or [`SETTLE_LIMIT`]
-/// passes. Returns the last snapshot, what is unsettled in it, and the time taken.
+/// Poll (hosts in turn) until every order is settled, the event backlog
+/// stops shrinking for [`SETTLE_LIMIT`], or [`SETTLE_CAP`] passes. Returns the last snapshot, what is unsettled in it, and the time taken.
 async fn settle(
     http: &reqwest::Client,
     urls: &[String],
@@ -1367,11 +1370,20 @@ async fn settle(
     let started = Instant::now();
     let mut last_print = Instant::now();
     let mut turn = 0usize;
+    // The smallest backlog seen, and when it last shrank.
+    let (mut least_lag, mut progressed) = (u64::MAX, Instant::now());
     loop {
-        let force = started.elapsed() >= SETTLE_LIMIT;
+        let force = progressed.elapsed() >= SETTLE_LIMIT || started.elapsed() >= SETTLE_CAP;
         let base = &urls[turn % urls.len()];
         turn += 1;
-        let status = match poll(http, base, force).await {
+        let polled = poll(http, base, force).await;
+        if let Ok((Some(lag), _)) = &polled
+            && *lag < least_lag
+        {
+            least_lag = *lag;
+            progressed = Instant::now();
+        }
+        let status = match polled {
             Ok((_, Some(snap))) => {
                 let u = unsettled(&snap);
                 if u.is_settled() || force {
@@ -1682,7 +1694,7 @@ impl Report {
         let mut f = Vec::new();
         if !self.settled {
             f.push(format!(
-                "orders did not settle within {SETTLE_LIMIT:?}: {:?}",
+                "orders did not settle (backlog stuck for {SETTLE_LIMIT:?}, or over {SETTLE_CAP:?}): {:?}",
                 self.unsettled
             ));
         }

@@ -14,7 +14,9 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use self::exports::sktarbucks::platform::{event_handler, http_handler, stock as stock_export};
+pub use self::exports::sktarbucks::platform::{
+    api_description, event_handler, http_handler, stock as stock_export,
+};
 pub use self::sktarbucks::platform::types::{
     Error as DomainError, Event, Request, Reservation, Response, StockError,
 };

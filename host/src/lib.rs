@@ -18,6 +18,7 @@
 //! - `events`     per-subscriber dispatchers: retry, backoff, dead letters
 //! - `deploy`     hot swap: validate, activate, record, follow other hosts, roll back, reload
 //! - `http`       accept loop, routing, health, errors as JSON
+//! - `openapi`    `/openapi.json` assembled from the live components' fragments
 //! - `watch`      `serve --watch`: redeploy rebuilt component files
 //! - `app`        the one start-up path (`start(config) -> RunningHost`)
 
@@ -34,6 +35,7 @@ pub mod http;
 pub mod invoke;
 pub mod linking;
 pub mod metrics;
+pub mod openapi;
 pub mod registry;
 pub mod routes;
 pub mod runtime;

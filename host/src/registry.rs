@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, InstancePre, Linker};
 
-use crate::bindings::{event_handler, http_handler, stock_export};
+use crate::bindings::{api_description, event_handler, http_handler, stock_export};
 use crate::config::{ComponentConfig, Config};
 use crate::routes::Router;
 use crate::state::{HostState, Identity};
@@ -27,6 +27,8 @@ pub struct Exports {
     pub http: Option<http_handler::GuestIndices>,
     pub events: Option<event_handler::GuestIndices>,
     pub stock: Option<stock_export::GuestIndices>,
+    /// Its own OpenAPI fragment (optional: test guests have none).
+    pub api: Option<api_description::GuestIndices>,
 }
 
 /// One compiled, linked component version.
@@ -45,6 +47,9 @@ pub struct Loaded {
     /// Instances of this version ever started (every invocation, linked
     /// calls and smoke tests included).
     pub invocations: AtomicU64,
+    /// Its OpenAPI fragment, asked for once per version (so the document
+    /// follows swaps) the first time `/openapi.json` is served.
+    pub api: tokio::sync::OnceCell<Option<serde_json::Value>>,
 }
 
 /// Counts one invocation of a version while alive.
@@ -89,6 +94,7 @@ impl Loaded {
             http: http_handler::GuestIndices::new(&pre).ok(),
             events: event_handler::GuestIndices::new(&pre).ok(),
             stock: stock_export::GuestIndices::new(&pre).ok(),
+            api: api_description::GuestIndices::new(&pre).ok(),
         };
         if exports.http.is_none() && exports.events.is_none() && exports.stock.is_none() {
             bail!("it exports none of http-handler, event-handler, stock");
@@ -123,6 +129,7 @@ impl Loaded {
             identity,
             in_flight: AtomicUsize::new(0),
             invocations: AtomicU64::new(0),
+            api: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -139,6 +146,7 @@ impl Loaded {
             http: self.exports.http.clone(),
             events: self.exports.events.clone(),
             stock: self.exports.stock.clone(),
+            api: self.exports.api.clone(),
         };
         Self::assemble(
             &self.name,

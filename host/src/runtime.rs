@@ -386,6 +386,27 @@ impl Runtime {
         Ok(Vec::new())
     }
 
+    /// `loaded`'s OpenAPI fragment as it declares it (`None` when it
+    /// exports no `api-description`).
+    pub async fn api_fragment(self: &Arc<Self>, loaded: &Arc<Loaded>) -> Result<Option<String>> {
+        let Some(indices) = &loaded.exports.api else {
+            return Ok(None);
+        };
+        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
+        let text = async {
+            let guest = inv
+                .open(loaded, "api-description", |s, i| indices.load(s, i))
+                .await?;
+            let deadline = inv.deadline();
+            within(deadline, guest.call_openapi(&mut inv.store))
+                .await
+                .map_err(|e| inv.failure(e))
+        }
+        .await
+        .map_err(|f| anyhow::anyhow!("component {:?}: openapi() {f}", loaded.name))?;
+        Ok(Some(text))
+    }
+
     /// Topics `loaded` consumes: the manifest's list, or all it declares.
     pub async fn subscriptions(self: &Arc<Self>, loaded: &Arc<Loaded>) -> Result<Vec<String>> {
         let Some(indices) = &loaded.exports.events else {

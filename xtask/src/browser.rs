@@ -85,3 +85,31 @@ fn on_path(bin: &str) -> bool {
 fn succeeds(cmd: &mut Command) -> bool {
     cmd.status().is_ok_and(|status| status.success())
 }
+
+/// Schemathesis (PyPI) for the OpenAPI fuzz test (`host/tests/all/openapi.rs`):
+/// installed with `python3 -m pip` when the `schemathesis` command is missing.
+/// Under `CI=true` a failed install fails the run.
+pub fn ensure_schemathesis() -> Result<()> {
+    let present = || {
+        Command::new("schemathesis")
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if present() {
+        return Ok(());
+    }
+    if on_path("python3") {
+        eprintln!("xtask: schemathesis not found; installing it with pip");
+        let _ = succeeds(Command::new("python3").args(["-m", "pip", "install", "schemathesis"]));
+    }
+    if present() {
+        return Ok(());
+    }
+    let msg = "the OpenAPI test needs schemathesis (`python3 -m pip install schemathesis`), which could not be installed";
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        bail!("{msg}");
+    }
+    eprintln!("xtask: WARNING: {msg}; the OpenAPI test will fail");
+    Ok(())
+}

@@ -214,6 +214,7 @@ fn test(rest: &[String]) -> Result<()> {
     build()?;
     ensure_redis()?;
     browser::ensure_browser()?;
+    browser::ensure_schemathesis()?;
     let mut totals = Totals::default();
     let components = run_tests(
         cargo().current_dir(root().join("components")).arg("test"),

@@ -21,6 +21,8 @@ mod tests;
 #[cfg(test)]
 mod tests_fuzz;
 #[cfg(test)]
+mod tests_openapi;
+#[cfg(test)]
 mod tests_stock;
 
 pub use events::SUBSCRIPTIONS;
@@ -61,6 +63,13 @@ pub fn stock_release(
     stock::release(p, order_id)
 }
 
+/// This component's HTTP API as an OpenAPI 3.1 fragment: `paths` under
+/// `/cafes` and `components.schemas` named `Cafe*`, error responses
+/// referring to the host's `#/components/schemas/Error`. What the
+/// `api-description` export returns; the host merges it into
+/// `GET /openapi.json`. Kept next to the code in `openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
 wit_bindgen::generate!({ world: "cafe", path: "../../wit" });
 
 use exports::sktarbucks::platform::stock as stock_export;
@@ -80,6 +89,7 @@ kit::export_handlers! {
     subscriptions: SUBSCRIPTIONS,
     event: |ev| kit::platform::from_owner(&ev.topic, &ev.source)
         .and_then(|()| event(&Host, &ev.topic, &ev.payload)),
+    openapi: OPENAPI,
 }
 
 impl stock_export::Guest for Component {

@@ -19,6 +19,7 @@ use proptest::sample::select;
 use serde_json::json;
 
 use crate::model::{CAFES, Item, MAX_PCNT};
+use crate::tests_openapi::API;
 
 const FIELDS: &[&str] = &["cafeId", "cafeNm", "chkDate", "pcnt", "held"];
 const WORDS: &[&str] = &["cafes", "stock", "x"];
@@ -128,7 +129,7 @@ fn seeded() -> MemPlatform {
 
 fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
     match step {
-        Step::Common(step) => props::run_step(p, step, crate::http, crate::event)?,
+        Step::Common(step) => props::run_documented_step(p, step, &API, crate::http, crate::event)?,
         Step::Reserve {
             order_id,
             cafe_id,
@@ -246,10 +247,14 @@ fn every_field_at_every_edge_is_answered_without_a_trap_or_a_5xx() {
         &valid_item(0),
         seeded,
         |p, field, n, value| {
-            let body = props::with_field(&valid_item(10 + n as u64), field, value);
-            props::answered(p, &crate::http(p, "POST", "/cafes", "", &body))?;
-            let body = props::with_field(&valid_item(3), field, value);
-            props::answered(p, &crate::http(p, "PUT", "/cafes/3", "", &body)).map(drop)
+            let post = props::with_field(&valid_item(10 + n as u64), field, value);
+            let put = props::with_field(&valid_item(3), field, value);
+            for (method, path, body) in [("POST", "/cafes", post), ("PUT", "/cafes/3", put)] {
+                let r = crate::http(p, method, path, "", &body);
+                props::answered(p, &r)?;
+                API.check_answer(method, path, &r)?;
+            }
+            Ok(())
         },
         still_readable,
     );

@@ -10,9 +10,10 @@
 //!   counts as numbers or digit strings, trimmed bounded strings).
 //! - [`platform`]: the [`Platform`] trait over a component's `store` and
 //!   `events` imports, its typed JSON helpers, [`impl_platform!`] to wire a
-//!   component's generated bindings, [`export_handlers!`] for its HTTP and
-//!   event exports, [`MemPlatform`], an in-memory double for native tests
-//!   of component logic, and [`Traced`], which records what a unit read.
+//!   component's generated bindings, [`export_handlers!`] for its HTTP,
+//!   event and (optional) API-description exports, [`MemPlatform`], an
+//!   in-memory double for native tests of component logic, and [`Traced`],
+//!   which records what a unit read.
 //! - [`keys`]: zero-padded id keys (the store orders keys bytewise) and
 //!   hashed names for free-text index collections.
 //! - [`page`]: the paging convention of every list route (`limit`,

@@ -4,7 +4,8 @@
 //! generated bindings with [`impl_platform!`](crate::impl_platform), writes
 //! its logic against `&impl Platform`, and tests that logic natively with
 //! [`MemPlatform`]. [`export_handlers!`](crate::export_handlers) writes its
-//! `http-handler` and `event-handler` exports.
+//! `http-handler` and `event-handler` exports (and `api-description`, for
+//! the worlds that export it).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -240,19 +241,25 @@ macro_rules! impl_platform {
     };
 }
 
-/// `impl http_handler::Guest` and `impl event_handler::Guest` for the
-/// component type given, over the caller's generated bindings.
+/// `impl http_handler::Guest` and `impl event_handler::Guest` (and, given
+/// `openapi`, `impl api_description::Guest`) for the component type given,
+/// over the caller's generated bindings.
 ///
-/// Exists because those two impls are the same glue in every component (kit
+/// Exists because those impls are the same glue in every component (kit
 /// [`Response`](crate::Response) → generated `response`, topics → `Vec<String>`,
-/// [`EventError`] → generated `error`) and kit cannot name the generated types
-/// itself. The paths in the expansion (`exports::sktarbucks::platform::..`,
-/// `sktarbucks::platform::types::..`) resolve at the call site, so invoke it in
-/// the module holding `wit_bindgen::generate!`.
+/// [`EventError`] → generated `error`, the `&'static str` fragment → `String`)
+/// and kit cannot name the generated types itself. The paths in the expansion
+/// (`exports::sktarbucks::platform::..`, `sktarbucks::platform::types::..`)
+/// resolve at the call site, so invoke it in the module holding
+/// `wit_bindgen::generate!`.
 ///
 /// - `http: |req| ..`: the kit response for `req` (a generated `request`).
 /// - `subscriptions: ..`: the topics, any iterable of `AsRef<str>`.
 /// - `event: |ev| ..`: `Result<(), kit::EventError>` for `ev` (a generated `event`).
+/// - `openapi: ..` (optional, last): a `&'static str` holding the component's
+///   OpenAPI 3.1 fragment, the `api-description.openapi` export. Only for
+///   worlds that export `api-description` (cafe, order, production, mypage);
+///   without it no such impl is written (worlds `platform`, `hostile`).
 ///
 /// ```ignore
 /// kit::export_handlers! {
@@ -260,10 +267,32 @@ macro_rules! impl_platform {
 ///     http: |req| api::handle(&Host, &req.method, &req.path, &req.body),
 ///     subscriptions: events::SUBSCRIPTIONS,
 ///     event: |ev| events::handle(&Host, &ev.topic, &ev.payload),
+///     openapi: OPENAPI,
 /// }
 /// ```
 #[macro_export]
 macro_rules! export_handlers {
+    (
+        $component:ty,
+        http: |$req:ident| $http:expr,
+        subscriptions: $subscriptions:expr,
+        event: |$ev:ident| $event:expr,
+        openapi: $openapi:expr $(,)?
+    ) => {
+        $crate::export_handlers! {
+            $component,
+            http: |$req| $http,
+            subscriptions: $subscriptions,
+            event: |$ev| $event,
+        }
+
+        impl exports::sktarbucks::platform::api_description::Guest for $component {
+            fn openapi() -> ::std::string::String {
+                let fragment: &'static str = $openapi;
+                ::std::borrow::ToOwned::to_owned(fragment)
+            }
+        }
+    };
     (
         $component:ty,
         http: |$req:ident| $http:expr,

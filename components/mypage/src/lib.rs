@@ -19,6 +19,8 @@ mod model;
 mod tests;
 #[cfg(test)]
 mod tests_fuzz;
+#[cfg(test)]
+mod tests_openapi;
 
 pub use events::subscriptions;
 
@@ -32,6 +34,13 @@ pub fn http(p: &impl kit::Platform, method: &str, path: &str, query: &str) -> ki
 pub fn event(p: &impl kit::Platform, topic: &str, payload: &[u8]) -> Result<(), kit::EventError> {
     events::handle(p, topic, payload)
 }
+
+/// This component's HTTP API as an OpenAPI 3.1 fragment: `paths` under
+/// `/myPages` and `components.schemas` named `MyPage*`, error responses
+/// referring to the host's `#/components/schemas/Error`. What the
+/// `api-description` export returns; the host merges it into
+/// `GET /openapi.json`. Kept next to the code in `openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 wit_bindgen::generate!({ world: "mypage", path: "../../wit" });
 
@@ -49,6 +58,7 @@ kit::export_handlers! {
     subscriptions: subscriptions(),
     event: |ev| kit::platform::from_owner(&ev.topic, &ev.source)
         .and_then(|()| event(&Host, &ev.topic, &ev.payload)),
+    openapi: OPENAPI,
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -16,6 +16,7 @@ use proptest::sample::select;
 use serde_json::{Value, json};
 
 use crate::events::{ORDER_TOPICS, PRODUCTION_TOPICS};
+use crate::tests_openapi::API;
 
 const WORDS: &[&str] = &["myPages", "x"];
 const PARAMS: &[&str] = &["custNm", "orderId"];
@@ -88,9 +89,10 @@ fn seeded() -> MemPlatform {
 }
 
 fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
-    props::run_step(
+    props::run_documented_step(
         p,
         step,
+        &API,
         |p, method, path, query, _| crate::http(p, method, path, query),
         crate::event,
     )

@@ -20,6 +20,8 @@ mod tests;
 #[cfg(test)]
 mod tests_fuzz;
 #[cfg(test)]
+mod tests_openapi;
+#[cfg(test)]
 mod tests_paging;
 
 pub use events::{CAFE_SWEEP, SUBSCRIPTIONS, SWEEP_CHUNK};
@@ -53,6 +55,13 @@ pub fn event_with_sweep_chunk(
 ) -> Result<(), kit::EventError> {
     events::handle_chunked(p, topic, payload, chunk)
 }
+
+/// This component's HTTP API as an OpenAPI 3.1 fragment: `paths` under
+/// `/orders` and `components.schemas` named `Order*`, error responses
+/// referring to the host's `#/components/schemas/Error`. What the
+/// `api-description` export returns; the host merges it into
+/// `GET /openapi.json`. Kept next to the code in `openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
 
 wit_bindgen::generate!({ world: "order", path: "../../wit" });
 
@@ -96,6 +105,7 @@ kit::export_handlers! {
     subscriptions: SUBSCRIPTIONS,
     event: |ev| kit::platform::from_owner(&ev.topic, &ev.source)
         .and_then(|()| event(&Host, &ev.topic, &ev.payload)),
+    openapi: OPENAPI,
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -15,6 +15,8 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::{Value, json};
 
+use crate::tests_openapi::API;
+
 const WORDS: &[&str] = &["productions", "x"];
 const PARAMS: &[&str] = &["orderId", "cafeId", "status"];
 const ORDER_FIELDS: &[&str] = &[
@@ -68,9 +70,10 @@ fn seeded() -> MemPlatform {
 }
 
 fn run(p: &MemPlatform, step: &Step) -> Result<(), TestCaseError> {
-    props::run_step(
+    props::run_documented_step(
         p,
         step,
+        &API,
         |p, method, path, query, _| crate::http(p, method, path, query),
         crate::event,
     )

@@ -251,6 +251,19 @@ impl App {
                 self.ready().await
             };
         }
+        if path == "/openapi.json" {
+            if req.method() != Method::GET && req.method() != Method::HEAD {
+                let mut r = reply::error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "/openapi.json answers GET and HEAD only",
+                );
+                r.headers_mut()
+                    .insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return r;
+            }
+            return reply::json(StatusCode::OK, &crate::openapi::document(&self.rt).await);
+        }
         // One snapshot per request: routes and versions agree with each other.
         let live = self.rt.registry.snapshot();
         let Some(name) = live.router.route(&path) else {

@@ -30,6 +30,13 @@ async fn the_eleven_step_scenario_runs_over_http_against_the_binary() {
         &["--listen", "127.0.0.1:0"],
     );
     eleven_steps(&host.client).await;
+    // Premise of the contract check: the answers were checked against
+    // /openapi.json, not skipped.
+    let checked = host.client.contract().map_or(0, |c| c.checked());
+    assert!(
+        checked > 30,
+        "responses checked against /openapi.json: {checked}"
+    );
 }
 
 /// The scenario itself, shared with the Redis variant.

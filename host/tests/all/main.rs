@@ -13,6 +13,7 @@ mod guards;
 mod hostile;
 mod hot_swap;
 mod metrics;
+mod openapi;
 mod ranges;
 mod redis_hosts;
 mod redis_streams;

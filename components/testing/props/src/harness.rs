@@ -10,6 +10,7 @@ use kit::{EventError, MemPlatform, Response};
 use proptest::prelude::*;
 use serde_json::Value;
 
+use crate::openapi::Fragment;
 use crate::{check_event, check_response, field_edges, with_field};
 
 /// A well-formed object as `(field, JSON text)` pairs, as [`with_field`]
@@ -103,6 +104,31 @@ pub fn run_step(
             query,
             body,
         } => answered(p, &http(p, method, path, query, body)).map(drop),
+        Step::Event { topic, payload } => handled(p, topic, &event(p, topic, payload)),
+    }
+}
+
+/// [`run_step`], and every HTTP answer must also be what the component's
+/// OpenAPI fragment `api` documents ([`Fragment::check_answer`]: a declared
+/// status, a body valid against the declared schema).
+pub fn run_documented_step(
+    p: &MemPlatform,
+    step: &Step,
+    api: &Fragment,
+    http: impl FnOnce(&MemPlatform, &str, &str, &str, &[u8]) -> Response,
+    event: impl FnOnce(&MemPlatform, &str, &[u8]) -> Result<(), EventError>,
+) -> Result<(), TestCaseError> {
+    match step {
+        Step::Http {
+            method,
+            path,
+            query,
+            body,
+        } => {
+            let r = http(p, method, path, query, body);
+            answered(p, &r)?;
+            api.check_answer(method, path, &r)
+        }
         Step::Event { topic, payload } => handled(p, topic, &event(p, topic, payload)),
     }
 }

@@ -17,9 +17,12 @@
 //!   the kit error shape on 4xx; `allow` on 405). [`check_event`]: an event
 //!   handler answers `ok` or `invalid`.
 //! - [`harness`] (re-exported here): the driver the components' tests
-//!   share: [`Step`] and [`run_step`], [`all_pages`] / [`page_ids`]
-//!   following `next` links, [`Listing::still_reads`] (every record reads
-//!   through every listing), [`edge_grid`] / [`event_edge_grid`].
+//!   share: [`Step`] and [`run_step`] ([`run_documented_step`] also checks
+//!   each answer against the component's OpenAPI fragment), [`all_pages`] /
+//!   [`page_ids`] following `next` links, [`Listing::still_reads`] (every
+//!   record reads through every listing), [`edge_grid`] / [`event_edge_grid`].
+//! - [`openapi`]: checks of a component's OpenAPI fragment (its
+//!   `api-description` export) and of its answers against it.
 //!
 //! A panic in a handler is a trap on wasm; proptest reports it as a failure
 //! with the shrunk input.
@@ -34,6 +37,7 @@ use proptest::sample::select;
 use serde_json::{Map, Number, Value};
 
 pub mod harness;
+pub mod openapi;
 pub use harness::*;
 
 /// Cases per property: 256, so `cargo test` stays fast; the environment's

@@ -136,7 +136,7 @@ impl Host {
         let admin = admin_url.lock().expect("admin lock").clone();
         Self {
             child,
-            client: Client::new(url),
+            client: Client::checked(url),
             admin,
             log,
         }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod contract;
 pub mod harness;
 pub mod redis;
 
@@ -169,11 +170,13 @@ pub fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS line")
 }
 
-/// A small JSON-over-HTTP client.
+/// A small JSON-over-HTTP client. Built with [`Client::checked`], it also
+/// checks every response against the server's own `/openapi.json`.
 #[derive(Clone)]
 pub struct Client {
     pub base: String,
     http: reqwest::Client,
+    contract: Option<std::sync::Arc<tokio::sync::OnceCell<contract::Contract>>>,
 }
 
 impl Client {
@@ -184,7 +187,50 @@ impl Client {
                 .pool_max_idle_per_host(256)
                 .build()
                 .expect("client builds"),
+            contract: None,
         }
+    }
+
+    /// A client that checks every response on a documented operation
+    /// against the server's `/openapi.json` (fetched at the first request).
+    pub fn checked(base: impl Into<String>) -> Self {
+        Self {
+            contract: Some(std::sync::Arc::default()),
+            ..Self::new(base)
+        }
+    }
+
+    /// The contract this client checks against, once fetched.
+    pub fn contract(&self) -> Option<&contract::Contract> {
+        self.contract.as_ref().and_then(|c| c.get())
+    }
+
+    /// Check one answer against the contract, if this client has one.
+    async fn conform(&self, method: &str, path: &str, status: u16, body: &serde_json::Value) {
+        if let Some(contract) = self.contract.as_ref().and_then(|c| c.get()) {
+            contract.check(method, path, status, body);
+        }
+    }
+
+    /// Fetch the contract before the first request (a server about to stop
+    /// or crash may not answer a later fetch).
+    async fn ready_contract(&self) {
+        let Some(cell) = &self.contract else {
+            return;
+        };
+        cell.get_or_init(|| async {
+            let doc: serde_json::Value = self
+                .http
+                .get(format!("{}/openapi.json", self.base))
+                .send()
+                .await
+                .expect("/openapi.json is served")
+                .json()
+                .await
+                .expect("/openapi.json is JSON");
+            contract::Contract::new(doc)
+        })
+        .await;
     }
 
     /// Send `body` (raw text) and return status + parsed JSON (Null if empty/not JSON).
@@ -194,6 +240,8 @@ impl Client {
         path: &str,
         body: Option<&str>,
     ) -> (u16, serde_json::Value) {
+        self.ready_contract().await;
+        let method_name = method;
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(body) = body {
@@ -205,12 +253,14 @@ impl Client {
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.expect("body is read");
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        self.conform(method_name, path, status, &json).await;
         (status, json)
     }
 
     /// GET one page of a list route: status, body, and the path of the next
     /// page from the `Link: <...>; rel="next"` header, if any.
     pub async fn get_page(&self, path: &str) -> (u16, serde_json::Value, Option<String>) {
+        self.ready_contract().await;
         let resp = self
             .http
             .get(format!("{}{}", self.base, path))
@@ -225,12 +275,14 @@ impl Client {
             .and_then(next_link);
         let bytes = resp.bytes().await.expect("body is read");
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        self.conform("GET", path, status, &json).await;
         (status, json, next)
     }
 
     /// Every item of a paged list route, following `rel="next"` links, with
     /// the number of pages and the largest page body (bytes) seen.
     pub async fn get_all(&self, path: &str) -> Paged {
+        self.ready_contract().await;
         let mut out = Paged::default();
         let mut next = Some(path.to_owned());
         while let Some(path) = next.take() {
@@ -254,8 +306,10 @@ impl Client {
                 String::from_utf8_lossy(&bytes)
             );
             out.largest_page_bytes = out.largest_page_bytes.max(bytes.len());
+            let page: serde_json::Value = serde_json::from_slice(&bytes).expect("a page is JSON");
+            self.conform("GET", &path, status, &page).await;
             let items: Vec<serde_json::Value> =
-                serde_json::from_slice(&bytes).expect("a page is a JSON array");
+                serde_json::from_value(page).expect("a page is a JSON array");
             out.largest_page_items = out.largest_page_items.max(items.len());
             out.items.extend(items);
             out.pages += 1;
@@ -271,6 +325,8 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(u16, serde_json::Value), reqwest::Error> {
+        self.ready_contract().await;
+        let req_method = method;
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("valid method");
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
         if let Some(body) = body {
@@ -278,10 +334,12 @@ impl Client {
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
+        let method_name = req_method;
         let resp = req.send().await?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await?;
         let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        self.conform(method_name, path, status, &json).await;
         Ok((status, json))
     }
 
