@@ -103,10 +103,16 @@ enum Command {
     #[command(after_help = "Example:\n  sktarbucks dead-letters --redis redis://127.0.0.1:6379/0")]
     DeadLetters,
     /// Deliver a dead letter again (after fixing its cause).
-    #[command(after_help = "Example:\n  sktarbucks replay 7")]
+    #[command(
+        after_help = "Examples:\n  sktarbucks replay 7\n  sktarbucks replay --all                 # every dead letter, with progress"
+    )]
     Replay {
         /// The dead letter's id, as listed by `dead-letters`.
-        id: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Replay every dead letter (one progress line each on stderr).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -255,6 +261,39 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// Replay every dead letter, with a progress line per letter on stderr and
+/// a summary on stdout. One that vanished meanwhile (replayed elsewhere) is
+/// counted, not an error.
+async fn replay_all(backend: &dyn sktarbucks::backend::Backend) -> Result<()> {
+    let letters = backend
+        .dead_letters()
+        .await
+        .context("could not list the dead letters")?;
+    let total = letters.len();
+    let started = std::time::Instant::now();
+    let mut replayed = 0usize;
+    for (i, letter) in letters.iter().enumerate() {
+        let done = backend
+            .replay(&letter.id)
+            .await
+            .with_context(|| format!("replaying dead letter {}", letter.id))?;
+        replayed += usize::from(done);
+        eprintln!(
+            "[{}/{total}] {} {} → {} ({})",
+            i + 1,
+            letter.id,
+            letter.topic,
+            letter.subscriber,
+            if done { "queued" } else { "already gone" }
+        );
+    }
+    println!(
+        "{replayed} of {total} dead letters queued for redelivery in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     init_tracing();
@@ -293,13 +332,20 @@ async fn main() -> Result<()> {
             println!("{}", serde_json::to_string_pretty(&letters)?);
             Ok(())
         }
-        Command::Replay { id } => {
+        Command::Replay { id, all } => {
             let backend = sktarbucks::app::open_backend(&reload()?).await?;
-            if backend.replay(&id).await? {
-                println!("dead letter {id} queued for redelivery");
-                Ok(())
-            } else {
-                anyhow::bail!("no dead letter with id {id:?} (see `sktarbucks dead-letters`)")
+            match id {
+                Some(id) if !all => {
+                    if backend.replay(&id).await? {
+                        println!("dead letter {id} queued for redelivery");
+                        Ok(())
+                    } else {
+                        anyhow::bail!(
+                            "no dead letter with id {id:?} (see `sktarbucks dead-letters`)"
+                        )
+                    }
+                }
+                _ => replay_all(backend.as_ref()).await,
             }
         }
         Command::Components { admin } => {

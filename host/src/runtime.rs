@@ -98,11 +98,17 @@ impl Runtime {
             .context("failed to link the sktarbucks imports")?;
         let ticker = EpochTicker::start(&engine)?;
         let mut components = BTreeMap::new();
-        for (name, component) in &config.components {
+        let total = config.components.len();
+        for (i, (name, component)) in config.components.iter().enumerate() {
+            // Progress: a first start compiles every component (seconds
+            // each); later starts load them from the compile cache.
+            let step = format!("{}/{total}", i + 1);
+            tracing::info!(component = %name, step = %step, path = %component.path.display(), "compiling component");
             let started = Instant::now();
             let loaded = Loaded::from_file(&engine, &linker, name, component.clone())?;
             tracing::info!(
                 component = %name,
+                step = %step,
                 digest = %loaded.short_digest(),
                 ms = started.elapsed().as_millis() as u64,
                 "component loaded"
