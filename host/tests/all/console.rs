@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::binary::{ADMIN_TOKEN, Host};
-use crate::support::{eventually, manifest_text, root, test_config, wasm};
+use crate::support::{eventually, manifest_text, root, test_config};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -55,33 +55,6 @@ fn require_browser() {
          Run `cargo xtask test` (it installs them), or install them yourself: \
          `apt-get install -y chromium chromium-driver && python3 -m pip install selenium`"
     );
-}
-
-/// The component with a custom section appended: another digest, the same
-/// behaviour (what `hot_swap.rs` deploys as a second version).
-fn tagged(name: &str, tag: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(wasm(name)).expect("component bytes");
-    let section_name = format!("sktarbucks-test-variant-{tag}");
-    let mut payload = Vec::new();
-    leb128(&mut payload, section_name.len());
-    payload.extend_from_slice(section_name.as_bytes());
-    payload.extend_from_slice(b"variant");
-    bytes.push(0); // custom section id
-    leb128(&mut bytes, payload.len());
-    bytes.extend_from_slice(&payload);
-    bytes
-}
-
-fn leb128(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
 }
 
 /// One admin call: status and JSON body (Null when not JSON).
@@ -227,7 +200,7 @@ async fn the_console_shows_the_host_and_its_buttons_act() {
     let letter_id = letter["id"].as_str().expect("dead letter id").to_owned();
 
     // A version to roll back from: cafe, tagged; its file for the deploy form.
-    let tagged_cafe = tagged("cafe", "console");
+    let tagged_cafe = crate::support::tagged("cafe", "console");
     let tagged_file = dir.path().join("cafe-console.wasm");
     std::fs::write(&tagged_file, &tagged_cafe).expect("tagged cafe written");
     let (s, body) = admin(

@@ -14,33 +14,6 @@ use crate::support::{Client, eventually, manifest_text, test_config, wasm};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The same component with a custom section appended: another digest,
-/// the same behaviour (the host names the serving digest in a header).
-fn variant(name: &str, tag: &str) -> Vec<u8> {
-    let mut bytes = std::fs::read(wasm(name)).expect("component bytes");
-    let section_name = format!("sktarbucks-test-variant-{tag}");
-    let mut payload = Vec::new();
-    leb128(&mut payload, section_name.len());
-    payload.extend_from_slice(section_name.as_bytes());
-    payload.extend_from_slice(b"variant");
-    bytes.push(0); // custom section id
-    leb128(&mut bytes, payload.len());
-    bytes.extend_from_slice(&payload);
-    bytes
-}
-
-fn leb128(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
 fn digest(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
@@ -167,7 +140,10 @@ async fn components_swap_under_load_without_a_failed_request() {
         .iter()
         .map(|n| (*n, digest(&std::fs::read(wasm(n)).expect("bytes"))))
         .collect();
-    let variants: HashMap<&str, Vec<u8>> = names.iter().map(|n| (*n, variant(n, "b"))).collect();
+    let variants: HashMap<&str, Vec<u8>> = names
+        .iter()
+        .map(|n| (*n, crate::support::tagged(n, "b")))
+        .collect();
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut clients = Vec::new();
@@ -340,7 +316,9 @@ async fn bad_versions_are_refused_and_the_old_one_keeps_serving() {
             "{name}: {message:?} should say {reason:?}"
         );
     }
-    let (s, body) = admin.deploy("nothere", variant("cafe", "x")).await;
+    let (s, body) = admin
+        .deploy("nothere", crate::support::tagged("cafe", "x"))
+        .await;
     assert_eq!(
         (s, body["error"].as_str()),
         (404, Some("component_not_found"))
@@ -372,7 +350,7 @@ async fn rollback_restores_the_previous_version() {
     let host = sqlite_host(dir.path());
     let (c, admin) = (host.client.clone(), Admin::of(&host));
     let original = admin.digest_of("cafe").await;
-    let b = variant("cafe", "b");
+    let b = crate::support::tagged("cafe", "b");
     let (s, body) = admin.deploy("cafe", b.clone()).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["previous"], original.as_str());
@@ -449,7 +427,7 @@ async fn restart_keeps_the_deployed_version(redis: Option<&RedisServer>) {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let text = manifest_text(&config);
     let mut host = Host::start_admin(dir.path(), &text, &args);
-    let b = variant("cafe", "b");
+    let b = crate::support::tagged("cafe", "b");
     let (s, body) = Admin::of(&host).deploy("cafe", b.clone()).await;
     assert_eq!(s, 200, "{body}");
     assert!(host.terminate().success());
@@ -498,7 +476,7 @@ async fn deployments_reach_every_host_on_one_redis() {
     let (a, b) = (start("a"), start("b"));
     let (admin_a, admin_b) = (Admin::of(&a), Admin::of(&b));
     let original = admin_a.digest_of("order").await;
-    let v = variant("order", "b");
+    let v = crate::support::tagged("order", "b");
     let (s, body) = admin_a.deploy("order", v.clone()).await;
     assert_eq!(s, 200, "{body}");
     let t0 = Instant::now();

@@ -356,3 +356,30 @@ impl Client {
         self.raw(method, path, Some(&body.to_string())).await
     }
 }
+
+/// Component `name` with a custom section appended: another digest, the
+/// same behaviour (a second version to deploy, roll back and tell apart).
+pub fn tagged(name: &str, tag: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(wasm(name)).expect("component bytes");
+    let section_name = format!("sktarbucks-test-variant-{tag}");
+    let mut payload = Vec::new();
+    leb128(&mut payload, section_name.len());
+    payload.extend_from_slice(section_name.as_bytes());
+    payload.extend_from_slice(b"variant");
+    bytes.push(0); // custom section id
+    leb128(&mut bytes, payload.len());
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn leb128(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
