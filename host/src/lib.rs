@@ -20,6 +20,7 @@
 //! - `http`       accept loop, routing, health, errors as JSON
 //! - `watch`      `serve --watch`: redeploy rebuilt component files
 //! - `app`        the one start-up path (`start(config) -> RunningHost`)
+//! - `trace`      request ids and W3C trace context carried by invocations and events; log + OTLP set-up
 
 pub mod app;
 pub mod backend;
@@ -38,5 +39,6 @@ pub mod registry;
 pub mod routes;
 pub mod runtime;
 pub mod state;
+pub mod trace;
 pub mod uow;
 pub mod watch;
