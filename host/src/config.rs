@@ -64,6 +64,8 @@ pub struct Config {
     pub events: EventsConfig,
     #[serde(default)]
     pub unit_of_work: UowConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
     /// Components by name (the name is also the state namespace).
     #[serde(default)]
     pub components: BTreeMap<String, ComponentConfig>,
@@ -153,6 +155,22 @@ impl Default for UowConfig {
             max_attempts: default_uow_attempts(),
         }
     }
+}
+
+/// Span export (`[tracing]`). Logs always carry request ids; this only
+/// decides whether spans also leave the process.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// Base URL of an OTLP/HTTP collector, plain `http://` (`http://localhost:4318`; spans
+    /// go to `<base>/v1/traces`). The standard `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) overrides it; neither set:
+    /// no export.
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans; `OTEL_SERVICE_NAME` overrides it.
+    #[serde(default)]
+    pub service_name: Option<String>,
 }
 
 /// One component of the manifest.
@@ -436,6 +454,14 @@ impl Config {
         }
         if self.unit_of_work.max_attempts == 0 {
             bail!("unit_of_work.max_attempts must be at least 1");
+        }
+        if let Some(endpoint) = &self.tracing.otlp_endpoint
+            && !endpoint.starts_with("http://")
+        {
+            bail!(
+                "tracing.otlp_endpoint {endpoint:?} must be an http:// URL (the exporter has no TLS: \
+                 point it at a local collector or agent)"
+            );
         }
         Ok(())
     }

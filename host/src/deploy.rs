@@ -514,6 +514,7 @@ impl Deployer {
             ("redis", old.redis != new.redis),
             ("redis_prefix", old.redis_prefix != new.redis_prefix),
             ("admin", old.admin != new.admin),
+            ("tracing", old.tracing != new.tracing),
         ] {
             if changed {
                 return Err(DeployError::Refused(format!(

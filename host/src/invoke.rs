@@ -16,7 +16,60 @@ use crate::backend::{BackendUnavailable, SharedBackend};
 use crate::guard::Guards;
 use crate::registry::{Loaded, Registry};
 use crate::state::{HostState, Links};
+use crate::trace::TraceContext;
 use crate::uow::UnitOfWork;
+
+/// Where an invocation sits: the span it logs under, the trace context
+/// the work it serves carries (request id; the parent of its events), which
+/// run of its unit of work it is and how deep in a synchronous call chain.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// From [`span`]; a child of the request's, delivery's or caller's span.
+    pub span: tracing::Span,
+    /// Inherited from the request, the delivery or the caller.
+    pub trace: TraceContext,
+    /// Unit-of-work run for a request (1 = first), delivery attempt for an
+    /// event; a linked call shares its caller's.
+    pub attempt: u32,
+    /// Nesting depth of synchronous component→component calls.
+    pub depth: u8,
+}
+
+impl Origin {
+    /// The host's own calls (smoke instantiation, `subscriptions()`): no
+    /// request behind them, nothing to log or trace.
+    pub fn internal() -> Self {
+        Self {
+            span: tracing::Span::none(),
+            trace: TraceContext::default(),
+            attempt: 1,
+            depth: 0,
+        }
+    }
+}
+
+/// The span of one invocation of `loaded` under `parent`, carrying what
+/// tells runs apart: the component, its version (short digest) and the
+/// attempt; `link` names the interface of a linked call (`stock`).
+pub fn span(
+    parent: &tracing::Span,
+    loaded: &Loaded,
+    attempt: u32,
+    link: Option<&str>,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        parent: parent,
+        "invocation",
+        component = %loaded.name,
+        digest = %loaded.short_digest(),
+        attempt,
+        link = tracing::field::Empty,
+    );
+    if let Some(link) = link {
+        span.record("link", tracing::field::display(link));
+    }
+    span
+}
 
 /// What every invocation shares: the engine, the backend and the live
 /// component set (to reach linked providers). Nothing else of the runtime.
@@ -113,7 +166,7 @@ impl Invocation {
         loaded: &Arc<Loaded>,
         uow: UnitOfWork,
         cap: Option<Instant>,
-        depth: u8,
+        origin: Origin,
     ) -> Self {
         loaded
             .invocations
@@ -129,7 +182,7 @@ impl Invocation {
             Arc::clone(&env.metrics),
             uow,
             deadline,
-            depth,
+            origin,
         );
         let mut store = Store::new(&env.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -153,6 +206,11 @@ impl Invocation {
     /// When this invocation must be done.
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// The span it runs under (instrument its guest calls with it).
+    pub fn span(&self) -> tracing::Span {
+        self.store.data().span.clone()
     }
 
     /// Instantiate `loaded` and resolve one export with `load` (a generated

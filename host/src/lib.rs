@@ -21,6 +21,7 @@
 //! - `openapi`    `/openapi.json` assembled from the live components' fragments
 //! - `watch`      `serve --watch`: redeploy rebuilt component files
 //! - `app`        the one start-up path (`start(config) -> RunningHost`)
+//! - `trace`      request ids and W3C trace context carried by invocations and events; log + OTLP set-up
 
 pub mod app;
 pub mod backend;
@@ -40,5 +41,6 @@ pub mod registry;
 pub mod routes;
 pub mod runtime;
 pub mod state;
+pub mod trace;
 pub mod uow;
 pub mod watch;

@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
 use wasmtime::Store;
 
 use crate::bindings::{Reservation, StockError, stock_export};
 use crate::guard::{Admitted, Refusal};
-use crate::invoke::{Env, Failure, Invocation, within};
+use crate::invoke::{self, Env, Failure, Invocation, Origin, within};
 use crate::state::{HostState, Links};
 
 /// Deepest chain of synchronous calls (guards against link cycles).
@@ -79,16 +80,28 @@ async fn open_provider(
         .map_err(|r| refused(name, r))?;
     // The callee works on a fork of the caller's unit: it reads the
     // caller's writes, and its own become the caller's only on success.
+    // Its span is a child of the caller's: one trace, one request id.
+    let origin = Origin {
+        span: invoke::span(&caller.span, &provider, caller.attempt, Some(iface)),
+        trace: caller.trace.clone(),
+        attempt: caller.attempt,
+        depth: caller.depth + 1,
+    };
     let mut inv = Invocation::start(
         env,
         &provider,
         caller.uow.clone(),
         Some(caller.deadline),
-        caller.depth + 1,
+        origin,
     );
     // The unit's limits span the whole call chain.
     inv.store.data_mut().inherit_budget(&*caller);
-    match inv.open(&provider, iface, |s, i| indices.load(s, i)).await {
+    let span = inv.span();
+    match inv
+        .open(&provider, iface, |s, i| indices.load(s, i))
+        .instrument(span.clone())
+        .await
+    {
         Ok(guest) => Ok(Provider {
             inv,
             guest,
@@ -98,6 +111,7 @@ async fn open_provider(
         Err(failure) => {
             component.finish(false);
             link.finish(false);
+            tracing::info!(parent: &span, outcome = %"failed", "linked call finished");
             Err(unavailable(&provider.name, &failure))
         }
     }
@@ -115,7 +129,10 @@ impl HostState {
     ) -> Result<T, StockError> {
         let deadline = provider.inv.deadline();
         let started = std::time::Instant::now();
-        let outcome = within(deadline, call(&provider.guest, &mut provider.inv.store)).await;
+        let span = provider.inv.span();
+        let outcome = within(deadline, call(&provider.guest, &mut provider.inv.store))
+            .instrument(span.clone())
+            .await;
         let provider_name = provider.inv.store.data().identity.name.clone();
         let link = format!("{}->{provider_name}", self.identity.name);
         let label = match &outcome {
@@ -123,6 +140,12 @@ impl HostState {
             Ok(Err(_)) => "refused",
             Err(_) => "failed",
         };
+        tracing::info!(
+            parent: &span,
+            outcome = %label,
+            us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "linked call finished"
+        );
         let metrics = &self.metrics;
         metrics
             .link_calls

@@ -223,21 +223,6 @@ fn load_config(config: &Path, data: Option<&Path>, redis: Option<&str>) -> Resul
     Ok(loaded)
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
-    });
-    let json = std::env::var("SKTARBUCKS_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -296,10 +281,13 @@ async fn replay_all(backend: &dyn sktarbucks::backend::Backend) -> Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    init_tracing();
     let cli = Cli::parse();
     let (path, data, redis) = (cli.config.clone(), cli.data.clone(), cli.redis.clone());
     let reload = move || load_config(&path, data.as_deref(), redis.as_deref());
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // One-shot commands log, but export no spans.
+        let _no_export = sktarbucks::trace::init(&Default::default(), false)?;
+    }
     match cli.command {
         Command::Serve {
             listen,
@@ -318,13 +306,19 @@ async fn main() -> Result<()> {
                 Ok(config)
             };
             let config = reload()?;
+            // Logs (and span export, when configured) start once the
+            // manifest is read: its `[tracing]` section says where to.
+            let telemetry = sktarbucks::trace::init(&config.tracing, true)?;
             let options = sktarbucks::app::Options {
                 load_config: Some(Box::new(reload)),
                 admin_token: std::env::var("SKTARBUCKS_ADMIN_TOKEN").ok(),
                 backend: None,
                 watch,
             };
-            sktarbucks::app::run(config, options, shutdown_signal()).await
+            let served = sktarbucks::app::run(config, options, shutdown_signal()).await;
+            // Every span has ended: send the last batch before exiting.
+            telemetry.shutdown().await;
+            served
         }
         Command::DeadLetters => {
             let backend = sktarbucks::app::open_backend(&reload()?).await?;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use tracing::Instrument;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -13,10 +14,16 @@ use crate::backend::{Commit, Delivery, SharedBackend};
 use crate::bindings::{DomainError, Event, Request, Response, SktarbucksHost as HostWorld};
 use crate::config::Config;
 use crate::engine::{self, EpochTicker};
-use crate::invoke::{Env, Failure, Invocation, within};
+use crate::invoke::{self, Env, Failure, Invocation, Origin, within};
 use crate::registry::{LiveSet, Loaded, Registry};
 use crate::state::HostState;
+use crate::trace::TraceContext;
 use crate::uow::{Changes, UnitOfWork};
+
+/// Microseconds since `started`, for log lines.
+fn micros(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
 
 /// Everything shared by all invocations of one host process.
 pub struct Runtime {
@@ -191,17 +198,20 @@ impl Runtime {
 
     /// Serve one request with `loaded`; commit its unit of work when the
     /// response is below 400, retrying the whole invocation on conflict.
+    /// `trace` (the request's id) goes onto every event the unit publishes;
+    /// each run gets an `invocation` span under the current one.
     pub async fn serve_http(
         self: &Arc<Self>,
         loaded: &Arc<Loaded>,
         req: Request,
+        trace: TraceContext,
     ) -> Result<Response, HttpFailure> {
         let guard = self
             .env
             .guards
             .component(&loaded.name, &loaded.config.limits);
         let admitted = guard.admit().await.map_err(HttpFailure::Refused)?;
-        let outcome = self.serve_http_admitted(loaded, req).await;
+        let outcome = self.serve_http_admitted(loaded, req, trace).await;
         match &outcome {
             Ok(r) => admitted.finish(r.status < 500),
             Err(HttpFailure::ResponseTooLarge { .. }) => admitted.finish(false),
@@ -218,8 +228,10 @@ impl Runtime {
         self: &Arc<Self>,
         loaded: &Arc<Loaded>,
         req: Request,
+        trace: TraceContext,
     ) -> Result<Response, HttpFailure> {
         let attempts = self.config().unit_of_work.max_attempts;
+        let parent = tracing::Span::current();
         let lane = self.registry.lane(&loaded.name);
         let mut _serialized = None;
         for attempt in 1..=attempts {
@@ -232,74 +244,112 @@ impl Runtime {
                     Err(_) => return Err(HttpFailure::Contended(attempt - 1)),
                 }
             }
-            let (response, uow) = self
-                .run_http_once(loaded, &req)
-                .await
-                .map_err(HttpFailure::Invoke)?;
-            let limit = self.config().max_response_bytes;
-            if response.body.len() > limit {
-                // Checked before committing: an answer the client cannot get
-                // must not leave its writes behind.
-                return Err(HttpFailure::ResponseTooLarge {
-                    bytes: response.body.len(),
-                    limit,
-                });
-            }
-            if response.status >= 400 {
-                return Ok(response);
-            }
-            let changes = uow.into_changes();
-            if changes.is_write_free() {
-                // Nothing to persist: a read-only request answers from
-                // committed data (read committed) without taking the writer.
-                return Ok(response);
-            }
+            let origin = Origin {
+                span: invoke::span(&parent, loaded, attempt, None),
+                trace: trace.clone(),
+                attempt,
+                depth: 0,
+            };
+            let span = origin.span.clone();
             let started = Instant::now();
-            let committed = self.backend.commit(changes).await;
-            self.env
-                .metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-            match committed {
-                Ok(Commit::Applied) => {
-                    crate::crash::point(crate::crash::AFTER_COMMIT);
-                    return Ok(response);
-                }
-                Ok(Commit::Conflict) => {
-                    self.env
-                        .metrics
-                        .conflicts
-                        .get_or_create(&crate::metrics::ComponentLabels {
-                            component: loaded.name.clone(),
-                        })
-                        .inc();
-                    tracing::debug!(component = %loaded.name, attempt, "unit of work conflicted, retrying");
-                }
-                Err(e) => {
-                    self.env
-                        .metrics
-                        .commit_failures
-                        .get_or_create(&crate::metrics::KindLabels {
-                            kind: "commit_unknown".into(),
-                        })
-                        .inc();
-                    return Err(HttpFailure::Commit(format!("{e:#}")));
-                }
+            let (outcome, done) = self
+                .run_and_commit(loaded, &req, origin)
+                .instrument(span.clone())
+                .await;
+            let status = done
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref())
+                .map(|r| r.status);
+            tracing::info!(parent: &span, outcome = %outcome, status, us = micros(started), "invocation finished");
+            match done {
+                Ok(Some(response)) => return Ok(response),
+                Ok(None) => continue,
+                Err(failure) => return Err(failure),
             }
         }
         Err(HttpFailure::Contended(attempts))
+    }
+
+    /// One run of a request's unit of work: the invocation, then the commit
+    /// when it answered below 400. `None`: it conflicted, run it again. The
+    /// label says what became of it (for its log line).
+    async fn run_and_commit(
+        self: &Arc<Self>,
+        loaded: &Arc<Loaded>,
+        req: &Request,
+        origin: Origin,
+    ) -> (&'static str, Result<Option<Response>, HttpFailure>) {
+        let (response, uow) = match self.run_http_once(loaded, req, origin).await {
+            Ok(ran) => ran,
+            Err(failure) => return ("failed", Err(HttpFailure::Invoke(failure))),
+        };
+        let limit = self.config().max_response_bytes;
+        if response.body.len() > limit {
+            // Checked before committing: an answer the client cannot get
+            // must not leave its writes behind.
+            return (
+                "response_too_large",
+                Err(HttpFailure::ResponseTooLarge {
+                    bytes: response.body.len(),
+                    limit,
+                }),
+            );
+        }
+        if response.status >= 400 {
+            return ("discarded", Ok(Some(response)));
+        }
+        let changes = uow.into_changes();
+        if changes.is_write_free() {
+            // Nothing to persist: a read-only request answers from
+            // committed data (read committed) without taking the writer.
+            return ("read_only", Ok(Some(response)));
+        }
+        let started = Instant::now();
+        let committed = self.backend.commit(changes).await;
+        self.env
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match committed {
+            Ok(Commit::Applied) => {
+                crate::crash::point(crate::crash::AFTER_COMMIT);
+                ("committed", Ok(Some(response)))
+            }
+            Ok(Commit::Conflict) => {
+                self.env
+                    .metrics
+                    .conflicts
+                    .get_or_create(&crate::metrics::ComponentLabels {
+                        component: loaded.name.clone(),
+                    })
+                    .inc();
+                ("conflict", Ok(None))
+            }
+            Err(e) => {
+                self.env
+                    .metrics
+                    .commit_failures
+                    .get_or_create(&crate::metrics::KindLabels {
+                        kind: "commit_unknown".into(),
+                    })
+                    .inc();
+                ("commit_failed", Err(HttpFailure::Commit(format!("{e:#}"))))
+            }
+        }
     }
 
     async fn run_http_once(
         self: &Arc<Self>,
         loaded: &Arc<Loaded>,
         req: &Request,
+        origin: Origin,
     ) -> Result<(Response, UnitOfWork), Failure> {
         let Some(indices) = &loaded.exports.http else {
             return Err(Failure::Missing("http-handler".into()));
         };
         let _running = loaded.enter();
-        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
+        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, origin);
         let guest = inv
             .open(loaded, "http-handler", |s, i| indices.load(s, i))
             .await?;
@@ -311,7 +361,9 @@ impl Runtime {
     }
 
     /// Run `loaded`'s event handler on one delivery (no commit here: the
-    /// dispatcher commits the changes together with the acknowledgement).
+    /// dispatcher commits the changes together with the acknowledgement),
+    /// in an `invocation` span under the current (the delivery's) one. The
+    /// events it publishes inherit the delivery's trace context.
     pub async fn handle_event(
         self: &Arc<Self>,
         loaded: &Arc<Loaded>,
@@ -333,34 +385,52 @@ impl Runtime {
             Ok(a) => a,
             Err(refusal) => return EventOutcome::Refused(refusal),
         };
-        match self.run_event_once(loaded, &event).await {
+        let origin = Origin {
+            span: invoke::span(&tracing::Span::current(), loaded, delivery.attempt, None),
+            trace: delivery.trace.clone(),
+            attempt: delivery.attempt,
+            depth: 0,
+        };
+        let span = origin.span.clone();
+        let started = Instant::now();
+        let ran = self
+            .run_event_once(loaded, &event, origin)
+            .instrument(span.clone())
+            .await;
+        let (label, outcome) = match ran {
             Ok((Ok(()), uow)) => {
                 admitted.finish(true);
-                EventOutcome::Handled(uow.into_changes())
+                ("handled", EventOutcome::Handled(uow.into_changes()))
             }
             Ok((Err(domain), _)) => {
                 admitted.finish(true);
-                EventOutcome::Failed(format!("handler returned {domain:?}"))
+                (
+                    "refused",
+                    EventOutcome::Failed(format!("handler returned {domain:?}")),
+                )
             }
-            Err(Failure::Backend(reason)) => EventOutcome::Unavailable(reason),
-            Err(Failure::Overloaded(reason)) => EventOutcome::Unavailable(reason),
+            Err(Failure::Backend(reason)) => ("unavailable", EventOutcome::Unavailable(reason)),
+            Err(Failure::Overloaded(reason)) => ("unavailable", EventOutcome::Unavailable(reason)),
             Err(failure) => {
                 admitted.finish(false);
-                EventOutcome::Faulted(failure.to_string())
+                ("failed", EventOutcome::Faulted(failure.to_string()))
             }
-        }
+        };
+        tracing::info!(parent: &span, outcome = %label, us = micros(started), "invocation finished");
+        outcome
     }
 
     async fn run_event_once(
         self: &Arc<Self>,
         loaded: &Arc<Loaded>,
         event: &Event,
+        origin: Origin,
     ) -> Result<(Result<(), DomainError>, UnitOfWork), Failure> {
         let Some(indices) = &loaded.exports.events else {
             return Err(Failure::Missing("event-handler".into()));
         };
         let _running = loaded.enter();
-        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
+        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, origin);
         let guest = inv
             .open(loaded, "event-handler", |s, i| indices.load(s, i))
             .await?;
@@ -378,7 +448,13 @@ impl Runtime {
         if loaded.exports.events.is_some() {
             return self.subscriptions(loaded).await;
         }
-        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
+        let mut inv = Invocation::start(
+            &self.env,
+            loaded,
+            UnitOfWork::default(),
+            None,
+            Origin::internal(),
+        );
         let deadline = inv.deadline();
         within(deadline, loaded.pre.instantiate_async(&mut inv.store))
             .await
@@ -398,7 +474,13 @@ impl Runtime {
         let Some(indices) = &loaded.exports.api else {
             return Ok(None);
         };
-        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
+        let mut inv = Invocation::start(
+            &self.env,
+            loaded,
+            UnitOfWork::default(),
+            None,
+            Origin::internal(),
+        );
         let text = async {
             let guest = inv
                 .open(loaded, "api-description", |s, i| indices.load(s, i))
@@ -418,7 +500,13 @@ impl Runtime {
         let Some(indices) = &loaded.exports.events else {
             return Ok(loaded.config.subscribe.clone().unwrap_or_default());
         };
-        let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, 0);
+        let mut inv = Invocation::start(
+            &self.env,
+            loaded,
+            UnitOfWork::default(),
+            None,
+            Origin::internal(),
+        );
         let declared = async {
             let guest = inv
                 .open(loaded, "event-handler", |s, i| indices.load(s, i))

@@ -97,6 +97,13 @@ pub struct HostState {
     pub deadline: Instant,
     /// Nesting depth of synchronous component→component calls.
     pub depth: u8,
+    /// The invocation's span: a linked call's span is its child.
+    pub span: tracing::Span,
+    /// What its published events carry: the originating request id, and
+    /// this invocation's span as their parent when spans are exported.
+    pub trace: crate::trace::TraceContext,
+    /// Which run of its unit of work (or delivery attempt) this is.
+    pub attempt: u32,
     pub limits: StoreLimits,
     /// Guest stderr (panic messages) kept for the error log of a trap.
     pub stderr: MemoryOutputPipe,
@@ -115,7 +122,7 @@ impl HostState {
         metrics: Arc<crate::metrics::Metrics>,
         uow: UnitOfWork,
         deadline: Instant,
-        depth: u8,
+        origin: crate::invoke::Origin,
     ) -> Self {
         let stderr = MemoryOutputPipe::new(4096);
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
@@ -124,6 +131,7 @@ impl HostState {
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(identity.memory_bytes)
             .build();
+        let trace = origin.trace.under(&origin.span);
         Self {
             identity,
             backend,
@@ -131,7 +139,10 @@ impl HostState {
             metrics,
             uow,
             deadline,
-            depth,
+            depth: origin.depth,
+            span: origin.span,
+            trace,
+            attempt: origin.attempt,
             limits,
             stderr,
             buffered: 0,
@@ -354,6 +365,7 @@ impl events::Host for HostState {
             key,
             payload,
             source,
+            trace: self.trace.clone(),
         });
         Ok(())
     }

@@ -30,6 +30,8 @@ pub struct NewEvent {
     pub payload: Vec<u8>,
     /// The component that published it.
     pub source: String,
+    /// The request (and span) its chain started with; stored with the event.
+    pub trace: crate::trace::TraceContext,
 }
 
 /// Buffered effects of one invocation (and of the synchronous calls it made).

@@ -66,6 +66,9 @@ pub struct Delivery {
     pub source: String,
     /// 1 on the first delivery.
     pub attempt: u32,
+    /// Where the event's chain started (stored with it); handed on to the
+    /// events its handler publishes.
+    pub trace: crate::trace::TraceContext,
     /// Backend bookkeeping needed to acknowledge this delivery.
     pub(crate) cursor: Cursor,
 }
@@ -92,6 +95,8 @@ pub struct DeadLetter {
     pub attempts: u32,
     pub error: String,
     pub dead_at_ms: i64,
+    /// The originating request's id, to find the rest of its path in the logs.
+    pub request_id: Option<String>,
 }
 
 /// The durable record of what version a component runs, shared by every

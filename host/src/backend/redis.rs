@@ -26,8 +26,8 @@
 //! | `sk:keys:{ns}:{collection}` | sorted set | live keys, score 0 (lexicographic ranges) |
 //! | `sk:version` | string | global commit counter |
 //! | `sk:seq:{ns}` | hash | sequence name → last id |
-//! | `sk:stream:{topic}` | stream | events (`topic`, `key`, `payload`, `source`) |
-//! | `sk:replay:{component}` | stream | dead letters replayed to one subscriber |
+//! | `sk:stream:{topic}` | stream | events (`topic`, `key`, `payload`, `source`; `request_id` and `traceparent` when known) |
+//! | `sk:replay:{component}` | stream | dead letters replayed to one subscriber (same fields, plus `event_id`) |
 //! | `sk:attempts:{component}` | hash | delivery id → failed attempts |
 //! | `sk:done:{component}:{stream}:{entry}` | string | processed marker (7 days) |
 //! | `sk:alive:{consumer}` | string | heartbeat of a consuming process (TTL 3 s, refreshed every second, deleted on a clean stop) |
@@ -115,7 +115,18 @@ for _ = 1, nevents do
   local key = take()
   local payload = take()
   local source = take()
-  redis.call('XADD', stream, '*', 'topic', topic, 'key', key, 'payload', payload, 'source', source)
+  local request_id = take()
+  local traceparent = take()
+  local fields = {'topic', topic, 'key', key, 'payload', payload, 'source', source}
+  if request_id ~= '' then
+    fields[#fields + 1] = 'request_id'
+    fields[#fields + 1] = request_id
+  end
+  if traceparent ~= '' then
+    fields[#fields + 1] = 'traceparent'
+    fields[#fields + 1] = traceparent
+  end
+  redis.call('XADD', stream, '*', unpack(fields))
 end
 if ack then
   redis.call('XACK', ack.stream, ack.group, ack.entry)
@@ -163,9 +174,17 @@ return 1
 const DEAD_LETTER_LUA: &str = r#"
 local stream, group, entry, done, attempts_key, delivery, dead = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 if redis.call('EXISTS', done) == 1 then return 0 end
-redis.call('XADD', dead, '*',
-  'subscriber', group, 'event_id', ARGV[8], 'topic', ARGV[9], 'key', ARGV[10],
-  'payload', ARGV[11], 'source', ARGV[12], 'attempts', ARGV[13], 'error', ARGV[14], 'dead_ms', ARGV[15])
+local fields = {'subscriber', group, 'event_id', ARGV[8], 'topic', ARGV[9], 'key', ARGV[10],
+  'payload', ARGV[11], 'source', ARGV[12], 'attempts', ARGV[13], 'error', ARGV[14], 'dead_ms', ARGV[15]}
+if ARGV[17] ~= '' then
+  fields[#fields + 1] = 'request_id'
+  fields[#fields + 1] = ARGV[17]
+end
+if ARGV[18] ~= '' then
+  fields[#fields + 1] = 'traceparent'
+  fields[#fields + 1] = ARGV[18]
+end
+redis.call('XADD', dead, '*', unpack(fields))
 redis.call('XACK', stream, group, entry)
 redis.call('SET', done, '1', 'EX', ARGV[16])
 redis.call('HDEL', attempts_key, delivery)
@@ -207,8 +226,14 @@ if #found == 0 then return 0 end
 local fields = found[1][2]
 local f = {}
 for j = 1, #fields, 2 do f[fields[j]] = fields[j + 1] end
-redis.call('XADD', prefix .. ':replay:' .. f['subscriber'], '*',
-  'topic', f['topic'], 'key', f['key'], 'payload', f['payload'], 'source', f['source'], 'event_id', f['event_id'])
+local fields = {'topic', f['topic'], 'key', f['key'], 'payload', f['payload'], 'source', f['source'], 'event_id', f['event_id']}
+for _, name in ipairs({'request_id', 'traceparent'}) do
+  if f[name] then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = f[name]
+  end
+end
+redis.call('XADD', prefix .. ':replay:' .. f['subscriber'], '*', unpack(fields))
 redis.call('XDEL', dead, id)
 return 1
 "#;
@@ -308,6 +333,12 @@ fn field(entry: &StreamId, name: &str) -> Vec<u8> {
 
 fn text(entry: &StreamId, name: &str) -> String {
     String::from_utf8_lossy(&field(entry, name)).into_owned()
+}
+
+/// A field that may be absent (entries written before it existed): `None`
+/// when missing or empty.
+fn optional_text(entry: &StreamId, name: &str) -> Option<String> {
+    Some(text(entry, name)).filter(|t| !t.is_empty())
 }
 
 /// Set (or refresh) a heartbeat key with its TTL.
@@ -746,6 +777,10 @@ impl RedisBackend {
                     payload: field(&entry, "payload"),
                     source: text(&entry, "source"),
                     attempt: failures.unwrap_or(0).saturating_add(1),
+                    trace: crate::trace::TraceContext {
+                        request_id: optional_text(&entry, "request_id"),
+                        traceparent: optional_text(&entry, "traceparent"),
+                    },
                     cursor: Cursor::Stream {
                         stream: key.key.clone(),
                         entry: entry.id.clone(),
@@ -1013,6 +1048,8 @@ impl Backend for RedisBackend {
             .arg(error)
             .arg(now_ms())
             .arg(DONE_TTL_SECS)
+            .arg(delivery.trace.request_id.as_deref().unwrap_or(""))
+            .arg(delivery.trace.traceparent.as_deref().unwrap_or(""))
             .invoke_async(&mut conn)
             .await
             .context("redis dead-letter script failed")?;
@@ -1039,6 +1076,7 @@ impl Backend for RedisBackend {
                 attempts: text(e, "attempts").parse().unwrap_or(0),
                 error: text(e, "error"),
                 dead_at_ms: text(e, "dead_ms").parse().unwrap_or(0),
+                request_id: optional_text(e, "request_id"),
             })
             .collect())
     }
@@ -1293,7 +1331,9 @@ impl RedisBackend {
                 .arg(&event.topic)
                 .arg(&event.key)
                 .arg(event.payload.as_slice())
-                .arg(&event.source);
+                .arg(&event.source)
+                .arg(event.trace.request_id.as_deref().unwrap_or(""))
+                .arg(event.trace.traceparent.as_deref().unwrap_or(""));
         }
         invocation.arg(DONE_TTL_SECS);
         let mut conn = self.conn.clone();

@@ -69,6 +69,36 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 ";
 
+/// Columns added to a table after it was first released. `CREATE TABLE IF
+/// NOT EXISTS` leaves an existing table as it was, so [`migrate`] adds each
+/// one missing, on every open (a no-op once done). Nullable: rows written
+/// before have none.
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The trace context an event carries (see `trace::TraceContext`).
+    ("events", "request_id", "TEXT"),
+    ("events", "traceparent", "TEXT"),
+];
+
+/// Add the [`ADDED_COLUMNS`] an existing database lacks, in one IMMEDIATE
+/// transaction (two processes opening one database do not both add one).
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for (table, column, decl) in ADDED_COLUMNS {
+        let present: i64 = tx.query_row(
+            "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+            params![table, column],
+            |r| r.get(0),
+        )?;
+        if present == 0 {
+            tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))
+                .with_context(|| format!("failed to add column {table}.{column}"))?;
+            tracing::info!(table, column, "sqlite schema migrated: column added");
+        }
+    }
+    tx.commit().context("sqlite migration commit failed")?;
+    Ok(())
+}
+
 /// How many reader connections serve `get`/`list`.
 const READERS: usize = 4;
 
@@ -124,10 +154,11 @@ impl SqliteBackend {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("failed to create data directory {}", dir.display()))?;
         let path = dir.join("sktarbucks.db");
-        let writer = open(&path, synchronous)?;
+        let mut writer = open(&path, synchronous)?;
         writer
             .execute_batch(SCHEMA)
             .context("failed to create the sqlite schema")?;
+        migrate(&mut writer).context("failed to migrate the sqlite schema")?;
         let readers = (0..READERS)
             .map(|_| open(&path, synchronous).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -241,7 +272,8 @@ fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
     }
     {
         let mut append = tx.prepare_cached(
-            "INSERT INTO events (topic, key, payload, source, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO events (topic, key, payload, source, created_ms, request_id, traceparent)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         let now = now_ms();
         for event in &changes.events {
@@ -250,7 +282,9 @@ fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
                 event.key,
                 event.payload,
                 event.source,
-                now
+                now,
+                event.trace.request_id,
+                event.trace.traceparent
             ])?;
         }
     }
@@ -547,7 +581,7 @@ impl Backend for SqliteBackend {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT d.id, d.subscriber, d.seq, e.topic, e.key, e.payload, e.source,
-                    d.attempts, d.error, d.dead_ms
+                    d.attempts, d.error, d.dead_ms, e.request_id
              FROM dead_letters d JOIN events e ON e.seq = d.seq
              WHERE d.replayed = 0 ORDER BY d.id",
         )?;
@@ -565,6 +599,7 @@ impl Backend for SqliteBackend {
                     attempts: r.get(7)?,
                     error: r.get(8)?,
                     dead_at_ms: r.get(9)?,
+                    request_id: r.get(10)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -766,7 +801,8 @@ impl SqliteBackend {
         {
             let mut replays = conn.prepare_cached(
                 "SELECT e.seq, e.topic, e.key, e.payload, e.source,
-                        coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = r.subscriber AND a.seq = r.seq), 0)
+                        coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = r.subscriber AND a.seq = r.seq), 0),
+                        e.request_id, e.traceparent
                  FROM replays r JOIN events e ON e.seq = r.seq
                  WHERE r.subscriber = ?1 ORDER BY r.seq LIMIT ?2",
             )?;
@@ -781,7 +817,8 @@ impl SqliteBackend {
         }
         let sql = format!(
             "SELECT e.seq, e.topic, e.key, e.payload, e.source,
-                    coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = ?1 AND a.seq = e.seq), 0)
+                    coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = ?1 AND a.seq = e.seq), 0),
+                    e.request_id, e.traceparent
              FROM events e
              JOIN topic_offsets o ON o.subscriber = ?1 AND o.topic = e.topic
              WHERE e.seq > o.seq
@@ -812,6 +849,10 @@ fn row_to_delivery(r: &rusqlite::Row<'_>, replay: bool) -> rusqlite::Result<Deli
         payload: r.get(3)?,
         source: r.get(4)?,
         attempt: previous.saturating_add(1),
+        trace: crate::trace::TraceContext {
+            request_id: r.get(6)?,
+            traceparent: r.get(7)?,
+        },
         cursor: Cursor::Seq { seq, replay },
     })
 }

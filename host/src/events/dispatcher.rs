@@ -189,7 +189,20 @@ async fn deliver(
         sleep_or_shutdown(IDLE_WAIT, shutdown).await;
         return false;
     };
-    let span = tracing::info_span!("event", component = %sub.component, event_id = %delivery.id, topic = %delivery.topic, attempt = delivery.attempt);
+    // The originating request's id goes on every line of this delivery;
+    // with span export, the span continues the publisher's trace.
+    let span = tracing::info_span!(
+        "event",
+        component = %sub.component,
+        event_id = %delivery.id,
+        topic = %delivery.topic,
+        attempt = delivery.attempt,
+        request_id = tracing::field::Empty,
+    );
+    if let Some(id) = &delivery.trace.request_id {
+        span.record("request_id", tracing::field::display(id));
+    }
+    delivery.trace.adopt(&span);
     handle(rt, sub, delivery, shutdown, loaded, streak)
         .instrument(span)
         .await

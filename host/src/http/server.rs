@@ -26,7 +26,12 @@ use crate::invoke::Failure;
 use crate::runtime::{HttpFailure, Runtime};
 
 /// Identifies a request in the logs; kept when the client sends a valid one.
+/// The guest sees the effective id in this header too, and every event of
+/// the request's chain carries it.
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+/// A client's W3C trace context: with span export, the request's span
+/// continues that trace.
+const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
 
 /// The client's `x-request-id` when it is 1..=128 characters of
 /// `[A-Za-z0-9._:-]`, otherwise a new random one (128 bits, hex).
@@ -194,7 +199,23 @@ pub async fn serve(
             async move {
                 let id = request_id(&req);
                 let span = tracing::info_span!("request", request_id = %id);
-                let mut response = app.handle(req).instrument(span).await;
+                crate::trace::continue_client_trace(
+                    &span,
+                    req.headers()
+                        .get(TRACEPARENT_HEADER)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                let started = std::time::Instant::now();
+                let mut response = app.handle(req, &id).instrument(span.clone()).await;
+                let status = response.status().as_u16();
+                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                // One line per request (health probes only at debug).
+                if path.starts_with("/health/") {
+                    tracing::debug!(parent: &span, %method, %path, status, us, "request finished");
+                } else {
+                    tracing::info!(parent: &span, %method, %path, status, us, "request finished");
+                }
                 if let Ok(v) = HeaderValue::from_str(&id) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, v);
                 }
@@ -229,7 +250,7 @@ pub async fn serve(
 }
 
 impl App {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, id: &str) -> Response<Body> {
         if let Some(refused) = refuse_at_the_edge(&req) {
             return refused;
         }
@@ -285,13 +306,14 @@ impl App {
         };
         let method = req.method().clone();
         let span = tracing::info_span!("http", component = %name, method = %method, path = %path);
-        self.invoke(loaded, req).instrument(span).await
+        self.invoke(loaded, req, id).instrument(span).await
     }
 
     async fn invoke(
         &self,
         loaded: Arc<crate::registry::Loaded>,
         req: Request<Incoming>,
+        id: &str,
     ) -> Response<Body> {
         let limit = self.rt.config().max_body_bytes;
         let too_large = || {
@@ -385,16 +407,26 @@ impl App {
             method: method.to_owned(),
             path: parts.uri.path().to_owned(),
             query: parts.uri.query().unwrap_or("").to_owned(),
+            // The guest sees the effective request id (the client's, or the
+            // one assigned here), never an invalid one the client sent.
             headers: parts
                 .headers
                 .iter()
+                .filter(|(k, _)| **k != REQUEST_ID_HEADER)
                 .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .chain(std::iter::once((
+                    REQUEST_ID_HEADER.as_str().to_owned(),
+                    id.to_owned(),
+                )))
                 .collect(),
             body: body.to_vec(),
         };
         let started = std::time::Instant::now();
         let route = crate::metrics::route_template(&request.path);
-        let served = self.rt.serve_http(&loaded, request).await;
+        let served = self
+            .rt
+            .serve_http(&loaded, request, crate::trace::TraceContext::request(id))
+            .await;
         let outcome = match &served {
             Ok(r) if r.status >= 500 => "error_5xx",
             Ok(_) => "ok",

@@ -14,6 +14,7 @@ fn event(topic: &str, key: &str) -> Changes {
             key: key.into(),
             payload: b"{}".to_vec(),
             source: "test".into(),
+            trace: Default::default(),
         }],
         ..Changes::default()
     }

@@ -181,6 +181,7 @@ async fn a_poison_event_is_dead_lettered_and_the_subscriber_moves_on(kind: Kind)
             key: "p".into(),
             payload: b"poison".to_vec(),
             source: "test".into(),
+            trace: Default::default(),
         }],
         ..Default::default()
     };
@@ -219,6 +220,7 @@ async fn a_trapping_handler_is_retried_then_dead_lettered(kind: Kind) {
             key: "t".into(),
             payload: b"trap".to_vec(),
             source: "test".into(),
+            trace: Default::default(),
         }],
         ..Default::default()
     };

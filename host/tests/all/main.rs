@@ -18,4 +18,5 @@ mod ranges;
 mod redis_hosts;
 mod redis_streams;
 mod support;
+mod trace_context;
 mod unit_of_work;

@@ -17,6 +17,7 @@ fn events(n: usize) -> Changes {
                 key: format!("k{i}"),
                 payload: format!("{i}").into_bytes(),
                 source: "test".into(),
+                trace: Default::default(),
             })
             .collect(),
         ..Changes::default()

@@ -148,6 +148,7 @@ impl Harness {
                 key: key.to_owned(),
                 payload: payload.to_string().into_bytes(),
                 source: source.to_owned(),
+                trace: Default::default(),
             }],
             ..Changes::default()
         };

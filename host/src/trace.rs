@@ -1,0 +1,336 @@
+//! Trace context and telemetry set-up: what lets one id find an order's whole
+//! path (request → order → cafe's `stock` → production → order → mypage) in
+//! the logs, and one OTLP trace show it.
+//!
+//! A request's id (`x-request-id`) travels with the unit of work: into the
+//! invocation, through linked calls, onto every event the unit publishes
+//! (stored with the event by the backend), and from a delivered event onto
+//! the events its handler publishes. Beside it travels a W3C `traceparent`
+//! naming the span that published the event — only when spans are exported
+//! (OTLP); the dispatcher makes the event's span a child of it, so the
+//! exported trace of one request spans its events too.
+//!
+//! [`init`] installs the process's subscriber: logs on stderr (text, or JSON
+//! with `SKTARBUCKS_LOG_FORMAT=json`) and, when an endpoint is configured,
+//! span export over OTLP/HTTP (protobuf) in batches on the tokio runtime.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+use crate::config::TracingConfig;
+
+/// Where a unit of work's effects came from, carried by the events it
+/// publishes: the originating request's id and, when spans are exported,
+/// the publishing span as a W3C `traceparent`. Both are absent on events
+/// logged before this existed (or appended by tools).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The `x-request-id` of the request the chain started with.
+    pub request_id: Option<String>,
+    /// `00-<trace id>-<span id>-<flags>` of the span that published.
+    pub traceparent: Option<String>,
+}
+
+impl TraceContext {
+    /// The context of a request's own work.
+    pub fn request(id: &str) -> Self {
+        Self {
+            request_id: Some(id.to_owned()),
+            traceparent: None,
+        }
+    }
+
+    /// The context work done under `span` hands on (to linked calls and to
+    /// the events it publishes): the same request id, with `span` as the
+    /// parent when it is exported. Otherwise the inherited parent is kept,
+    /// so a host that stopped exporting does not cut the stored chain.
+    pub fn under(&self, span: &tracing::Span) -> Self {
+        Self {
+            request_id: self.request_id.clone(),
+            traceparent: traceparent_of(span).or_else(|| self.traceparent.clone()),
+        }
+    }
+
+    /// Make `span` a child of the stored publishing span (no-op when there is
+    /// none or spans are not exported). Call before `span` is first entered.
+    pub fn adopt(&self, span: &tracing::Span) {
+        if let Some(parent) = self.traceparent.as_deref().and_then(parse_traceparent) {
+            // Fails only when spans are not exported or it already started.
+            let _ = span.set_parent(parent);
+        }
+    }
+}
+
+/// One header (`traceparent`) for the W3C propagator.
+struct Traceparent<'a>(Option<&'a str>);
+
+impl Extractor for Traceparent<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        (key == "traceparent").then_some(self.0).flatten()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent"]
+    }
+}
+
+/// Collects what the W3C propagator writes.
+#[derive(Default)]
+struct Written(Option<String>);
+
+impl Injector for Written {
+    fn set(&mut self, key: &str, value: String) {
+        if key == "traceparent" {
+            self.0 = Some(value);
+        }
+    }
+}
+
+/// `span` as a W3C `traceparent`, when it is exported (has a valid context).
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return None;
+    }
+    let mut out = Written::default();
+    TraceContextPropagator::new().inject_context(&cx, &mut out);
+    out.0
+}
+
+/// The remote parent a `traceparent` names; `None` when it is malformed.
+pub fn parse_traceparent(value: &str) -> Option<opentelemetry::Context> {
+    let cx = TraceContextPropagator::new().extract(&Traceparent(Some(value)));
+    cx.span().span_context().is_valid().then_some(cx)
+}
+
+/// Make a request's span continue the client's trace when it sent a valid
+/// `traceparent` (and spans are exported).
+pub fn continue_client_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    if let Some(parent) = traceparent.and_then(parse_traceparent) {
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The OTLP/HTTP traces URL to export to: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+/// as given, else `OTEL_EXPORTER_OTLP_ENDPOINT` or the manifest's
+/// `otlp_endpoint` with `/v1/traces` appended (the OTLP convention for a
+/// base URL). `None`: nothing configured, no export.
+pub fn otlp_traces_endpoint(config: &TracingConfig) -> Result<Option<String>> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let url = if let Some(full) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        full
+    } else if let Some(base) = env("OTEL_EXPORTER_OTLP_ENDPOINT").or(config.otlp_endpoint.clone()) {
+        let base = base.trim_end_matches('/');
+        if base.ends_with("/v1/traces") {
+            base.to_owned()
+        } else {
+            format!("{base}/v1/traces")
+        }
+    } else {
+        return Ok(None);
+    };
+    if !url.starts_with("http://") {
+        bail!(
+            "OTLP endpoint {url:?} must be an http:// URL (the exporter has no TLS: point it at a local collector or agent)"
+        );
+    }
+    Ok(Some(url))
+}
+
+/// The installed subscriber's exporter, if any; shut it down last.
+#[must_use = "spans still buffered are lost unless `shutdown` is awaited"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// How long `shutdown` waits for the last batch to reach the collector.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Telemetry {
+    /// Whether spans leave the process (an endpoint was configured).
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Export what is still buffered and stop the exporter (at most
+    /// [`FLUSH_TIMEOUT`]: an unreachable collector must not hold up exit).
+    /// Call while the tokio runtime still runs: the batch task lives there.
+    pub async fn shutdown(self) {
+        let Some(provider) = self.provider else {
+            return;
+        };
+        // The SDK's shutdown blocks until the batch task answers: off the
+        // async workers, on a thread of its own that exit need not wait for.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("otlp-shutdown".into())
+            .spawn(move || {
+                let _ = tx.send(provider.shutdown());
+            });
+        if let Err(e) = spawned {
+            eprintln!("could not flush exported spans: {e}");
+            return;
+        }
+        match tokio::time::timeout(FLUSH_TIMEOUT, rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => eprintln!("flushing exported spans failed: {e}"),
+            Ok(Err(_)) => eprintln!("flushing exported spans failed: the flush thread died"),
+            Err(_) => eprintln!(
+                "flushing exported spans took over {} s; giving up",
+                FLUSH_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+/// Install the process-wide subscriber: `RUST_LOG` filter (default
+/// `info,wasmtime=warn,cranelift=warn`), logs on stderr, and with `export`
+/// and a configured endpoint, OTLP span export. Needs a tokio runtime when
+/// exporting (the batch exporter runs on it).
+pub fn init(config: &TracingConfig, export: bool) -> Result<Telemetry> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
+    });
+    let json = std::env::var("SKTARBUCKS_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let endpoint = if export {
+        otlp_traces_endpoint(config)?
+    } else {
+        None
+    };
+    let provider = match &endpoint {
+        Some(url) => Some(provider(config, url)?),
+        None => None,
+    };
+    let otel = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("sktarbucks"))
+            .with_location(false)
+    });
+    // Colours only for a person at a terminal, not in files and pipes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let text = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+    });
+    let structured = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(structured)
+        .with(otel)
+        .try_init()
+        .context("a tracing subscriber is already installed")?;
+    if let Some(url) = endpoint {
+        tracing::info!(endpoint = %url, "exporting spans over OTLP/HTTP");
+    }
+    Ok(Telemetry { provider })
+}
+
+/// A tracer provider exporting to `url` in batches on the tokio runtime.
+fn provider(config: &TracingConfig, url: &str) -> Result<SdkTracerProvider> {
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("failed to build the OTLP HTTP client")?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(client)
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(url)
+        .build()
+        .with_context(|| format!("failed to set up OTLP export to {url}"))?;
+    let batch =
+        opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
+            exporter,
+            opentelemetry_sdk::runtime::Tokio,
+        )
+        .build();
+    let service = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| config.service_name.clone())
+        .unwrap_or_else(|| "sktarbucks".to_owned());
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    Ok(SdkTracerProvider::builder()
+        .with_span_processor(batch)
+        .with_resource(resource)
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceparent_round_trips_and_garbage_is_ignored() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cx = parse_traceparent(tp).expect("a valid traceparent parses");
+        let sc = cx.span().span_context().clone();
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(sc.span_id().to_string(), "00f067aa0ba902b7");
+        for bad in [
+            "",
+            "00-xyz",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn without_an_exporter_a_span_has_no_traceparent_and_the_inherited_one_stays() {
+        let inherited = TraceContext {
+            request_id: Some("r1".into()),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        };
+        let under = inherited.under(&tracing::Span::none());
+        assert_eq!(under, inherited);
+    }
+
+    #[test]
+    fn the_endpoint_gets_the_traces_path_once() -> Result<()> {
+        let mut config = TracingConfig::default();
+        if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+            || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+        {
+            return Ok(()); // the environment decides; nothing to check here
+        }
+        assert_eq!(otlp_traces_endpoint(&config)?, None);
+        config.otlp_endpoint = Some("http://127.0.0.1:4318/".into());
+        assert_eq!(
+            otlp_traces_endpoint(&config)?.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        config.otlp_endpoint = Some("http://c:4318/v1/traces".into());
+        assert_eq!(
+            otlp_traces_endpoint(&config)?.as_deref(),
+            Some("http://c:4318/v1/traces")
+        );
+        config.otlp_endpoint = Some("https://c:4318".into());
+        assert!(otlp_traces_endpoint(&config).is_err());
+        Ok(())
+    }
+}
