@@ -22,6 +22,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -209,10 +210,16 @@ pub fn init(config: &TracingConfig, export: bool) -> Result<Telemetry> {
         Some(url) => Some(provider(config, url)?),
         None => None,
     };
+    // Only the host's own spans are exported: the exporter's HTTP client
+    // must never trace its own requests into the next batch.
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("sktarbucks"))
             .with_location(false)
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("sktarbucks", tracing::Level::TRACE),
+            )
     });
     // Colours only for a person at a terminal, not in files and pipes.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -255,7 +262,7 @@ fn provider(config: &TracingConfig, url: &str) -> Result<SdkTracerProvider> {
         .with_context(|| format!("failed to set up OTLP export to {url}"))?;
     let batch =
         opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(
-            exporter,
+            Reporting::new(exporter),
             opentelemetry_sdk::runtime::Tokio,
         )
         .build();
@@ -275,6 +282,66 @@ fn provider(config: &TracingConfig, url: &str) -> Result<SdkTracerProvider> {
         .with_span_processor(batch)
         .with_resource(resource)
         .build())
+}
+
+/// How often a failing export is reported at most.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// An exporter that says when a batch could not be delivered (the SDK
+/// drops it silently): a warning at most every [`REPORT_EVERY`].
+#[derive(Debug)]
+struct Reporting<E> {
+    inner: E,
+    /// When the last failure was reported; `None`: never.
+    reported: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl<E> Reporting<E> {
+    fn new(inner: E) -> Self {
+        Self {
+            inner,
+            reported: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for Reporting<E>
+{
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        if let Err(e) = &result {
+            let mut last = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {
+                *last = Some(std::time::Instant::now());
+                tracing::warn!(error = %e, spans, "span export failed; those spans are lost (reported at most once a minute)");
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn shutdown(&mut self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown()
+    }
+
+    fn force_flush(&mut self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 #[cfg(test)]

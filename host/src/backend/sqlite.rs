@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS sequences (
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL, key TEXT NOT NULL, payload BLOB NOT NULL,
-    source TEXT NOT NULL, created_ms INTEGER NOT NULL
+    source TEXT NOT NULL, created_ms INTEGER NOT NULL,
+    request_id TEXT, traceparent TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_topic ON events (topic, seq);
 CREATE TABLE IF NOT EXISTS topic_offsets (
@@ -69,10 +70,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 ";
 
-/// Columns added to a table after it was first released. `CREATE TABLE IF
-/// NOT EXISTS` leaves an existing table as it was, so [`migrate`] adds each
-/// one missing, on every open (a no-op once done). Nullable: rows written
-/// before have none.
+/// Columns added to a table after it was first released (and written into
+/// `SCHEMA` for new databases). `CREATE TABLE IF NOT EXISTS` leaves an
+/// existing table as it was, so [`migrate`] adds each one missing, on every
+/// open (a no-op once done). Nullable: rows written before have none.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // The trace context an event carries (see `trace::TraceContext`).
     ("events", "request_id", "TEXT"),

@@ -304,6 +304,8 @@ impl Admin {
                     "attempts": d.attempts,
                     "error": d.error,
                     "deadAtMs": d.dead_at_ms,
+                    // Find the event's whole path in the logs by this id.
+                    "requestId": d.request_id,
                 })
             })
             .collect();

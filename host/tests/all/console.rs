@@ -186,6 +186,8 @@ async fn the_console_shows_the_host_and_its_buttons_act() {
         "attempts",
         "error",
         "deadAtMs",
+        // The forging request's id, carried by its event into the letter.
+        "requestId",
     ] {
         assert!(!letter[field].is_null(), "{field} missing: {letter}");
     }

@@ -223,7 +223,8 @@ function renderDeadLetters(letters) {
     (row, d) => {
       setText(row.cells[4], d.attempts);
       setText(row.cells[5], d.error);
-      row.cells[5].title = `event ${d.eventId} from ${d.source}; payload: ${d.payload}`;
+      const origin = d.requestId ? `; request ${d.requestId}` : "";
+      row.cells[5].title = `event ${d.eventId} from ${d.source}${origin}; payload: ${d.payload}`;
       setText(row.cells[6], ago(d.deadAtMs));
     },
   );
