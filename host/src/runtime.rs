@@ -474,6 +474,34 @@ impl Runtime {
         let Some(indices) = &loaded.exports.api else {
             return Ok(None);
         };
+        let text = self
+            .call_internal(
+                loaded,
+                "api-description",
+                |s, i| indices.load(s, i),
+                |guest, store| Box::pin(async move { guest.call_openapi(store).await }),
+            )
+            .await
+            .map_err(|f| anyhow::anyhow!("component {:?}: openapi() {f}", loaded.name))?;
+        Ok(Some(text))
+    }
+
+    /// One call of an export outside any request or event (subscriptions,
+    /// the OpenAPI fragment): a fresh instance under the component's
+    /// deadline, nothing committed.
+    async fn call_internal<G, R>(
+        &self,
+        loaded: &Arc<Loaded>,
+        export: &str,
+        load: impl FnOnce(
+            &mut wasmtime::Store<HostState>,
+            &wasmtime::component::Instance,
+        ) -> wasmtime::Result<G>,
+        call: impl for<'s> FnOnce(
+            G,
+            &'s mut wasmtime::Store<HostState>,
+        ) -> futures::future::BoxFuture<'s, wasmtime::Result<R>>,
+    ) -> Result<R, Failure> {
         let mut inv = Invocation::start(
             &self.env,
             loaded,
@@ -481,18 +509,11 @@ impl Runtime {
             None,
             Origin::internal(),
         );
-        let text = async {
-            let guest = inv
-                .open(loaded, "api-description", |s, i| indices.load(s, i))
-                .await?;
-            let deadline = inv.deadline();
-            within(deadline, guest.call_openapi(&mut inv.store))
-                .await
-                .map_err(|e| inv.failure(e))
-        }
-        .await
-        .map_err(|f| anyhow::anyhow!("component {:?}: openapi() {f}", loaded.name))?;
-        Ok(Some(text))
+        let guest = inv.open(loaded, export, load).await?;
+        let deadline = inv.deadline();
+        within(deadline, call(guest, &mut inv.store))
+            .await
+            .map_err(|e| inv.failure(e))
     }
 
     /// Topics `loaded` consumes: the manifest's list, or all it declares.
@@ -500,24 +521,15 @@ impl Runtime {
         let Some(indices) = &loaded.exports.events else {
             return Ok(loaded.config.subscribe.clone().unwrap_or_default());
         };
-        let mut inv = Invocation::start(
-            &self.env,
-            loaded,
-            UnitOfWork::default(),
-            None,
-            Origin::internal(),
-        );
-        let declared = async {
-            let guest = inv
-                .open(loaded, "event-handler", |s, i| indices.load(s, i))
-                .await?;
-            let deadline = inv.deadline();
-            within(deadline, guest.call_subscriptions(&mut inv.store))
-                .await
-                .map_err(|e| inv.failure(e))
-        }
-        .await
-        .map_err(|f| anyhow::anyhow!("component {:?}: subscriptions() {f}", loaded.name))?;
+        let declared = self
+            .call_internal(
+                loaded,
+                "event-handler",
+                |s, i| indices.load(s, i),
+                |guest, store| Box::pin(async move { guest.call_subscriptions(store).await }),
+            )
+            .await
+            .map_err(|f| anyhow::anyhow!("component {:?}: subscriptions() {f}", loaded.name))?;
         match &loaded.config.subscribe {
             None => Ok(declared),
             Some(wanted) => {

@@ -156,10 +156,7 @@ async fn orders_survive_a_crash_at(point: &str, pass: u32, redis: bool) {
         let productions = c.get_all("/productions?limit=1000").await.items;
         // Every subscriber done, cafe's releases included (an order.canceled
         // a dead host held is taken over only when its heartbeat expires).
-        let (_, ready) = c.get("/health/ready").await;
-        let drained = ready["lag"]
-            .as_object()
-            .is_some_and(|lag| lag.values().all(|n| n == 0));
+        let drained = c.pending_events().await == Some(0);
         let settled = drained
             && orders.iter().all(|o| o["status"] != "REQUESTED")
             && pages.len() == orders.len()
@@ -276,13 +273,9 @@ async fn a_dead_letter_survives_a_crash_while_it_is_written(redis: bool) {
         SETTLE,
         || async {
             let (_, counts) = c.get("/faulty/counts").await;
-            let (_, ready) = c.get("/health/ready").await;
-            let pending: u64 = ready["lag"]
-                .as_object()
-                .map(|m| m.values().filter_map(Value::as_u64).sum())
-                .unwrap_or(u64::MAX);
+            let drained = c.pending_events().await == Some(0);
             let letters = backend.dead_letters().await.ok()?;
-            (counts["after"] == json!(1) && pending == 0 && !letters.is_empty()).then_some(letters)
+            (counts["after"] == json!(1) && drained && !letters.is_empty()).then_some(letters)
         },
     )
     .await;

@@ -343,6 +343,15 @@ impl Client {
         Ok((status, json))
     }
 
+    /// Events published but not yet handled, summed over every subscriber
+    /// (`/health/ready`'s `lag`); `None` when the host reports no lag.
+    pub async fn pending_events(&self) -> Option<u64> {
+        let (_, ready) = self.get("/health/ready").await;
+        ready["lag"]
+            .as_object()
+            .map(|m| m.values().filter_map(serde_json::Value::as_u64).sum())
+    }
+
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
         self.raw("GET", path, None).await
     }
