@@ -2,6 +2,7 @@
 //! embedded SQLite backend and the Redis backend implement it with the same
 //! guarantees, and the behavioural tests run against both.
 
+mod group_commit;
 pub mod redis;
 pub mod sqlite;
 
@@ -177,6 +178,26 @@ pub trait Backend: Send + Sync + 'static {
         delivery: &Delivery,
         changes: Changes,
     ) -> Result<Commit>;
+
+    /// Apply several handlers' units and acknowledge their deliveries, in
+    /// the given order, as if `ack` were called on each in turn (SQLite:
+    /// in one transaction). It may stop at the first conflict, leaving the
+    /// rest unacknowledged: one outcome per delivery it attempted.
+    async fn ack_batch(
+        &self,
+        sub: &Subscription,
+        acks: Vec<(Delivery, Changes)>,
+    ) -> Result<Vec<Commit>> {
+        let mut outcomes = Vec::with_capacity(acks.len());
+        for (delivery, changes) in acks {
+            let outcome = self.ack(sub, &delivery, changes).await?;
+            outcomes.push(outcome);
+            if outcome == Commit::Conflict {
+                break;
+            }
+        }
+        Ok(outcomes)
+    }
 
     /// Record a failed attempt. With `dead = true`, move the event to the
     /// dead letters and acknowledge it in the same step.

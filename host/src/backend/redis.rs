@@ -759,7 +759,7 @@ impl RedisBackend {
         reply: StreamReadReply,
     ) -> Result<Vec<Delivery>> {
         let mut conn = self.conn.clone();
-        let mut out = Vec::new();
+        let mut live = Vec::new();
         for key in reply.keys {
             for entry in key.ids {
                 if entry.map.is_empty() {
@@ -768,25 +768,38 @@ impl RedisBackend {
                     continue;
                 }
                 let id = self.delivery_id(&key.key, &entry);
-                let failures: Option<u32> =
-                    conn.hget(self.attempts_key(&sub.component), &id).await?;
-                out.push(Delivery {
-                    id,
-                    topic: text(&entry, "topic"),
-                    key: text(&entry, "key"),
-                    payload: field(&entry, "payload"),
-                    source: text(&entry, "source"),
-                    attempt: failures.unwrap_or(0).saturating_add(1),
-                    trace: crate::trace::TraceContext {
-                        request_id: optional_text(&entry, "request_id"),
-                        traceparent: optional_text(&entry, "traceparent"),
-                    },
-                    cursor: Cursor::Stream {
-                        stream: key.key.clone(),
-                        entry: entry.id.clone(),
-                    },
-                });
+                live.push((key.key.clone(), entry, id));
             }
+        }
+        if live.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Every entry's failed attempts in one round trip.
+        let ids: Vec<&str> = live.iter().map(|(_, _, id)| id.as_str()).collect();
+        let failures: Vec<Option<u32>> = redis::cmd("HMGET")
+            .arg(self.attempts_key(&sub.component))
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await
+            .context("redis HMGET of attempts failed")?;
+        let mut out = Vec::with_capacity(live.len());
+        for ((stream, entry, id), failures) in live.into_iter().zip(failures) {
+            out.push(Delivery {
+                id,
+                topic: text(&entry, "topic"),
+                key: text(&entry, "key"),
+                payload: field(&entry, "payload"),
+                source: text(&entry, "source"),
+                attempt: failures.unwrap_or(0).saturating_add(1),
+                trace: crate::trace::TraceContext {
+                    request_id: optional_text(&entry, "request_id"),
+                    traceparent: optional_text(&entry, "traceparent"),
+                },
+                cursor: Cursor::Stream {
+                    stream,
+                    entry: entry.id.clone(),
+                },
+            });
         }
         Ok(out)
     }
@@ -833,13 +846,14 @@ impl RedisBackend {
         if !own.is_empty() {
             return Ok(own);
         }
-        // New entries, one at a time: never hold more than we are working on,
-        // or entries would sit idle in our list and be reclaimed meanwhile.
+        // New entries, no more than the caller handles at once (`max`): an
+        // entry held but not being worked on would sit idle in our list and
+        // could be reclaimed meanwhile.
         let reply = if wait.is_zero() {
-            self.read_group(&mut conn, sub, ">", 1, None).await?
+            self.read_group(&mut conn, sub, ">", max, None).await?
         } else {
             let mut blocking = self.blocking_conn(&sub.component, wait).await?;
-            self.read_group(&mut blocking, sub, ">", 1, Some(wait))
+            self.read_group(&mut blocking, sub, ">", max, Some(wait))
                 .await?
         };
         self.to_deliveries(sub, reply).await
@@ -1009,6 +1023,22 @@ impl Backend for RedisBackend {
         changes: Changes,
     ) -> Result<Commit> {
         self.run_commit(&changes, Some((sub, delivery))).await
+    }
+
+    async fn ack_batch(
+        &self,
+        sub: &Subscription,
+        acks: Vec<(Delivery, Changes)>,
+    ) -> Result<Vec<Commit>> {
+        // Each delivery is acknowledged on its own entry (no shared offset),
+        // so all go at once: the multiplexed connection pipelines the scripts.
+        let commits = acks
+            .iter()
+            .map(|(delivery, changes)| self.run_commit(changes, Some((sub, delivery))));
+        futures::future::join_all(commits)
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn fail(

@@ -1,9 +1,10 @@
 //! The embedded backend: one SQLite database (bundled, WAL) holding documents,
 //! the event log, per-subscriber offsets, attempt counts and dead letters.
 //!
-//! Writes go through one writer connection on a blocking thread (SQLite has a
-//! single writer anyway); reads use a small pool of reader connections, which
-//! WAL lets run beside the writer. Every commit bumps a global version counter
+//! Writes go through one writer connection on its own thread (SQLite has a
+//! single writer anyway), which commits the units waiting for it together:
+//! one transaction and one `fsync` per group (`group_commit`). Reads use a
+//! small pool of reader connections, which WAL lets run beside the writer. Every commit bumps a global version counter
 //! and stamps the documents it writes with it: that is what optimistic reads
 //! are checked against.
 
@@ -13,9 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::Notify;
 
+use super::group_commit;
 use super::{
     Backend, Commit, Cursor, DeadLetter, Delivery, Deployment, Range, RangeLimit, Read,
     Subscription,
@@ -105,8 +107,8 @@ const READERS: usize = 4;
 
 /// The embedded backend. Cheap to share behind an `Arc`.
 pub struct SqliteBackend {
-    /// The single writer; only touched from blocking threads.
-    writer: Arc<Mutex<Connection>>,
+    /// The single writer: its own thread, committing waiting units together.
+    writer: super::group_commit::GroupWriter,
     /// Readers are used inline: a read of cached pages takes microseconds,
     /// less than a hop to the blocking pool would.
     readers: Vec<Mutex<Connection>>,
@@ -164,7 +166,7 @@ impl SqliteBackend {
             .map(|_| open(&path, synchronous).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
+            writer: super::group_commit::GroupWriter::start(writer)?,
             readers,
             appended: Arc::new(Notify::new()),
             retain: Duration::from_secs(24 * 3600),
@@ -188,34 +190,21 @@ impl SqliteBackend {
         lock(&self.readers[0])
     }
 
-    /// Run `f` in one IMMEDIATE transaction on the writer, off the async
-    /// threads; it commits when `f` says so (`true`) and rolls back otherwise.
+    /// Run `f` on the writer in the next commit group (see `group_commit`):
+    /// its writes are kept when it says so (`true`), rolled back otherwise.
     async fn transact<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<(R, bool)> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<(R, bool)> + Send + 'static,
     {
-        let writer = Arc::clone(&self.writer);
-        tokio::task::spawn_blocking(move || -> Result<R> {
-            let mut conn = lock(&writer);
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (result, keep) = f(&tx)?;
-            if keep {
-                tx.commit().context("sqlite commit failed")?;
-            } else {
-                tx.rollback()?;
-            }
-            Ok(result)
-        })
-        .await
-        .context("sqlite writer task failed")?
+        self.writer.run(f).await
     }
 
     /// A transaction that always commits.
     async fn write<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Transaction<'_>) -> Result<R> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
     {
         self.transact(move |tx| Ok((f(tx)?, true))).await
     }
@@ -223,7 +212,7 @@ impl SqliteBackend {
     /// A transaction that commits iff `f` returns true (false: a conflict).
     async fn write_checked<F>(&self, f: F) -> Result<Commit>
     where
-        F: FnOnce(&Transaction<'_>) -> Result<bool> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<bool> + Send + 'static,
     {
         self.transact(move |tx| {
             let applied = f(tx)?;
@@ -240,7 +229,7 @@ impl SqliteBackend {
 
 /// Check every read version and apply writes and events inside `tx`.
 /// Returns false (caller rolls back) when a read is stale.
-fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
+fn apply(tx: &Connection, changes: &Changes) -> Result<bool> {
     {
         let mut version_of =
             tx.prepare_cached("SELECT version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3")?;
@@ -257,11 +246,11 @@ fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
     if changes.is_write_free() {
         return Ok(true);
     }
-    let version: u64 = tx.query_row(
-        "UPDATE meta SET value = value + 1 WHERE name = 'commit_version' RETURNING value",
-        [],
-        |r| r.get(0),
-    )?;
+    let version: u64 = tx
+        .prepare_cached(
+            "UPDATE meta SET value = value + 1 WHERE name = 'commit_version' RETURNING value",
+        )?
+        .query_row([], |r| r.get(0))?;
     {
         let mut upsert = tx.prepare_cached(
             "INSERT INTO docs (ns, coll, key, value, version) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -294,7 +283,7 @@ fn apply(tx: &Transaction<'_>, changes: &Changes) -> Result<bool> {
 
 /// Remember that delivery `seq` to `subscriber` has failed `attempts` times.
 fn record_attempt(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     subscriber: &str,
     seq: i64,
     attempts: u32,
@@ -310,24 +299,20 @@ fn record_attempt(
 }
 
 /// Mark a delivery as done for its subscriber. False if another process got there first.
-fn advance(tx: &Transaction<'_>, subscriber: &str, topic: &str, cursor: &Cursor) -> Result<bool> {
+fn advance(tx: &Connection, subscriber: &str, topic: &str, cursor: &Cursor) -> Result<bool> {
     let Cursor::Seq { seq, replay } = cursor else {
         anyhow::bail!("not a sqlite delivery");
     };
-    tx.execute(
-        "DELETE FROM attempts WHERE subscriber = ?1 AND seq = ?2",
-        params![subscriber, seq],
-    )?;
+    tx.prepare_cached("DELETE FROM attempts WHERE subscriber = ?1 AND seq = ?2")?
+        .execute(params![subscriber, seq])?;
     let changed = if *replay {
-        tx.execute(
-            "DELETE FROM replays WHERE subscriber = ?1 AND seq = ?2",
-            params![subscriber, seq],
-        )?
+        tx.prepare_cached("DELETE FROM replays WHERE subscriber = ?1 AND seq = ?2")?
+            .execute(params![subscriber, seq])?
     } else {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE topic_offsets SET seq = ?2 WHERE subscriber = ?1 AND topic = ?3 AND seq < ?2",
-            params![subscriber, seq, topic],
         )?
+        .execute(params![subscriber, seq, topic])?
     };
     Ok(changed == 1)
 }
@@ -403,12 +388,12 @@ impl Backend for SqliteBackend {
     async fn next_id(&self, ns: &str, sequence: &str) -> Result<u64> {
         let (ns, sequence) = (ns.to_owned(), sequence.to_owned());
         self.write(move |tx| {
-            let id: u64 = tx.query_row(
-                "INSERT INTO sequences (ns, name, value) VALUES (?1, ?2, 1)
-                 ON CONFLICT (ns, name) DO UPDATE SET value = value + 1 RETURNING value",
-                params![ns, sequence],
-                |r| r.get(0),
-            )?;
+            let id: u64 = tx
+                .prepare_cached(
+                    "INSERT INTO sequences (ns, name, value) VALUES (?1, ?2, 1)
+                     ON CONFLICT (ns, name) DO UPDATE SET value = value + 1 RETURNING value",
+                )?
+                .query_row(params![ns, sequence], |r| r.get(0))?;
             Ok(id)
         })
         .await
@@ -541,6 +526,44 @@ impl Backend for SqliteBackend {
             self.appended.notify_waiters();
         }
         Ok(outcome)
+    }
+
+    async fn ack_batch(
+        &self,
+        sub: &Subscription,
+        acks: Vec<(Delivery, Changes)>,
+    ) -> Result<Vec<Commit>> {
+        let subscriber = sub.component.clone();
+        let staged: Vec<(String, Cursor, bool, Changes)> = acks
+            .into_iter()
+            .map(|(d, c)| (d.topic, d.cursor, !c.events.is_empty(), c))
+            .collect();
+        let (outcomes, appended) = self
+            .write(move |tx| {
+                let mut outcomes = Vec::with_capacity(staged.len());
+                let mut appended = false;
+                // Offsets only move forward: a conflict ends the batch, the
+                // rest is delivered again after it.
+                for (topic, cursor, has_events, changes) in &staged {
+                    group_commit::exec(tx, "SAVEPOINT ack")?;
+                    if apply(tx, changes)? && advance(tx, &subscriber, topic, cursor)? {
+                        group_commit::exec(tx, "RELEASE ack")?;
+                        appended |= *has_events;
+                        outcomes.push(Commit::Applied);
+                    } else {
+                        group_commit::exec(tx, "ROLLBACK TO ack")?;
+                        group_commit::exec(tx, "RELEASE ack")?;
+                        outcomes.push(Commit::Conflict);
+                        break;
+                    }
+                }
+                Ok((outcomes, appended))
+            })
+            .await?;
+        if appended {
+            self.appended.notify_waiters();
+        }
+        Ok(outcomes)
     }
 
     async fn fail(

@@ -1,11 +1,18 @@
-//! Delivers logged events to one subscribing component, one at a time.
+//! Delivers logged events to one subscribing component.
 //!
-//! Each delivery runs the handler in a fresh instance; its writes, its own
+//! Each delivery runs the handler in its own instance; its writes, its own
 //! published events and the acknowledgement commit together (exactly-once
 //! effect on top of at-least-once delivery). A failed delivery is recorded,
 //! retried with exponential backoff and dead-lettered after
 //! `events.max_attempts`; then the subscriber moves on.
-
+//!
+//! **Ordering.** Deliveries are taken in waves: the longest run at the head
+//! of the batch whose events have pairwise different keys. A wave's handlers
+//! run concurrently, and their changes and acknowledgements commit together,
+//! in log order. Events with the same key are therefore handled one after
+//! another in log order (per key, per subscriber); events of different keys
+//! may be handled concurrently. A redelivered event (a retry) is handled
+//! alone.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +46,8 @@ impl Streak {
     }
 }
 
-/// Deliveries fetched per poll.
-const BATCH: usize = 16;
+/// Deliveries fetched per poll, and the most handled at once (a wave).
+const BATCH: usize = 32;
 /// Longest wait for new events before polling again (covers other processes).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -141,17 +148,45 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
                 continue;
             }
         };
-        for delivery in deliveries {
+        let max = rt.config().events.max_attempts;
+        let mut rest = deliveries.as_slice();
+        while !rest.is_empty() {
             if *shutdown.borrow() {
                 return;
             }
-            if !deliver(rt, sub, &delivery, &mut shutdown, &mut streak).await {
+            let (wave, after) = rest.split_at(wave_len(rest, max));
+            let all_acked = match wave {
+                [one] => deliver(rt, sub, one, &mut shutdown, &mut streak).await,
+                _ => deliver_wave(rt, sub, wave, &mut shutdown, &mut streak).await,
+            };
+            if !all_acked {
                 // Failed, conflicted or backend trouble: poll again so the
                 // next attempt sees fresh state and attempt counts.
                 break;
             }
+            rest = after;
         }
     }
+}
+
+/// How many deliveries at the head of `pending` form the next wave: first
+/// deliveries with pairwise different keys. A retry, or one delivered more
+/// often than allowed, goes alone (one is always taken, unless none is pending).
+fn wave_len(pending: &[Delivery], max_attempts: u32) -> usize {
+    let mut keys = std::collections::HashSet::new();
+    let mut n = 0;
+    for delivery in pending {
+        let alone = delivery.attempt > 1 || delivery.attempt > max_attempts;
+        if n > 0 && (alone || keys.contains(delivery.key.as_str())) {
+            break;
+        }
+        keys.insert(delivery.key.as_str());
+        n += 1;
+        if alone {
+            break;
+        }
+    }
+    n
 }
 
 /// The subscription of a newly live version (the same one if unchanged).
@@ -189,8 +224,14 @@ async fn deliver(
         sleep_or_shutdown(IDLE_WAIT, shutdown).await;
         return false;
     };
-    // The originating request's id goes on every line of this delivery;
-    // with span export, the span continues the publisher's trace.
+    handle(rt, sub, delivery, shutdown, loaded, streak)
+        .instrument(delivery_span(sub, delivery))
+        .await
+}
+
+/// The span of one delivery: the originating request's id goes on every
+/// line of it; with span export, it continues the publisher's trace.
+fn delivery_span(sub: &Subscription, delivery: &Delivery) -> tracing::Span {
     let span = tracing::info_span!(
         "event",
         component = %sub.component,
@@ -203,9 +244,89 @@ async fn deliver(
         span.record("request_id", tracing::field::display(id));
     }
     delivery.trace.adopt(&span);
-    handle(rt, sub, delivery, shutdown, loaded, streak)
-        .instrument(span)
-        .await
+    span
+}
+
+/// Deliver a wave (first deliveries, pairwise different keys) at once:
+/// handlers run concurrently, then the handled prefix is acknowledged in
+/// log order in one commit. True when all were acknowledged.
+async fn deliver_wave(
+    rt: &Arc<Runtime>,
+    sub: &Subscription,
+    wave: &[Delivery],
+    shutdown: &mut watch::Receiver<bool>,
+    streak: &mut Streak,
+) -> bool {
+    let Some(loaded) = rt.registry.get(&sub.component) else {
+        sleep_or_shutdown(IDLE_WAIT, shutdown).await;
+        return false;
+    };
+    let spans: Vec<tracing::Span> = wave.iter().map(|d| delivery_span(sub, d)).collect();
+    let started = std::time::Instant::now();
+    let runs = wave.iter().zip(&spans).map(|(delivery, span)| {
+        let loaded = Arc::clone(&loaded);
+        async move {
+            match rt.backend.touch(sub, delivery).await {
+                Ok(true) => Some(rt.handle_event(&loaded, delivery).await),
+                // Already acknowledged elsewhere, or the backend is down:
+                // left for the next poll.
+                Ok(false) | Err(_) => None,
+            }
+        }
+        .instrument(span.clone())
+    });
+    let outcomes = futures::future::join_all(runs).await;
+    // The handled prefix commits; the first other outcome is settled on
+    // its own; everything after it is delivered again.
+    let mut acks = Vec::new();
+    let mut stopped = None;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Some(EventOutcome::Handled(changes)) => acks.push((wave[i].clone(), changes)),
+            other => {
+                stopped = Some((i, other));
+                break;
+            }
+        }
+    }
+    let handled = acks.len();
+    if handled > 0 {
+        for _ in 0..handled {
+            crate::crash::point(crate::crash::AFTER_HANDLER);
+        }
+        let committed = rt.backend.ack_batch(sub, acks).await;
+        match committed {
+            Ok(commits) => {
+                for (i, commit) in commits.iter().enumerate() {
+                    let acked =
+                        settle_ack(rt, sub, &wave[i], Ok(*commit), started, shutdown, streak)
+                            .instrument(spans[i].clone())
+                            .await;
+                    if !acked {
+                        return false;
+                    }
+                }
+                if commits.len() < handled {
+                    return false;
+                }
+            }
+            Err(e) => {
+                return settle_ack(rt, sub, &wave[0], Err(e), started, shutdown, streak)
+                    .instrument(spans[0].clone())
+                    .await;
+            }
+        }
+    }
+    match stopped {
+        None => true,
+        Some((_, None)) => false,
+        Some((i, Some(outcome))) => {
+            settle_failure(rt, sub, &wave[i], outcome, shutdown)
+                .instrument(spans[i].clone())
+                .await;
+            false
+        }
+    }
 }
 
 async fn handle(
@@ -241,65 +362,98 @@ async fn handle(
         }
     }
     let started = std::time::Instant::now();
-    let outcome = rt.handle_event(&loaded, delivery).await;
-    let metrics = &rt.env.metrics;
-    let label = match &outcome {
-        EventOutcome::Handled(_) => None,
-        EventOutcome::Failed(_) if delivery.attempt >= rt.config().events.max_attempts => {
-            Some("dead")
+    match rt.handle_event(&loaded, delivery).await {
+        EventOutcome::Handled(changes) => {
+            let acked = acknowledge(rt, sub, delivery, changes).await;
+            settle_ack(rt, sub, delivery, acked, started, shutdown, streak).await
         }
-        EventOutcome::Failed(_) => Some("failed"),
-        EventOutcome::Faulted(_) => Some("faulted"),
-        EventOutcome::Refused(_) => Some("refused"),
-        EventOutcome::Unavailable(_) => Some("unavailable"),
-    };
-    if let Some(label) = label {
-        metrics.delivery(&sub.component, label);
+        other => {
+            settle_failure(rt, sub, delivery, other, shutdown).await;
+            false
+        }
     }
-    match outcome {
-        EventOutcome::Handled(changes) => match acknowledge(rt, sub, delivery, changes).await {
-            Ok(Commit::Applied) => {
-                metrics.delivery(&sub.component, "ok");
-                metrics
-                    .handle_to_ack_seconds
-                    .get_or_create(&crate::metrics::ComponentLabels {
-                        component: sub.component.clone(),
-                    })
-                    .observe(started.elapsed().as_secs_f64());
-                true
-            }
-            Ok(Commit::Conflict) => {
-                metrics.delivery(&sub.component, "conflict");
-                let n = streak.bump(&delivery.id);
-                if n >= MAX_CONFLICTS {
-                    let reason =
-                        format!("kept conflicting with concurrent changes ({n} times in a row)");
-                    tracing::warn!(reason = %reason, "counting as a failed attempt");
-                    let dead = delivery.attempt >= max;
-                    if let Err(e) = rt.backend.fail(sub, delivery, &reason, dead).await {
-                        tracing::warn!(error = %format!("{e:#}"), "recording the failure failed");
-                    }
-                    streak.conflicts = 0;
-                } else {
-                    tracing::debug!(conflicts = n, "event handling conflicted; redelivering");
+}
+
+/// What follows a handled delivery's commit: metrics when applied; on a
+/// conflict, a short pause and (after [`MAX_CONFLICTS`] in a row) a failed
+/// attempt. True when it was acknowledged.
+async fn settle_ack(
+    rt: &Arc<Runtime>,
+    sub: &Subscription,
+    delivery: &Delivery,
+    acked: Result<Commit>,
+    started: std::time::Instant,
+    shutdown: &mut watch::Receiver<bool>,
+    streak: &mut Streak,
+) -> bool {
+    let metrics = &rt.env.metrics;
+    let max = rt.config().events.max_attempts;
+    match acked {
+        Ok(Commit::Applied) => {
+            metrics.delivery(&sub.component, "ok");
+            metrics
+                .handle_to_ack_seconds
+                .get_or_create(&crate::metrics::ComponentLabels {
+                    component: sub.component.clone(),
+                })
+                .observe(started.elapsed().as_secs_f64());
+            true
+        }
+        Ok(Commit::Conflict) => {
+            metrics.delivery(&sub.component, "conflict");
+            let n = streak.bump(&delivery.id);
+            if n >= MAX_CONFLICTS {
+                let reason =
+                    format!("kept conflicting with concurrent changes ({n} times in a row)");
+                tracing::warn!(reason = %reason, "counting as a failed attempt");
+                let dead = delivery.attempt >= max;
+                if let Err(e) = rt.backend.fail(sub, delivery, &reason, dead).await {
+                    tracing::warn!(error = %format!("{e:#}"), "recording the failure failed");
                 }
-                // Let the competing writers finish before trying again.
-                let jitter = rand::random_range(1..=u64::from(n.min(10)) * 5);
-                sleep_or_shutdown(Duration::from_millis(jitter), shutdown).await;
-                false
+                streak.conflicts = 0;
+            } else {
+                tracing::debug!(conflicts = n, "event handling conflicted; redelivering");
             }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "acknowledging event failed; redelivering");
-                sleep_or_shutdown(Duration::from_millis(200), shutdown).await;
-                false
-            }
-        },
+            // Let the competing writers finish before trying again.
+            let jitter = rand::random_range(1..=u64::from(n.min(10)) * 5);
+            sleep_or_shutdown(Duration::from_millis(jitter), shutdown).await;
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "acknowledging event failed; redelivering");
+            sleep_or_shutdown(Duration::from_millis(200), shutdown).await;
+            false
+        }
+    }
+}
+
+/// What follows a delivery that was not handled: the failure recorded (or
+/// dead-lettered) with backoff, or a wait when the handler was not admitted
+/// or the backend failed underneath it (no attempt counted).
+async fn settle_failure(
+    rt: &Arc<Runtime>,
+    sub: &Subscription,
+    delivery: &Delivery,
+    outcome: EventOutcome,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let max = rt.config().events.max_attempts;
+    let label = match &outcome {
+        EventOutcome::Handled(_) => return,
+        EventOutcome::Failed(_) if delivery.attempt >= max => "dead",
+        EventOutcome::Failed(_) => "failed",
+        EventOutcome::Faulted(_) => "faulted",
+        EventOutcome::Refused(_) => "refused",
+        EventOutcome::Unavailable(_) => "unavailable",
+    };
+    rt.env.metrics.delivery(&sub.component, label);
+    match outcome {
+        EventOutcome::Handled(_) => {}
         EventOutcome::Unavailable(reason) => {
             // The backend, not the handler, failed: not the event's fault,
             // so no attempt is counted.
             tracing::warn!(reason = %reason, "state backend unavailable; retrying the event");
             sleep_or_shutdown(Duration::from_millis(500), shutdown).await;
-            false
         }
         EventOutcome::Refused(refusal) => {
             // The component's breaker is open or it is saturated: the event
@@ -310,7 +464,6 @@ async fn handle(
                 crate::guard::Refusal::Busy(_) => Duration::from_millis(50),
             };
             sleep_or_shutdown(wait, shutdown).await;
-            false
         }
         EventOutcome::Failed(reason) | EventOutcome::Faulted(reason) => {
             let dead = delivery.attempt >= max;
@@ -326,7 +479,6 @@ async fn handle(
                 let delay = rt.config().events.backoff(delivery.attempt + 1);
                 sleep_or_shutdown(delay, shutdown).await;
             }
-            false
         }
     }
 }
@@ -367,5 +519,47 @@ async fn sleep_or_shutdown(delay: Duration, shutdown: &mut watch::Receiver<bool>
     tokio::select! {
         _ = tokio::time::sleep(delay) => {}
         _ = shutdown.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cursor;
+
+    fn delivery(seq: i64, key: &str, attempt: u32) -> Delivery {
+        Delivery {
+            id: seq.to_string(),
+            topic: "t".into(),
+            key: key.into(),
+            payload: Vec::new(),
+            source: "s".into(),
+            attempt,
+            trace: crate::trace::TraceContext::default(),
+            cursor: Cursor::Seq { seq, replay: false },
+        }
+    }
+
+    #[test]
+    fn a_wave_stops_before_a_repeated_key() {
+        let pending = [
+            delivery(1, "a", 1),
+            delivery(2, "b", 1),
+            delivery(3, "a", 1),
+            delivery(4, "c", 1),
+        ];
+        assert_eq!(wave_len(&pending, 5), 2);
+        assert_eq!(wave_len(&pending[2..], 5), 2);
+    }
+
+    #[test]
+    fn retries_and_overdue_deliveries_go_alone() {
+        let retry_first = [delivery(1, "a", 2), delivery(2, "b", 1)];
+        assert_eq!(wave_len(&retry_first, 5), 1);
+        let retry_later = [delivery(1, "a", 1), delivery(2, "b", 3)];
+        assert_eq!(wave_len(&retry_later, 5), 1);
+        let overdue = [delivery(1, "a", 9)];
+        assert_eq!(wave_len(&overdue, 5), 1);
+        assert_eq!(wave_len(&[], 5), 0);
     }
 }

@@ -175,11 +175,39 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
         let (s, b) = c.raw("POST", &format!("/orders/{id}/cancel"), None).await;
         assert_eq!(s, 200, "{b}");
     }
-    let (_, ready) = c.get("/health/ready").await;
-    let pending: u64 = ready["lag"]
-        .as_object()
-        .map(|m| m.values().filter_map(Value::as_u64).sum())
-        .unwrap_or(0);
+    // Dispatch keeps up with a small burst in milliseconds: add bursts of
+    // orders until a lag is seen, and kill right then.
+    let mut ready = Value::Null;
+    let mut pending = 0;
+    // (At most 20 bursts of 10 × 2 cups: stock 1,000 cannot run out.)
+    for burst in 0..20 {
+        let tasks: Vec<_> = (0..10)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    c.send(
+                        "POST",
+                        "/orders",
+                        json!({"custNm": format!("b{burst}-{i}"), "cafeId": 1, "qty": 2}),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (s, b) = t.await.expect("order task");
+            assert_eq!(s, 201, "{b}");
+            ids.push(b["id"].as_u64().expect("id"));
+        }
+        (_, ready) = c.get("/health/ready").await;
+        pending = ready["lag"]
+            .as_object()
+            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .unwrap_or(0);
+        if pending > 0 {
+            break;
+        }
+    }
     host.kill();
     // Premise: events were still undelivered when the host died. The lag
     // read right before the kill, and the log itself after it (a killed
