@@ -1,560 +1,1094 @@
-//! `cargo xtask bench [seconds] [concurrency]`: throughput and latency of the
-//! host, measured in one run against a bare hyper server doing the same work
-//! (read one document from the same SQLite file, answer it as JSON), so the
-//! ratio — the price of a fresh wasm instance per request plus the unit of
-//! work — survives a noisy shared machine. Also: order placement (reserve
-//! through cafe + commit) and the event pipeline (order → production →
-//! order ORDERED → mypage), and data growth: paging through 20,000
-//! maximum-length orders and force-cancelling them all by deleting their
-//! item. Only 127.0.0.1, bounded duration.
+//! `cargo xtask bench [--seconds N] [--clients C] [--rounds R]
+//! [--only get,orders,hot,pipeline,backlog,soak] [--no-redis] [--soak-rss]`
+//!
+//! Benchmarks the real `target/release/sktarbucks serve` (own process, temp
+//! data directory, generated manifest, ephemeral ports) against a bare
+//! hyper + SQLite server doing the same work by hand (`examples/bare.rs`,
+//! also its own process), with load from a third process, `wrk`. Runs of
+//! the systems alternate within one invocation (host, bare, host on Redis,
+//! round after round) and the report gives the median of the rounds and
+//! the host/bare ratio: on a shared, noisy machine a ratio measured
+//! side by side means more than an absolute figure. Before every run each
+//! host's event backlog is drained first, so no run pays for the previous
+//! one's events. The Redis figures use the bench's own `redis-server`.
+//!
+//! Scenarios: `get` (GET /cafes/{id}), `orders` (POST /orders over 100
+//! items, synchronous normal and full), `hot` (POST /orders on one item,
+//! then an oversell/lost check), `pipeline` (orders paced at a fixed rate,
+//! latency until ORDERED on order and on mypage, event lag), `backlog` (a
+//! backlog built with production and mypage absent, drained by them),
+//! `soak` (60 s of orders, RSS growth; only with --soak-rss or
+//! --seconds >= 60). VmRSS of the host is sampled during every load run.
+//!
+//! Output: markdown tables on stdout, one JSON per scenario in
+//! `target/bench/<timestamp>-<scenario>.json`. Only 127.0.0.1; every run
+//! is bounded.
 
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+// The example's root is `examples/bench.rs`, so its modules are named by path.
+#[path = "bench/api.rs"]
+mod api;
+#[path = "bench/paced.rs"]
+mod paced;
+#[path = "bench/procs.rs"]
+mod procs;
+#[path = "bench/report.rs"]
+mod report;
+#[path = "bench/stats.rs"]
+mod stats;
+#[path = "bench/wrk.rs"]
+mod wrk;
 
-use anyhow::{Context, Result};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use sktarbucks::config::{ComponentConfig, Config, Synchronous};
-use sktarbucks::runtime::Runtime;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-fn root() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default()
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde::Serialize;
+
+use procs::{Bare, Host, HostSpec, Redis, RssSampler};
+use report::{Check, Row, Scenario};
+use stats::median;
+use wrk::{Load, Summary};
+
+#[derive(Parser, Serialize, Clone)]
+#[command(about = "Benchmark the sktarbucks binary against a bare hyper + SQLite server")]
+struct Args {
+    /// Length of one load run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent connections of wrk.
+    #[arg(long, default_value_t = 32)]
+    clients: u32,
+    /// Rounds of alternating runs per scenario (the report gives the median).
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Comma-separated scenarios: get, orders, hot, pipeline, backlog, soak.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Skip the Redis backend (otherwise a redis-server is started).
+    #[arg(long)]
+    no_redis: bool,
+    /// Run the 60 s RSS-growth soak (also on with --seconds >= 60).
+    #[arg(long)]
+    soak_rss: bool,
+    /// Orders per second of the paced pipeline client.
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Most polls in flight at once of the paced client's watchers.
+    #[arg(long, default_value_t = 8)]
+    poll_slots: usize,
+    /// Orders placed to build the backlog of the `backlog` scenario.
+    #[arg(long, default_value_t = 10_000)]
+    backlog: usize,
+    /// Keep the temp directory (manifests, data, host logs) for a look after.
+    #[arg(long)]
+    keep: bool,
 }
 
-/// The bench configuration, built as a typed `Config`: the four cafe
-/// components on SQLite (synchronous = normal) on an ephemeral port.
-fn bench_config(data: &std::path::Path) -> Result<Config> {
-    let wasm = |n: &str| root().join(format!("components/target/wasm32-wasip2/release/{n}.wasm"));
-    let mut config = Config::parse("", data)?;
-    config.listen = "127.0.0.1:0".parse()?;
-    config.data = data.to_path_buf();
-    config.sqlite.synchronous = Synchronous::Normal;
-    for (name, route) in [
-        ("cafe", "/cafes"),
-        ("order", "/orders"),
-        ("production", "/productions"),
-        ("mypage", "/myPages"),
-    ] {
-        let mut c = ComponentConfig::new(wasm(name));
-        c.routes = vec![route.to_owned()];
-        if name == "order" {
-            c.links.insert("stock".into(), "cafe".into());
-        }
-        config.components.insert(name.to_owned(), c);
-    }
-    config.check()?;
-    Ok(config)
+const SCENARIOS: [&str; 6] = ["get", "orders", "hot", "pipeline", "backlog", "soak"];
+const ALL: [&str; 4] = ["cafe", "order", "production", "mypage"];
+/// Items every host and bare server has (ids 1..=ITEMS), and their stock:
+/// enough that no run sells out.
+const ITEMS: u32 = 100;
+const STOCK: u32 = 1_000_000;
+/// The longest wait for an event backlog to drain between runs.
+const DRAIN_LIMIT: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Sqlite,
+    Redis,
 }
 
-/// Latencies of one load run.
-struct Run {
+/// Shared by every scenario of one invocation.
+struct Ctx {
+    args: Args,
+    root: PathBuf,
+    bin: PathBuf,
+    bare_bin: PathBuf,
+    tmp: PathBuf,
+    cache: PathBuf,
+    redis: Option<Redis>,
+    client: reqwest::Client,
+    counter: AtomicUsize,
+}
+
+/// One system under load: a host or a bare server.
+struct Target {
     name: String,
-    ok: usize,
-    failed: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
+    url: String,
+    pid: u32,
 }
 
-impl Run {
-    fn rps(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
+/// One wrk run's result with the target's RSS during it.
+#[derive(Serialize)]
+struct WrkRun {
+    what: String,
+    system: String,
+    round: usize,
+    wrk: Summary,
+    ok_per_s: f64,
+    rss_max_kib: u64,
+    rss_samples: Vec<(f64, u64)>,
+    /// Time the host's event backlog took to drain after this run.
+    drained_after_s: Option<f64>,
+}
+
+impl Ctx {
+    fn next(&self) -> usize {
+        self.counter.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn pct(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i]
+    /// A new directory under the bench's temp dir.
+    fn dir(&self, name: &str) -> PathBuf {
+        self.tmp.join(format!("{:02}-{name}", self.next()))
     }
 
-    fn print(&self) {
-        println!(
-            "{:<34} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  ok {:>7}  failed {}",
-            self.name,
-            self.rps(),
-            self.pct(0.50).as_secs_f64() * 1e3,
-            self.pct(0.99).as_secs_f64() * 1e3,
-            self.ok,
-            self.failed
+    /// Start a host in `dir` (SQLite data there, or a Redis prefix named
+    /// after the directory, so a restart in the same `dir` finds its data).
+    fn host_in(
+        &self,
+        dir: &Path,
+        backend: Backend,
+        sync: &str,
+        components: &[&str],
+    ) -> Result<Host> {
+        let prefix = format!(
+            "bench{}",
+            dir.file_name()
+                .map(|n| n.to_string_lossy().replace(['-', '.'], ""))
+                .unwrap_or_default()
         );
+        let redis = match backend {
+            Backend::Sqlite => None,
+            Backend::Redis => Some((
+                self.redis
+                    .as_ref()
+                    .map(|r| r.url.as_str())
+                    .context("no redis-server (started without --no-redis?)")?,
+                prefix.as_str(),
+            )),
+        };
+        Host::start(&HostSpec {
+            bin: &self.bin,
+            root: &self.root,
+            dir,
+            redis,
+            synchronous: sync,
+            components,
+            compile_cache: &self.cache,
+        })
+    }
+
+    /// A new host with the four components and the bench's items seeded.
+    async fn host(&self, backend: Backend, sync: &str, extra_items: &[u32]) -> Result<Host> {
+        let name = match backend {
+            Backend::Sqlite => format!("sqlite-{sync}"),
+            Backend::Redis => "redis".into(),
+        };
+        let host = self.host_in(&self.dir(&name), backend, sync, &ALL)?;
+        api::seed(&self.client, &host.url, 1..=ITEMS, STOCK).await?;
+        api::seed(&self.client, &host.url, extra_items.iter().copied(), STOCK).await?;
+        Ok(host)
+    }
+
+    fn bare(&self, read_db: Option<&Path>, write: bool, sync: &str) -> Result<Bare> {
+        let dir = self.dir(&format!("bare-{sync}"));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("failed to create {}", dir.display()))?;
+        let write_db = dir.join("bare.db");
+        Bare::start(
+            &self.bare_bin,
+            read_db,
+            write.then_some(write_db.as_path()),
+            sync,
+            &dir.join("bare.log"),
+        )
+    }
+
+    /// Wait until every host in `admins` has no event backlog.
+    async fn drain(&self, admins: &[&str]) -> Result<Duration> {
+        let started = std::time::Instant::now();
+        for admin in admins {
+            api::wait_drained(&self.client, admin, DRAIN_LIMIT).await?;
+        }
+        Ok(started.elapsed())
+    }
+
+    /// One wrk run against `target`, after every host's backlog drained.
+    async fn wrk(
+        &self,
+        what: &str,
+        target: &Target,
+        load: Load,
+        round: usize,
+        seconds: u64,
+        admins: &[&str],
+    ) -> Result<WrkRun> {
+        self.drain(admins).await?;
+        let tag = format!("r{round}n{}", self.next());
+        let script = self.tmp.join(format!("{tag}.lua"));
+        std::fs::write(&script, wrk::script(load, &tag))
+            .with_context(|| format!("failed to write {}", script.display()))?;
+        let rss = RssSampler::start(target.pid, Duration::from_millis(200));
+        let summary = wrk::run(&target.url, &script, self.args.clients, seconds).await;
+        let rss_samples = rss.stop();
+        let summary = summary?;
+        let run = WrkRun {
+            what: what.into(),
+            system: target.name.clone(),
+            round,
+            ok_per_s: summary.ok_per_s(),
+            rss_max_kib: rss_samples.iter().map(|s| s.1).max().unwrap_or(0),
+            rss_samples,
+            wrk: summary,
+            drained_after_s: None,
+        };
+        eprintln!(
+            "  {what:<28} {:<22} round {round}: {:>8.0} ok/s  p50 {:>6.2} ms  p99 {:>7.2} ms  non-2xx {}  sock err {}",
+            run.system,
+            run.ok_per_s,
+            run.wrk.p50_us as f64 / 1e3,
+            run.wrk.p99_us as f64 / 1e3,
+            run.wrk.non_2xx_3xx,
+            run.wrk.socket_errors()
+        );
+        Ok(run)
     }
 }
 
-/// Drive `make` (method, url, body) from `concurrency` clients for `duration`.
-async fn load(
-    name: &str,
-    client: &reqwest::Client,
-    concurrency: usize,
-    duration: Duration,
-    make: impl Fn(usize) -> (reqwest::Method, String, Option<String>) + Send + Sync + 'static,
-) -> Run {
-    let make = Arc::new(make);
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for worker in 0..concurrency {
-        let (client, make, stop) = (client.clone(), Arc::clone(&make), Arc::clone(&stop));
-        tasks.push(tokio::spawn(async move {
-            let (mut ok, mut failed, mut lat) = (0usize, 0usize, Vec::new());
-            let mut n = worker;
-            while !stop.load(Ordering::Relaxed) {
-                let (method, url, body) = make(n);
-                n += concurrency;
-                let t0 = Instant::now();
-                let mut req = client.request(method, url);
-                if let Some(body) = body {
-                    req = req.body(body);
+impl Ctx {
+    /// One second of `load` on every target, not recorded: first requests
+    /// pay for lazy set-up (connections, caches, page faults) in every system.
+    async fn warm_up(&self, targets: &[&Target], load: Load, admins: &[&str]) -> Result<()> {
+        for t in targets {
+            self.drain(admins).await?;
+            let script = self.tmp.join(format!("warm{}.lua", self.next()));
+            std::fs::write(&script, wrk::script(load, &format!("warm{}", self.next())))
+                .with_context(|| format!("failed to write {}", script.display()))?;
+            wrk::run(&t.url, &script, self.args.clients, 1).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The median row of one system's runs.
+fn row(what: &str, system: &str, runs: &[WrkRun]) -> Row {
+    let mine: Vec<&WrkRun> = runs
+        .iter()
+        .filter(|r| r.system == system && r.what == what)
+        .collect();
+    Row {
+        what: what.into(),
+        system: system.into(),
+        ok_per_s: median(mine.iter().map(|r| r.ok_per_s)),
+        p50_ms: median(mine.iter().map(|r| r.wrk.p50_us as f64 / 1e3)),
+        p99_ms: median(mine.iter().map(|r| r.wrk.p99_us as f64 / 1e3)),
+        non_2xx: mine.iter().map(|r| r.wrk.non_2xx_3xx).sum(),
+        socket_errors: mine.iter().map(|r| r.wrk.socket_errors()).sum(),
+        rss_max_mib: mine.iter().map(|r| r.rss_max_kib).max().unwrap_or(0) as f64 / 1024.0,
+        rounds: mine.len(),
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.0} %", x * 100.0)
+}
+
+fn host_target(name: &str, host: &Host) -> Target {
+    Target {
+        name: name.into(),
+        url: host.url.clone(),
+        pid: host.pid(),
+    }
+}
+
+/// GET /cafes/{id}: host on SQLite, bare server reading the same file,
+/// host on Redis.
+async fn get(ctx: &Ctx) -> Result<Scenario> {
+    let mut s = Scenario {
+        name: "get".into(),
+        ..Scenario::default()
+    };
+    let what = "GET /cafes/{id}";
+    let sqlite = ctx.host(Backend::Sqlite, "normal", &[]).await?;
+    let bare = ctx.bare(Some(&sqlite.data.join("sktarbucks.db")), false, "normal")?;
+    let redis = match ctx.redis {
+        Some(_) => Some(ctx.host(Backend::Redis, "normal", &[]).await?),
+        None => None,
+    };
+    let mut targets = vec![
+        host_target("host sqlite", &sqlite),
+        Target {
+            name: "bare hyper+sqlite".into(),
+            url: bare.url.clone(),
+            pid: bare.pid(),
+        },
+    ];
+    let mut admins = vec![sqlite.admin.as_str()];
+    if let Some(r) = &redis {
+        targets.push(host_target("host redis", r));
+        admins.push(r.admin.as_str());
+    }
+    let load = Load::GetCafes { items: ITEMS };
+    ctx.warm_up(&targets.iter().collect::<Vec<_>>(), load, &admins)
+        .await?;
+    let mut runs = Vec::new();
+    for round in 1..=ctx.args.rounds {
+        for t in &targets {
+            runs.push(
+                ctx.wrk(what, t, load, round, ctx.args.seconds, &admins)
+                    .await?,
+            );
+        }
+    }
+    for t in &targets {
+        s.rows.push(row(what, &t.name, &runs));
+    }
+    let bare_rps = s.rows[1].ok_per_s;
+    let ratio = s.rows[0].ok_per_s / bare_rps;
+    s.checks.push(Check::new(
+        "GET /cafes/{id} host sqlite / bare (ok/s)",
+        pct(ratio),
+        "≥ 50 %",
+        ratio >= 0.5,
+    ));
+    if let Some(r) = s.rows.get(2) {
+        let ratio = r.ok_per_s / bare_rps;
+        s.checks.push(Check::new(
+            "GET /cafes/{id} host redis / bare sqlite (ok/s)",
+            pct(ratio),
+            "≥ 40 %",
+            ratio >= 0.4,
+        ));
+    }
+    s.runs = runs.iter().map(to_json).collect();
+    Ok(s)
+}
+
+fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// After a host run: how long its event backlog took to drain.
+async fn note_drain(ctx: &Ctx, run: &mut WrkRun, admin: &str) -> Result<()> {
+    let d = api::wait_drained(&ctx.client, admin, DRAIN_LIMIT).await?;
+    run.drained_after_s = Some(d.as_secs_f64());
+    Ok(())
+}
+
+/// POST /orders over 100 items, synchronous normal and full, against the
+/// bare server's hand-written transaction with the same setting.
+async fn orders(ctx: &Ctx) -> Result<Scenario> {
+    let mut s = Scenario {
+        name: "orders".into(),
+        ..Scenario::default()
+    };
+    let mut runs = Vec::new();
+    let load = Load::OrdersSpread { items: ITEMS };
+    for (sync, target_rate) in [("normal", 5000.0), ("full", 3000.0)] {
+        let what = format!("POST /orders, 100 items, sync {sync}");
+        let host = ctx.host(Backend::Sqlite, sync, &[]).await?;
+        let bare = ctx.bare(None, true, sync)?;
+        let redis = match (&ctx.redis, sync) {
+            (Some(_), "normal") => Some(ctx.host(Backend::Redis, sync, &[]).await?),
+            _ => None,
+        };
+        let mut targets = vec![
+            (host_target("host sqlite", &host), Some(host.admin.clone())),
+            (
+                Target {
+                    name: "bare hyper+sqlite".into(),
+                    url: bare.url.clone(),
+                    pid: bare.pid(),
+                },
+                None,
+            ),
+        ];
+        if let Some(r) = &redis {
+            targets.push((
+                host_target("host redis (AOF everysec)", r),
+                Some(r.admin.clone()),
+            ));
+        }
+        let admins: Vec<&str> = targets.iter().filter_map(|t| t.1.as_deref()).collect();
+        ctx.warm_up(
+            &targets.iter().map(|t| &t.0).collect::<Vec<_>>(),
+            load,
+            &admins,
+        )
+        .await?;
+        for round in 1..=ctx.args.rounds {
+            for (t, admin) in &targets {
+                let mut run = ctx
+                    .wrk(&what, t, load, round, ctx.args.seconds, &admins)
+                    .await?;
+                if let Some(admin) = admin {
+                    note_drain(ctx, &mut run, admin).await?;
                 }
-                match req.send().await {
-                    Ok(resp) if resp.status().is_success() || resp.status().as_u16() == 409 => {
-                        let _ = resp.bytes().await;
-                        ok += 1;
-                        lat.push(t0.elapsed());
-                    }
-                    _ => failed += 1,
+                runs.push(run);
+            }
+        }
+        let rows: Vec<Row> = targets
+            .iter()
+            .map(|(t, _)| row(&what, &t.name, &runs))
+            .collect();
+        let bare_rps = rows[1].ok_per_s;
+        for (i, r) in rows.iter().enumerate() {
+            if i == 1 {
+                continue;
+            }
+            let label = if i == 0 {
+                format!("POST /orders spread, {} sync {sync}", r.system)
+            } else {
+                format!("POST /orders spread, {} (sqlite-normal targets)", r.system)
+            };
+            s.checks.push(Check::new(
+                format!("{label}: ok/s"),
+                format!("{:.0}/s", r.ok_per_s),
+                &format!("≥ {target_rate:.0}/s"),
+                r.ok_per_s >= target_rate,
+            ));
+            s.checks.push(Check::new(
+                format!("{label}: p99, {} clients", ctx.args.clients),
+                format!("{:.2} ms", r.p99_ms),
+                "≤ 20 ms",
+                r.p99_ms <= 20.0,
+            ));
+            s.checks.push(Check::new(
+                format!("{label}: non-2xx + socket errors"),
+                format!("{}", r.non_2xx + r.socket_errors),
+                "0",
+                r.non_2xx + r.socket_errors == 0,
+            ));
+            s.checks.push(Check::info(
+                format!("{label}: host / bare sync {sync} (ok/s)"),
+                pct(r.ok_per_s / bare_rps),
+            ));
+        }
+        let drains: Vec<String> = runs
+            .iter()
+            .filter(|r| r.what == what)
+            .filter_map(|r| {
+                r.drained_after_s
+                    .map(|d| format!("{} {:.1} s", r.system, d))
+            })
+            .collect();
+        s.notes.push(format!(
+            "{what}: event backlog drained after each host run in: {}",
+            drains.join(", ")
+        ));
+        s.rows.extend(rows);
+    }
+    s.runs = runs.iter().map(to_json).collect();
+    Ok(s)
+}
+
+/// The stock/order check of one hot-item run.
+#[derive(Serialize)]
+struct HotCheck {
+    system: String,
+    round: usize,
+    item: u32,
+    accepted_201: u64,
+    stock_decrement: u64,
+    orders_stored: u64,
+    qty_stored: u64,
+    ok: bool,
+}
+
+/// Stock and orders of `item` on a host, or on the bare server.
+async fn hot_state(ctx: &Ctx, url: &str, item: u32, bare: bool) -> Result<(u64, u64, u64)> {
+    if bare {
+        let stats: Vec<serde_json::Value> = ctx
+            .client
+            .get(format!("{url}/bare/stats"))
+            .send()
+            .await
+            .context("GET /bare/stats failed")?
+            .json()
+            .await
+            .context("bad /bare/stats")?;
+        let it = stats
+            .iter()
+            .find(|v| v["cafeId"].as_u64() == Some(u64::from(item)))
+            .context("item missing from /bare/stats")?;
+        let n = |k: &str| it[k].as_u64().unwrap_or(0);
+        return Ok((n("pcnt"), n("orders"), n("sold")));
+    }
+    let pcnt = api::pcnt(&ctx.client, url, item).await?;
+    let (count, qty) = api::orders_of(&ctx.client, url, item).await?;
+    Ok((pcnt, count, qty))
+}
+
+/// POST /orders all on one item (every order conflicts on its stock), then
+/// check nothing was oversold or lost. Each round uses a fresh hot item.
+async fn hot(ctx: &Ctx) -> Result<Scenario> {
+    let mut s = Scenario {
+        name: "hot".into(),
+        ..Scenario::default()
+    };
+    let what = "POST /orders, one hot item";
+    let hot_items: Vec<u32> = (1..=ctx.args.rounds as u32).map(|r| 1000 + r).collect();
+    let host = ctx.host(Backend::Sqlite, "normal", &hot_items).await?;
+    let bare = ctx.bare(None, true, "normal")?;
+    let redis = match ctx.redis {
+        Some(_) => Some(ctx.host(Backend::Redis, "normal", &hot_items).await?),
+        None => None,
+    };
+    // (target, admin, is bare)
+    let mut targets = vec![
+        (
+            host_target("host sqlite", &host),
+            Some(host.admin.clone()),
+            false,
+        ),
+        (
+            Target {
+                name: "bare hyper+sqlite".into(),
+                url: bare.url.clone(),
+                pid: bare.pid(),
+            },
+            None,
+            true,
+        ),
+    ];
+    if let Some(r) = &redis {
+        targets.push((
+            host_target("host redis (AOF everysec)", r),
+            Some(r.admin.clone()),
+            false,
+        ));
+    }
+    let admins: Vec<&str> = targets.iter().filter_map(|t| t.1.as_deref()).collect();
+    ctx.warm_up(
+        &targets.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        Load::OrdersSpread { items: ITEMS },
+        &admins,
+    )
+    .await?;
+    let mut runs = Vec::new();
+    let mut checks = Vec::new();
+    for round in 1..=ctx.args.rounds {
+        for (t, admin, is_bare) in &targets {
+            // The bare server's items are 1..=100: its hot item is the round's.
+            let item = if *is_bare {
+                round as u32
+            } else {
+                1000 + round as u32
+            };
+            let (pcnt0, orders0, qty0) = hot_state(ctx, &t.url, item, *is_bare).await?;
+            let mut run = ctx
+                .wrk(
+                    what,
+                    t,
+                    Load::OrdersHot { item },
+                    round,
+                    ctx.args.seconds,
+                    &admins,
+                )
+                .await?;
+            if let Some(admin) = admin {
+                note_drain(ctx, &mut run, admin).await?;
+            }
+            let (pcnt1, orders1, qty1) = hot_state(ctx, &t.url, item, *is_bare).await?;
+            let accepted = run.wrk.ok();
+            let c = HotCheck {
+                system: t.name.clone(),
+                round,
+                item,
+                accepted_201: accepted,
+                stock_decrement: pcnt0.saturating_sub(pcnt1),
+                orders_stored: orders1.saturating_sub(orders0),
+                qty_stored: qty1.saturating_sub(qty0),
+                // No oversell or lost update: the stock went down by exactly
+                // the units of the orders stored. No lost order: every 201
+                // is stored; at most `clients` more may be stored, orders
+                // whose answer wrk dropped when the run's time was up.
+                ok: false,
+            };
+            let c = HotCheck {
+                ok: pcnt1 <= pcnt0
+                    && c.stock_decrement == c.qty_stored
+                    && c.orders_stored >= accepted
+                    && c.orders_stored <= accepted + u64::from(ctx.args.clients),
+                ..c
+            };
+            checks.push(c);
+            runs.push(run);
+        }
+    }
+    for (t, _, is_bare) in &targets {
+        let r = row(what, &t.name, &runs);
+        if !is_bare {
+            s.checks.push(Check::new(
+                format!("POST /orders hot item, {}: ok/s", r.system),
+                format!("{:.0}/s", r.ok_per_s),
+                "≥ 2000/s",
+                r.ok_per_s >= 2000.0,
+            ));
+        }
+        let mine: Vec<&HotCheck> = checks.iter().filter(|c| c.system == t.name).collect();
+        s.checks.push(Check::new(
+            format!("POST /orders hot item, {}: none oversold or lost", t.name),
+            mine.iter()
+                .map(|c| {
+                    format!(
+                        "stock −{} = Σqty {}; orders {} vs 201s {}",
+                        c.stock_decrement, c.qty_stored, c.orders_stored, c.accepted_201
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; "),
+            "stock decrement = Σqty stored; 201s ≤ orders ≤ 201s + clients",
+            mine.iter().all(|c| c.ok),
+        ));
+        s.rows.push(r);
+    }
+    s.notes.push(format!(
+        "hot item: wrk stops at the deadline with up to {} requests in flight; the server may \
+         have committed those, so the stored orders may exceed the 201s wrk counted by at most that.",
+        ctx.args.clients
+    ));
+    s.runs = runs.iter().map(to_json).collect();
+    s.runs.push(to_json(&checks));
+    Ok(s)
+}
+
+/// Orders paced at a fixed rate; time until ORDERED on order and on mypage.
+async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
+    let mut s = Scenario {
+        name: "pipeline".into(),
+        ..Scenario::default()
+    };
+    let mut hosts = vec![(
+        "host sqlite",
+        ctx.host(Backend::Sqlite, "normal", &[]).await?,
+    )];
+    if ctx.redis.is_some() {
+        hosts.push((
+            "host redis (AOF everysec)",
+            ctx.host(Backend::Redis, "normal", &[]).await?,
+        ));
+    }
+    let admins: Vec<&str> = hosts.iter().map(|(_, h)| h.admin.as_str()).collect();
+    let mut results: Vec<(String, usize, paced::Paced, u64, f64)> = Vec::new();
+    for round in 1..=ctx.args.rounds {
+        for (name, host) in &hosts {
+            ctx.drain(&admins).await?;
+            let rss = RssSampler::start(host.pid(), Duration::from_millis(200));
+            let p = paced::run(
+                &ctx.client,
+                &host.url,
+                &host.admin,
+                ctx.args.rate,
+                ctx.args.seconds,
+                ITEMS,
+                ctx.args.poll_slots,
+            )
+            .await;
+            let rss_max = rss.stop().iter().map(|s| s.1).max().unwrap_or(0);
+            let p = p?;
+            let drained = api::wait_drained(&ctx.client, &host.admin, DRAIN_LIMIT).await?;
+            eprintln!(
+                "  paced {:.0}/s {name:<26} round {round}: accepted {}  ORDERED p50 {:.1} p99 {:.1} max {:.1} ms  mypage p50 {:.1} p99 {:.1} max {:.1} ms  polls {:.0}/s",
+                ctx.args.rate,
+                p.accepted,
+                p.ordered_ms.p50,
+                p.ordered_ms.p99,
+                p.ordered_ms.max,
+                p.mypage_ms.p50,
+                p.mypage_ms.p99,
+                p.mypage_ms.max,
+                p.poll_reads_per_s
+            );
+            results.push(((*name).into(), round, p, rss_max, drained.as_secs_f64()));
+        }
+    }
+    for (name, _) in &hosts {
+        let mine: Vec<&(String, usize, paced::Paced, u64, f64)> =
+            results.iter().filter(|r| r.0 == *name).collect();
+        let med = |f: &dyn Fn(&paced::Paced) -> f64| median(mine.iter().map(|r| f(&r.2)));
+        let what = format!("POST /orders paced {:.0}/s", ctx.args.rate);
+        s.rows.push(Row {
+            what: what.clone(),
+            system: (*name).into(),
+            ok_per_s: med(&|p| p.accepted as f64 / p.seconds),
+            p50_ms: med(&|p| p.post_ms.p50),
+            p99_ms: med(&|p| p.post_ms.p99),
+            non_2xx: mine.iter().map(|r| r.2.refused_or_failed).sum(),
+            socket_errors: 0,
+            rss_max_mib: mine.iter().map(|r| r.3).max().unwrap_or(0) as f64 / 1024.0,
+            rounds: mine.len(),
+        });
+        let fmt = |f: &dyn Fn(&paced::Paced) -> stats::Percentiles| {
+            let p50 = median(mine.iter().map(|r| f(&r.2).p50));
+            let p99 = median(mine.iter().map(|r| f(&r.2).p99));
+            let max = mine.iter().map(|r| f(&r.2).max).fold(f64::NAN, f64::max);
+            (
+                p99,
+                format!("p50 {p50:.1} / p99 {p99:.1} / max {max:.1} ms"),
+            )
+        };
+        let never: u64 = mine.iter().map(|r| r.2.never_ordered).sum();
+        let (p99, text) = fmt(&|p| p.ordered_ms);
+        s.checks.push(Check::new(
+            format!("{name}: placed → ORDERED (GET /orders/{{id}})"),
+            format!("{text}; {never} never"),
+            "p99 ≤ 10 ms",
+            p99 <= 10.0 && never == 0,
+        ));
+        let never: u64 = mine.iter().map(|r| r.2.never_on_mypage).sum();
+        let (p99, text) = fmt(&|p| p.mypage_ms);
+        s.checks.push(Check::new(
+            format!("{name}: placed → mypage ORDERED (GET /myPages/{{id}})"),
+            format!("{text}; {never} never"),
+            "p99 ≤ 20 ms",
+            p99 <= 20.0 && never == 0,
+        ));
+        // Bounded: the lag of the second half of the run stays within twice
+        // the first half's (plus a little slack for sampling), i.e. it does
+        // not grow with time.
+        let mut bounded = true;
+        let mut texts = Vec::new();
+        for r in &mine {
+            let half = r.2.seconds / 2.0;
+            let first =
+                r.2.lag_samples
+                    .iter()
+                    .filter(|s| s.0 < half)
+                    .map(|s| s.1)
+                    .max()
+                    .unwrap_or(0);
+            let second =
+                r.2.lag_samples
+                    .iter()
+                    .filter(|s| s.0 >= half)
+                    .map(|s| s.1)
+                    .max()
+                    .unwrap_or(0);
+            bounded &= second <= 2 * first + 100;
+            texts.push(format!(
+                "max lag 1st half {first}, 2nd half {second}, drained {:.2} s after",
+                r.4
+            ));
+        }
+        s.checks.push(Check::new(
+            format!("{name}: event lag during paced load"),
+            texts.join("; "),
+            "bounded (2nd-half max ≤ 2 × 1st-half max + 100)",
+            bounded,
+        ));
+        let mut failures: std::collections::BTreeMap<&str, u64> = Default::default();
+        for r in &mine {
+            for (k, v) in &r.2.failures {
+                *failures.entry(k.as_str()).or_default() += v;
+            }
+        }
+        if !failures.is_empty() {
+            s.notes
+                .push(format!("{name}: paced POSTs not accepted: {failures:?}"));
+        }
+        let polls = median(mine.iter().map(|r| r.2.poll_reads_per_s));
+        s.notes.push(format!(
+            "{name}: the watching client added about {polls:.0} GET/s of read load (each order in \
+             flight polled on /orders/{{id}} and /myPages/{{id}} every ~1 ms, at most {} polls in \
+             flight at once; latencies are from the POST's answer to the first poll that saw \
+             ORDERED, so they include up to one poll round trip)",
+            ctx.args.poll_slots
+        ));
+    }
+    s.runs = results
+        .iter()
+        .map(|(name, round, p, rss, drained)| {
+            serde_json::json!({"system": name, "round": round, "paced": to_json(p), "rss_max_kib": rss, "drained_after_s": drained})
+        })
+        .collect();
+    Ok(s)
+}
+
+/// Build a backlog (production and mypage absent while orders are placed),
+/// then time its drain once they are started, per subscriber.
+async fn backlog(ctx: &Ctx) -> Result<Scenario> {
+    let mut s = Scenario {
+        name: "backlog".into(),
+        ..Scenario::default()
+    };
+    let mut backends = vec![(Backend::Sqlite, "host sqlite")];
+    if ctx.redis.is_some() {
+        backends.push((Backend::Redis, "host redis (AOF everysec)"));
+    }
+    for (backend, name) in backends {
+        let dir = ctx.dir(&format!(
+            "backlog-{}",
+            if backend == Backend::Sqlite {
+                "sqlite"
+            } else {
+                "redis"
+            }
+        ));
+        let first = ctx.host_in(&dir, backend, "normal", &["cafe", "order"])?;
+        api::seed(&ctx.client, &first.url, 1..=ITEMS, STOCK).await?;
+        let placed = api::place_orders(&ctx.client, &first.url, ctx.args.backlog, ITEMS, 32).await;
+        api::wait_drained(&ctx.client, &first.admin, DRAIN_LIMIT).await?;
+        first.terminate()?;
+        eprintln!(
+            "  {name}: {placed} orders placed without production and mypage; restarting with them"
+        );
+
+        let host = ctx.host_in(&dir, backend, "normal", &ALL)?;
+        let listening = host.spawned.elapsed().as_secs_f64();
+        let rss = RssSampler::start(host.pid(), Duration::from_millis(200));
+        // Per subscriber: when its lag was last seen above 0, and the first
+        // sample after that with 0.
+        let mut last_busy: std::collections::BTreeMap<String, f64> = Default::default();
+        let mut zero_at: std::collections::BTreeMap<String, f64> = Default::default();
+        let mut peak: std::collections::BTreeMap<String, u64> = Default::default();
+        let deadline = std::time::Instant::now() + DRAIN_LIMIT;
+        let handled = loop {
+            let m = api::metrics(&ctx.client, &host.admin).await?;
+            let t = host.spawned.elapsed().as_secs_f64();
+            let lags = api::lags(&m);
+            for (sub, lag) in &lags {
+                let p = peak.entry(sub.clone()).or_default();
+                *p = (*p).max(*lag);
+                if *lag > 0 {
+                    last_busy.insert(sub.clone(), t);
+                    zero_at.remove(sub);
+                } else if last_busy.contains_key(sub) {
+                    zero_at.entry(sub.clone()).or_insert(t);
                 }
             }
-            (ok, failed, lat)
+            let ok = api::deliveries(&m, "ok");
+            let production = ok.get("production").copied().unwrap_or(0);
+            if lags.values().all(|l| *l == 0) && production >= placed {
+                break ok;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{name}: backlog not drained within {DRAIN_LIMIT:?}: lags {lags:?}, delivered {ok:?}"
+                );
+            }
+            if lags.values().all(|l| *l == 0) && host.spawned.elapsed() > Duration::from_secs(30) {
+                bail!(
+                    "{name}: every lag is 0 but production handled {production} of {placed} \
+                     order.requested events: new subscribers did not read the log from the beginning"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let rss_max = rss.stop().iter().map(|s| s.1).max().unwrap_or(0);
+        s.notes.push(format!(
+            "{name}: {placed} orders placed while production and mypage were absent; \
+             on restart with them, production handled {} order.requested events (new \
+             subscribers read the log from the beginning). Host listening {listening:.2} s \
+             after spawn; drain times count from spawn (start-up included). Max RSS {} MiB.",
+            handled.get("production").copied().unwrap_or(0),
+            rss_max / 1024
+        ));
+        let mut runs = Vec::new();
+        for (sub, at) in &zero_at {
+            let events = handled.get(sub).copied().unwrap_or(0);
+            let rate = events as f64 / at;
+            s.checks.push(Check::new(
+                format!("{name}: backlog drain, subscriber {sub}"),
+                format!(
+                    "{events} events in {at:.2} s = {rate:.0} events/s (peak lag {})",
+                    peak.get(sub).copied().unwrap_or(0)
+                ),
+                "≥ 5000 events/s",
+                rate >= 5000.0,
+            ));
+            runs.push(serde_json::json!({
+                "system": name, "subscriber": sub, "events": events, "drained_s": at,
+                "events_per_s": rate, "peak_lag": peak.get(sub),
+            }));
+        }
+        s.runs.push(serde_json::json!({
+            "system": name, "placed": placed, "listening_s": listening,
+            "rss_max_kib": rss_max, "subscribers": runs,
         }));
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut run = Run {
-        name: name.to_owned(),
-        ok: 0,
-        failed: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
+    Ok(s)
+}
+
+/// 60 s (or --seconds, if longer) of spread orders; RSS growth of the host.
+async fn soak(ctx: &Ctx) -> Result<Scenario> {
+    let mut s = Scenario {
+        name: "soak".into(),
+        ..Scenario::default()
     };
-    for t in tasks {
-        if let Ok((ok, failed, lat)) = t.await {
-            run.ok += ok;
-            run.failed += failed;
-            run.latencies.extend(lat);
-        }
-    }
-    run.elapsed = started.elapsed();
-    run.latencies.sort_unstable();
-    run
-}
-
-/// The baseline: hyper reading the same row from the same SQLite file.
-async fn bare_hyper(db: std::path::PathBuf) -> Result<std::net::SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let pool: Arc<Vec<std::sync::Mutex<rusqlite::Connection>>> = Arc::new(
-        (0..4)
-            .map(|_| rusqlite::Connection::open(&db).map(std::sync::Mutex::new))
-            .collect::<rusqlite::Result<_>>()?,
-    );
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let pool = Arc::clone(&pool);
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let pool = Arc::clone(&pool);
-                    async move {
-                        let key = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
-                        let conn = pool
-                            .iter()
-                            .find_map(|c| c.try_lock().ok())
-                            .unwrap_or_else(|| pool[0].lock().unwrap_or_else(|p| p.into_inner()));
-                        let raw: Option<Vec<u8>> = conn
-                            .query_row(
-                                "SELECT value FROM docs WHERE ns = 'cafe' AND coll = 'cafes' AND key = ?1",
-                                [key],
-                                |r| r.get(0),
-                            )
-                            .ok();
-                        drop(conn);
-                        let value: serde_json::Value = raw
-                            .and_then(|r| serde_json::from_slice(&r).ok())
-                            .unwrap_or(serde_json::Value::Null);
-                        let body = serde_json::to_vec(&value).unwrap_or_default();
-                        let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
-                        resp.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// `bytes` with a custom section appended: a new digest, the same code.
-fn variant(mut bytes: Vec<u8>, tag: &str) -> Vec<u8> {
-    fn leb(out: &mut Vec<u8>, mut n: usize) {
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-    let name = format!("bench-variant-{tag}");
-    let mut payload = Vec::new();
-    leb(&mut payload, name.len());
-    payload.extend_from_slice(name.as_bytes());
-    bytes.push(0);
-    leb(&mut bytes, payload.len());
-    bytes.extend_from_slice(&payload);
-    bytes
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// Steady reads and orders, then the same while cafe and order are swapped
-/// about once a second; then 100 swaps back to back for memory.
-async fn swap_under_load(
-    client: &reqwest::Client,
-    host: &str,
-    running: &sktarbucks::app::RunningHost,
-    concurrency: usize,
-    duration: Duration,
-) -> Result<()> {
-    let mixed = || {
-        let (read, order) = (format!("{host}/cafes/1"), format!("{host}/orders"));
-        move |n: usize| {
-            if n.is_multiple_of(2) {
-                (reqwest::Method::GET, read.clone(), None)
-            } else {
-                (
-                    reqwest::Method::POST,
-                    order.clone(),
-                    Some(format!(r#"{{"custNm":"swap{n}","cafeId":1}}"#)),
-                )
-            }
-        }
-    };
-    let steady = load("GET+POST steady", client, concurrency, duration, mixed()).await;
-    steady.print();
-    let config = running.rt.config();
-    let originals: Vec<(String, Vec<u8>)> = ["cafe", "order"]
-        .iter()
-        .map(|n| Ok(((*n).to_owned(), std::fs::read(&config.components[*n].path)?)))
-        .collect::<Result<_>>()?;
-    let deployer = std::sync::Arc::clone(&running.deployer);
-    let swapping = std::sync::Arc::new(AtomicBool::new(true));
-    let swapper = {
-        let (deployer, swapping, originals) = (
-            std::sync::Arc::clone(&deployer),
-            std::sync::Arc::clone(&swapping),
-            originals.clone(),
-        );
-        tokio::spawn(async move {
-            let mut swaps = 0usize;
-            let mut refused = 0usize;
-            let mut i = 0usize;
-            while swapping.load(Ordering::Relaxed) {
-                let (name, bytes) = &originals[i % originals.len()];
-                let bytes = if (i / originals.len()).is_multiple_of(2) {
-                    variant(bytes.clone(), "b")
-                } else {
-                    bytes.clone()
-                };
-                match deployer.deploy(name, bytes).await {
-                    Ok(_) => swaps += 1,
-                    Err(_) => refused += 1,
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(1000)).await;
-            }
-            (swaps, refused)
-        })
-    };
-    let during = load(
-        "GET+POST while swapping ~1/s",
-        client,
-        concurrency,
-        duration,
-        mixed(),
-    )
-    .await;
-    swapping.store(false, Ordering::Relaxed);
-    let (swaps, refused) = swapper.await?;
-    during.print();
-    println!(
-        "  hot swap under load: {swaps} swaps ({refused} refused), failed requests {} (steady {}), p99 during swaps / steady = {:.2}x",
-        during.failed,
-        steady.failed,
-        during.pct(0.99).as_secs_f64() / steady.pct(0.99).as_secs_f64().max(1e-9)
-    );
-    let before = rss_kib();
-    let started = Instant::now();
-    for i in 0..100 {
-        let (name, bytes) = &originals[0];
-        let bytes = if i % 2 == 0 {
-            variant(bytes.clone(), "b")
-        } else {
-            bytes.clone()
-        };
-        deployer
-            .deploy(name, bytes)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    println!(
-        "  100 swaps of cafe in {:.1} s: RSS {} MiB before, {} MiB after",
-        started.elapsed().as_secs_f64(),
-        before / 1024,
-        rss_kib() / 1024
-    );
-    Ok(())
-}
-
-/// Orders of the data-growth runs.
-const GROWTH_ORDERS: usize = 20_000;
-
-async fn wait_drained(rt: &Runtime, limit: Duration) -> Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let lag: u64 = rt.lag().await?.iter().map(|(_, n)| n).sum();
-        if lag == 0 {
-            return Ok(started.elapsed());
-        }
-        anyhow::ensure!(
-            started.elapsed() < limit,
-            "events did not drain within {limit:?} (lag {lag})"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Follow `rel="next"` links from `path`; returns (items, pages).
-async fn page_through(client: &reqwest::Client, host: &str, path: &str) -> Result<(usize, usize)> {
-    let (mut items, mut pages) = (0, 0);
-    let mut next = Some(path.to_owned());
-    while let Some(path) = next.take() {
-        let resp = client.get(format!("{host}{path}")).send().await?;
-        anyhow::ensure!(resp.status().is_success(), "GET {path}: {}", resp.status());
-        next = resp
-            .headers()
-            .get("link")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once('>'))
-            .map(|(target, _)| target.trim_start_matches('<').to_owned());
-        let page: Vec<serde_json::Value> = resp.json().await?;
-        items += page.len();
-        pages += 1;
-    }
-    Ok((items, pages))
-}
-
-/// 20,000 maximum-length orders on one item: time to page through every
-/// order, and to force-cancel them all by deleting the item (chunked sweep
-/// through order, then production and mypage following its events).
-async fn data_growth(
-    client: &reqwest::Client,
-    host: &str,
-    rt: &Runtime,
-    concurrency: usize,
-) -> Result<()> {
-    use futures::StreamExt;
-    let long = |tag: char| format!("{}{tag}", "🙂".repeat(199));
-    let item: serde_json::Value = client
-        .post(format!("{host}/cafes"))
-        .body(
-            serde_json::json!({"cafeNm": long('n'), "chkDate": long('d'), "pcnt": 1_000_000})
-                .to_string(),
+    let seconds = ctx.args.seconds.max(60);
+    let what = format!("POST /orders, 100 items, {seconds} s soak");
+    let host = ctx.host(Backend::Sqlite, "normal", &[]).await?;
+    let t = host_target("host sqlite", &host);
+    let run = ctx
+        .wrk(
+            &what,
+            &t,
+            Load::OrdersSpread { items: ITEMS },
+            1,
+            seconds,
+            &[host.admin.as_str()],
         )
-        .send()
-        .await?
-        .json()
         .await?;
-    let cafe_id = item["cafeId"].as_u64().context("the item has an id")?;
-    let loaded = Instant::now();
-    let failures = futures::stream::iter(0..GROWTH_ORDERS)
-        .map(|i| {
-            let body = serde_json::json!({"custNm": long(char::from(b'a' + (i % 26) as u8)), "cafeId": cafe_id});
-            let req = client.post(format!("{host}/orders")).body(body.to_string());
-            async move { req.send().await.map(|r| r.status().as_u16() != 201).unwrap_or(true) }
-        })
-        .buffer_unordered(concurrency)
-        .filter(|failed| std::future::ready(*failed))
-        .count()
-        .await;
-    anyhow::ensure!(failures == 0, "{failures} of {GROWTH_ORDERS} orders failed");
-    wait_drained(rt, Duration::from_secs(600)).await?;
-    println!(
-        "data growth: {GROWTH_ORDERS} max-length orders placed and their events drained in {:.1} s",
-        loaded.elapsed().as_secs_f64()
-    );
-    for path in [
-        format!("/orders?cafeId={cafe_id}"),
-        format!("/orders?cafeId={cafe_id}&limit=1000"),
-        "/myPages?limit=1000".to_owned(),
-    ] {
-        let t0 = Instant::now();
-        let (items, pages) = page_through(client, host, &path).await?;
-        println!(
-            "  page through {path:<34} {items:>6} items in {pages:>4} pages: {:>7.1} ms",
-            t0.elapsed().as_secs_f64() * 1e3
-        );
-    }
-    let t0 = Instant::now();
-    let deleted = client
-        .delete(format!("{host}/cafes/{cafe_id}"))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        deleted.status().is_success(),
-        "delete: {}",
-        deleted.status()
-    );
-    wait_drained(rt, Duration::from_secs(600)).await?;
-    let open = page_through(
-        client,
-        host,
-        &format!("/orders?cafeId={cafe_id}&status=ORDERED&limit=1000"),
-    )
-    .await?
-    .0;
-    anyhow::ensure!(open == 0, "{open} orders were not force-cancelled");
-    println!(
-        "  force-cancel {GROWTH_ORDERS} orders (delete → order, production, mypage settled): {:.2} s",
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(())
+    let avg = |from: f64, to: f64| {
+        let v: Vec<f64> = run
+            .rss_samples
+            .iter()
+            .filter(|s| s.0 >= from && s.0 < to)
+            .map(|s| s.1 as f64 / 1024.0)
+            .collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let end = run.rss_samples.last().map_or(0.0, |s| s.0);
+    let (first, last) = (avg(0.0, 10.0), avg(end - 10.0, end + 1.0));
+    s.checks.push(Check::info(
+        format!("host sqlite RSS over {seconds} s of orders: first 10 s vs last 10 s"),
+        format!(
+            "{first:.0} MiB → {last:.0} MiB ({:+.0} MiB, {:+.0} %), max {:.0} MiB",
+            last - first,
+            (last / first - 1.0) * 100.0,
+            run.rss_max_kib as f64 / 1024.0
+        ),
+    ));
+    s.rows
+        .push(row(&what, "host sqlite", std::slice::from_ref(&run)));
+    s.runs.push(to_json(&run));
+    Ok(s)
+}
+
+fn which(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(bin).is_file()))
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let seconds: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
-    let concurrency: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
-    let duration = Duration::from_secs(seconds);
-
-    let dir = tempfile::tempdir()?;
-    let config = bench_config(dir.path())?;
-    let running = sktarbucks::app::start(config, sktarbucks::app::Options::default())
-        .await
-        .context("the host starts (run `cargo xtask build` first)")?;
-    let host = running.url();
-    let rt = Arc::clone(&running.rt);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(1024)
-        .build()?;
-    let setup = client
-        .post(format!("{host}/cafes"))
-        .body(r#"{"cafeId":1,"cafeNm":"Coldbrew","chkDate":"20210713","pcnt":1000000}"#)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        setup.status().is_success(),
-        "setup failed: {}",
-        setup.status()
-    );
-    let bare = format!(
-        "http://{}",
-        bare_hyper(dir.path().join("sktarbucks.db")).await?
-    );
-
-    println!(
-        "sktarbucks bench: {seconds} s per run, {concurrency} concurrent clients, 127.0.0.1, same process"
-    );
-    let read_bare = {
-        let url = format!("{bare}/cafes/1");
-        load(
-            "GET /cafes/1  bare hyper + sqlite",
-            &client,
-            concurrency,
-            duration,
-            move |_| (reqwest::Method::GET, url.clone(), None),
-        )
-        .await
-    };
-    read_bare.print();
-    let read_host = {
-        let url = format!("{host}/cafes/1");
-        load(
-            "GET /cafes/1  sktarbucks (wasm)",
-            &client,
-            concurrency,
-            duration,
-            move |_| (reqwest::Method::GET, url.clone(), None),
-        )
-        .await
-    };
-    read_host.print();
-    println!(
-        "  ratio bare/host throughput {:.2}x, p50 latency host/bare {:.2}x",
-        read_bare.rps() / read_host.rps().max(1e-9),
-        read_host.pct(0.5).as_secs_f64() / read_bare.pct(0.5).as_secs_f64().max(1e-9)
-    );
-    let orders = {
-        let url = format!("{host}/orders");
-        load(
-            "POST /orders (order→cafe stock)",
-            &client,
-            concurrency,
-            duration,
-            move |n| {
-                (
-                    reqwest::Method::POST,
-                    url.clone(),
-                    Some(format!(r#"{{"custNm":"bench{n}","cafeId":1}}"#)),
-                )
-            },
-        )
-        .await
-    };
-    orders.print();
-
-    // Event pipeline: how long until every order placed above is ORDERED
-    // and visible on mypage (order → production → order → mypage).
-    let started = Instant::now();
-    let placed = orders.ok;
-    loop {
-        let lag: u64 = rt.lag().await?.iter().map(|(_, n)| n).sum();
-        if lag == 0 {
-            break;
+    let args = Args::parse();
+    for o in &args.only {
+        if !SCENARIOS.contains(&o.as_str()) {
+            bail!("unknown scenario {o:?}; known: {}", SCENARIOS.join(", "));
         }
-        if started.elapsed() > Duration::from_secs(120) {
-            println!("event pipeline did not drain within 120 s (lag {lag})");
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let drained = started.elapsed();
+    if args.rounds == 0 || args.seconds == 0 || args.clients == 0 || args.rate <= 0.0 {
+        bail!("--rounds, --seconds, --clients and --rate must be positive");
+    }
+    if !which("wrk") {
+        bail!(
+            "wrk is not installed: `apt-get install wrk` (cargo xtask bench does it when it can)"
+        );
+    }
+    let wanted = |name: &str| {
+        if args.only.is_empty() {
+            name != "soak" || args.soak_rss || args.seconds >= 60
+        } else {
+            args.only.iter().any(|o| o == name)
+        }
+    };
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the host crate has a parent directory")?;
+    let bin = root.join("target/release/sktarbucks");
+    let bare_bin = root.join("target/release/examples/bare");
+    for b in [&bin, &bare_bin] {
+        if !b.is_file() {
+            bail!(
+                "{} is missing: run `cargo xtask build` (or `cargo build --release -p sktarbucks --examples`)",
+                b.display()
+            );
+        }
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("sktarbucks-bench-")
+        .tempdir()
+        .context("failed to create a temp directory")?;
+    let redis = if args.no_redis {
+        None
+    } else {
+        Some(Redis::start(&tmp.path().join("redis"))?)
+    };
+    let machine = report::Machine::probe(&root);
+    let (_, stamp) = report::utc_now();
+    let ctx = Ctx {
+        args: args.clone(),
+        root: root.clone(),
+        bin,
+        bare_bin,
+        tmp: tmp.path().to_path_buf(),
+        cache: tmp.path().join("compile-cache"),
+        redis,
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(256)
+            .build()
+            .context("http client")?,
+        counter: AtomicUsize::new(0),
+    };
     println!(
-        "event pipeline: backlog of {placed} orders drained {:.2} s after the load stopped",
-        drained.as_secs_f64()
+        "sktarbucks bench: {} s runs, {} wrk clients (-t1), {} rounds, alternating systems; 127.0.0.1; {}",
+        args.seconds,
+        args.clients,
+        args.rounds,
+        machine.one_line()
     );
-    swap_under_load(&client, &host, &running, concurrency, duration).await?;
-    data_growth(&client, &host, &rt, concurrency).await?;
-    drop(rt);
-    running.stop().await?;
+    if let Some(r) = &ctx.redis {
+        println!(
+            "redis-server pid {} on port {} (appendonly yes, appendfsync everysec, no RDB)",
+            r.pid(),
+            r.port
+        );
+    }
+    let settings = to_json(&args);
+    let out_dir = root.join("target/bench");
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for name in SCENARIOS {
+        if !wanted(name) {
+            continue;
+        }
+        eprintln!("== {name}");
+        let result = match name {
+            "get" => get(&ctx).await,
+            "orders" => orders(&ctx).await,
+            "hot" => hot(&ctx).await,
+            "pipeline" => pipeline(&ctx).await,
+            "backlog" => backlog(&ctx).await,
+            _ => soak(&ctx).await,
+        };
+        match result {
+            Ok(s) => {
+                let path = report::write_json(&out_dir, &stamp, &machine, &settings, &s)?;
+                eprintln!("   wrote {}", path.display());
+                done.push(s);
+            }
+            Err(e) => {
+                eprintln!("   scenario {name} failed: {e:#}");
+                failed.push(format!("{name}: {e:#}"));
+            }
+        }
+    }
+    println!(
+        "\ncommand: cargo xtask bench {}",
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    println!("machine: {}\n", machine.one_line());
+    println!("{}", report::rows_table(&done));
+    println!("{}", report::checks_table(&done));
+    for s in &done {
+        for n in &s.notes {
+            println!("- {n}");
+        }
+    }
+    println!("\nJSON: {}/{stamp}-<scenario>.json", out_dir.display());
+    drop(ctx);
+    if args.keep {
+        println!("kept {}", tmp.keep().display());
+    }
+    if !failed.is_empty() {
+        bail!("scenarios failed:\n{}", failed.join("\n"));
+    }
     Ok(())
 }

@@ -18,7 +18,10 @@ commands:
   serve [args]       build, then `sktarbucks serve --admin 127.0.0.1:9090 [args]`
   dev [args]         like serve, with --watch: rebuilt components are redeployed
   test [args]        build, make sure redis-server exists, run every test
-  bench [args]       build, then run the benchmarks (see README)
+  bench [args]       build, install wrk (and redis-server) when missing, then
+                     benchmark the binary against a bare hyper server:
+                     [--seconds 5] [--clients 32] [--rounds 2] [--no-redis]
+                     [--only get,orders,hot,pipeline,backlog,soak] [--soak-rss]
   soak [minutes]     build, then kill and restart hosts and Redis under mixed
                      load; prints orders acknowledged, lost, duplicated, 5xx
 ";
@@ -58,17 +61,14 @@ fn main() -> Result<()> {
         "test" => test(&rest),
         "bench" => {
             build()?;
-            run(cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "--package",
-                    "sktarbucks",
-                    "--example",
-                    "bench",
-                    "--",
-                ])
-                .args(&rest))
+            ensure_wrk()?;
+            if !rest.iter().any(|a| a == "--no-redis") {
+                ensure_redis_for_bench()?;
+            }
+            // Run as built, like soak (a `cargo run` could rebuild with
+            // other features); it starts the binary and `bare` itself.
+            let bench = root().join("target/release/examples/bench");
+            run(Command::new(bench).args(&rest).current_dir(root()))
         }
         "soak" => {
             build()?;
@@ -203,6 +203,47 @@ fn ensure_redis() -> Result<()> {
     }
     eprintln!("xtask: WARNING: {msg}; Redis tests will fail (SKTARBUCKS_SKIP_REDIS=1 skips them)");
     Ok(())
+}
+
+/// The bench's load generator is `wrk` (a separate process, Debian's
+/// package). Install it with apt-get when missing (as root); otherwise fail
+/// with what to do: there is no in-process fallback, by design.
+fn ensure_wrk() -> Result<()> {
+    if which("wrk") {
+        return Ok(());
+    }
+    if which("apt-get") {
+        eprintln!("xtask: wrk not found; installing it with apt-get");
+        let _ = run(Command::new("apt-get").arg("update"));
+        if run(Command::new("apt-get").args(["install", "-y", "wrk"])).is_ok() && which("wrk") {
+            return Ok(());
+        }
+    }
+    bail!(
+        "wrk is not installed and could not be installed; install it \
+         (`apt-get install wrk` as root, or your distribution's package) and run again"
+    )
+}
+
+/// The bench starts its own `redis-server` for the Redis figures: install
+/// it when missing, or fail saying how to skip them (`--no-redis`).
+fn ensure_redis_for_bench() -> Result<()> {
+    if which("redis-server") {
+        return Ok(());
+    }
+    if which("apt-get") {
+        eprintln!("xtask: redis-server not found; installing it with apt-get");
+        let _ = run(Command::new("apt-get").arg("update"));
+        if run(Command::new("apt-get").args(["install", "-y", "redis-server"])).is_ok()
+            && which("redis-server")
+        {
+            return Ok(());
+        }
+    }
+    bail!(
+        "redis-server is not installed and could not be installed; install it \
+         (`apt-get install redis-server`) or pass --no-redis to skip the Redis figures"
+    )
 }
 
 fn which(bin: &str) -> bool {
