@@ -201,6 +201,80 @@ pub struct ComponentConfig {
     /// Concurrency limit and circuit breaker.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Serial instance reuse (`reuse = true` or a `[components.<name>.reuse]`
+    /// table); off by default: every invocation gets a fresh instance. Only
+    /// for components that keep no state in guest globals (see README).
+    #[serde(
+        default,
+        deserialize_with = "reuse_setting",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reuse: Option<ReuseConfig>,
+}
+
+/// Instance reuse of one component: one instance per `Store`, called
+/// serially, its host state reset before every call, retired on any failure
+/// or error answer. The bounds exist because a long-lived instance is where
+/// leaks (guest heap growth, forgotten handles) accumulate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReuseConfig {
+    /// Most invocations one instance serves. Each instance draws its own cap
+    /// at random from `max_uses/2 ..= max_uses`, so a pool never retires
+    /// (and re-instantiates) all its instances in the same instant.
+    #[serde(default = "default_reuse_max_uses")]
+    pub max_uses: u32,
+    /// An instance unused this long is dropped (its memory is returned).
+    #[serde(default = "default_reuse_idle_ms")]
+    pub idle_ms: u64,
+    /// Most idle instances kept for this component; each holds a slot of the
+    /// engine's instance pool, so the sum over components is bounded.
+    #[serde(default = "default_reuse_max_idle")]
+    pub max_idle: u32,
+}
+
+impl Default for ReuseConfig {
+    fn default() -> Self {
+        Self {
+            max_uses: default_reuse_max_uses(),
+            idle_ms: default_reuse_idle_ms(),
+            max_idle: default_reuse_max_idle(),
+        }
+    }
+}
+
+impl ReuseConfig {
+    /// How long an instance may stay idle.
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms)
+    }
+}
+
+/// Largest `max_uses` accepted: beyond it an instance effectively lives forever.
+pub const MAX_REUSE_USES: u32 = 100_000;
+/// Largest sum of `max_idle` over all components: idle instances must leave
+/// most of the engine's instance slots to running invocations.
+pub const MAX_IDLE_TOTAL: u32 = crate::engine::POOL_SLOTS / 2;
+
+/// `reuse = true | false | { max_uses = .., idle_ms = .., max_idle = .. }`.
+fn reuse_setting<'de, D>(deserializer: D) -> Result<Option<ReuseConfig>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::Error;
+    let value = toml::Value::deserialize(deserializer)?;
+    match value {
+        toml::Value::Boolean(true) => Ok(Some(ReuseConfig::default())),
+        toml::Value::Boolean(false) => Ok(None),
+        toml::Value::Table(table) => toml::Value::Table(table)
+            .try_into::<ReuseConfig>()
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("reuse: {}", e.message()))),
+        other => Err(D::Error::custom(format!(
+            "reuse must be true, false or a table {{ max_uses, idle_ms, max_idle }}, got a {}",
+            other.type_str()
+        ))),
+    }
 }
 
 /// Admission settings of one component (`[components.<name>.limits]`).
@@ -249,6 +323,7 @@ impl ComponentConfig {
             memory_mib: default_memory_mib(),
             publishes: None,
             limits: LimitsConfig::default(),
+            reuse: None,
         }
     }
 
@@ -334,6 +409,15 @@ fn default_deadline_ms() -> u64 {
 fn default_memory_mib() -> u64 {
     64
 }
+fn default_reuse_max_uses() -> u32 {
+    128
+}
+fn default_reuse_idle_ms() -> u64 {
+    30_000
+}
+fn default_reuse_max_idle() -> u32 {
+    32
+}
 
 impl Config {
     /// Read a manifest; relative component paths are resolved against its directory.
@@ -416,7 +500,27 @@ impl Config {
             );
         }
         let mut seen = BTreeMap::new();
+        let mut idle_total = 0u32;
         for (name, component) in &self.components {
+            if let Some(reuse) = &component.reuse {
+                if reuse.max_uses == 0 || reuse.max_uses > MAX_REUSE_USES {
+                    bail!(
+                        "component {name:?}: reuse.max_uses must be 1..={MAX_REUSE_USES}, got {} \
+                         (to turn reuse off, set reuse = false)",
+                        reuse.max_uses
+                    );
+                }
+                if reuse.idle_ms == 0 {
+                    bail!("component {name:?}: reuse.idle_ms must be positive");
+                }
+                if reuse.max_idle == 0 {
+                    bail!(
+                        "component {name:?}: reuse.max_idle must be at least 1 \
+                         (to turn reuse off, set reuse = false)"
+                    );
+                }
+                idle_total = idle_total.saturating_add(reuse.max_idle);
+            }
             for route in &component.routes {
                 if let Some(other) = seen.insert(route.clone(), name.clone()) {
                     bail!("route {route:?} is claimed by both {other:?} and {name:?}");
@@ -432,6 +536,12 @@ impl Config {
                     bail!("component {name:?}: link {iface} = {provider:?} names no component");
                 }
             }
+        }
+        if idle_total > MAX_IDLE_TOTAL {
+            bail!(
+                "reuse.max_idle adds up to {idle_total} over all components; at most \
+                 {MAX_IDLE_TOTAL} idle instances fit beside the running ones"
+            );
         }
         let longest = self
             .components
@@ -493,6 +603,45 @@ mod tests {
         )
         .expect_err("duplicate route must fail");
         assert!(format!("{err:#}").contains("claimed by both"));
+    }
+
+    #[test]
+    fn reuse_is_a_switch_or_a_table() -> Result<()> {
+        let config = Config::parse(
+            "[components.a]\npath=\"a\"\nreuse=true\n\
+             [components.b]\npath=\"b\"\nreuse={max_uses=10}\n\
+             [components.c]\npath=\"c\"\nreuse=false\n[components.d]\npath=\"d\"\n",
+            Path::new("."),
+        )?;
+        assert_eq!(config.components["a"].reuse, Some(ReuseConfig::default()));
+        let b = config.components["b"].reuse.clone();
+        assert_eq!(b.map(|r| (r.max_uses, r.max_idle)), Some((10, 32)));
+        assert_eq!(config.components["c"].reuse, None);
+        assert_eq!(config.components["d"].reuse, None);
+        // It survives the round trip the tests use for spawned hosts.
+        let again = Config::parse(&config.to_toml()?, Path::new("."))?;
+        assert_eq!(again.components["b"].reuse, config.components["b"].reuse);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_reuse_settings_say_what_is_wrong() {
+        for (text, wanted) in [
+            ("reuse=1", "reuse must be true, false or a table"),
+            ("reuse={max_uses=0}", "reuse.max_uses must be 1..="),
+            ("reuse={idle_ms=0}", "reuse.idle_ms must be positive"),
+            ("reuse={max_idle=0}", "reuse.max_idle must be at least 1"),
+            ("reuse={max_idle=600}", "reuse.max_idle adds up to 600"),
+            ("reuse={uses=3}", "unknown field `uses`"),
+        ] {
+            let err = Config::parse(
+                &format!("[components.a]\npath=\"a\"\n{text}\n"),
+                Path::new("."),
+            )
+            .expect_err(text);
+            let err = format!("{err:#}");
+            assert!(err.contains(wanted), "{text}: {err}");
+        }
     }
 
     #[test]

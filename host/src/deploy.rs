@@ -384,7 +384,14 @@ impl Deployer {
         let rt = Arc::clone(&self.rt);
         let owned = name.to_owned();
         tokio::task::spawn_blocking(move || {
-            Loaded::build(&rt.engine, &rt.linker, &owned, config, &bytes)
+            Loaded::build(
+                &rt.engine,
+                &rt.linker,
+                &rt.env.metrics,
+                &owned,
+                config,
+                &bytes,
+            )
         })
         .await
         .map_err(|e| DeployError::Refused(format!("compilation crashed: {e}")))?
@@ -611,6 +618,7 @@ fn same_settings(a: &ComponentConfig, b: &ComponentConfig) -> bool {
         && a.memory_mib == b.memory_mib
         && a.publishes == b.publishes
         && a.limits == b.limits
+        && a.reuse == b.reuse
 }
 
 /// Does `loaded` export what its role in `config` needs, given the other

@@ -1,10 +1,11 @@
-//! Running one invocation: a fresh `Store` and instance per call, a wall-clock
+//! Running one invocation: a fresh `Store` and instance per call (or, for a
+//! component that opted in, an instance from its reuse pool), a wall-clock
 //! deadline enforced through epochs (and a timer for host-side waits), and a
-//! classification of what went wrong. `Invocation::start` is the only place a
+//! classification of what went wrong. `Invocation` is the only place a
 //! `Store` is created; [`Env`] is all it needs from the host.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::Instance;
@@ -14,6 +15,7 @@ use wasmtime::Engine;
 
 use crate::backend::{BackendUnavailable, SharedBackend};
 use crate::guard::Guards;
+use crate::pool::{Pool, Pooled, Retire};
 use crate::registry::{Loaded, Registry};
 use crate::state::{HostState, Links};
 use crate::trace::TraceContext;
@@ -135,6 +137,17 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// Why a reusable instance that failed this way is dropped.
+    pub fn retire_reason(&self) -> Retire {
+        match self {
+            Failure::Trap { .. } => Retire::Trap,
+            Failure::Deadline(_) => Retire::Timeout,
+            Failure::Backend(_) | Failure::Missing(_) | Failure::Overloaded(_) => Retire::HostError,
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -150,17 +163,56 @@ impl fmt::Display for Failure {
     }
 }
 
-/// One invocation in progress: its own store and its wall-clock budget.
+/// One invocation in progress: its store (fresh, or a reused instance's)
+/// and its wall-clock budget.
 pub struct Invocation {
     pub store: Store<HostState>,
+    /// Set once instantiated (at once for an instance from a pool).
+    instance: Option<Instance>,
+    /// The pool the instance returns to after a successful call.
+    reuse: Option<Reuse>,
+    /// The host's own call (not counted as a created instance).
+    internal: bool,
     metrics: Arc<crate::metrics::Metrics>,
     deadline: Instant,
     budget: Duration,
 }
 
+/// Where a reusable instance goes back to, and how worn it is.
+struct Reuse {
+    pool: Arc<Pool>,
+    uses: u32,
+    max_uses: u32,
+}
+
+/// A store for one instance of `loaded`: limits, and a deadline callback
+/// that reads each invocation's deadline from the host state.
+fn new_store(env: &Arc<Env>, loaded: &Loaded) -> Store<HostState> {
+    let links: Weak<dyn Links> = Arc::downgrade(env) as Weak<dyn Links>;
+    let state = HostState::new(
+        Arc::clone(&loaded.identity),
+        Arc::clone(&env.backend),
+        links,
+        Arc::clone(&env.metrics),
+    );
+    let mut store = Store::new(&env.engine, state);
+    store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_callback(|store| {
+        if Instant::now() >= store.data().deadline {
+            Err(wasmtime::Error::new(DeadlineExceeded))
+        } else {
+            // Yield every tick so a busy guest shares its worker thread.
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
 impl Invocation {
-    /// A fresh store for `loaded`, with limits and deadline applied. `cap`
-    /// (the caller's deadline) bounds a nested call: it gets no more time.
+    /// An invocation of `loaded`: on an instance from its reuse pool when it
+    /// opted in and one is idle, else on a fresh store; limits and deadline
+    /// applied, per-invocation state reset. `cap` (the caller's deadline)
+    /// bounds a nested call: it gets no more time.
     pub fn start(
         env: &Arc<Env>,
         loaded: &Arc<Loaded>,
@@ -168,35 +220,59 @@ impl Invocation {
         cap: Option<Instant>,
         origin: Origin,
     ) -> Self {
+        Self::begin(env, loaded, uow, cap, origin, true)
+    }
+
+    /// Like [`start`](Self::start) but always on a fresh instance that is
+    /// dropped afterwards: the host's own calls (smoke test, subscriptions,
+    /// OpenAPI) never touch a pool.
+    pub fn single(env: &Arc<Env>, loaded: &Arc<Loaded>, origin: Origin) -> Self {
+        Self::begin(env, loaded, UnitOfWork::default(), None, origin, false)
+    }
+
+    fn begin(
+        env: &Arc<Env>,
+        loaded: &Arc<Loaded>,
+        uow: UnitOfWork,
+        cap: Option<Instant>,
+        origin: Origin,
+        reusable: bool,
+    ) -> Self {
         loaded
             .invocations
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let budget = loaded.config.deadline();
         let own = Instant::now() + budget;
         let deadline = cap.map_or(own, |cap| cap.min(own));
-        let links: Arc<dyn Links> = Arc::clone(env) as Arc<dyn Links>;
-        let state = HostState::new(
-            Arc::clone(&loaded.identity),
-            Arc::clone(&env.backend),
-            links,
-            Arc::clone(&env.metrics),
-            uow,
-            deadline,
-            origin,
-        );
-        let mut store = Store::new(&env.engine, state);
-        store.limiter(|s| &mut s.limits);
+        let pool = loaded.pool.as_ref().filter(|_| reusable);
+        let (mut store, instance, reuse) = match pool.map(|p| (p, p.take())) {
+            Some((pool, Some(pooled))) => (
+                pooled.store,
+                Some(pooled.instance),
+                Some(Reuse {
+                    pool: Arc::clone(pool),
+                    uses: pooled.uses,
+                    max_uses: pooled.max_uses,
+                }),
+            ),
+            Some((pool, None)) => (
+                new_store(env, loaded),
+                None,
+                Some(Reuse {
+                    pool: Arc::clone(pool),
+                    uses: 0,
+                    max_uses: pool.draw_max_uses(),
+                }),
+            ),
+            None => (new_store(env, loaded), None, None),
+        };
+        store.data_mut().begin(uow, deadline, origin);
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Err(wasmtime::Error::new(DeadlineExceeded))
-            } else {
-                // Yield every tick so a busy guest shares its worker thread.
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
         Self {
             store,
+            instance,
+            reuse,
+            internal: !reusable,
             metrics: Arc::clone(&env.metrics),
             deadline,
             budget,
@@ -213,24 +289,48 @@ impl Invocation {
         self.store.data().span.clone()
     }
 
-    /// Instantiate `loaded` and resolve one export with `load` (a generated
-    /// `GuestIndices::load`); `export` names it in the error.
+    /// Whether it runs on an instance that served an earlier invocation.
+    pub fn is_reused(&self) -> bool {
+        self.reuse.as_ref().is_some_and(|r| r.uses > 0)
+    }
+
+    /// The instance, instantiating `loaded` first unless it came from a pool.
+    pub async fn instance(&mut self, loaded: &Loaded) -> Result<Instance, Failure> {
+        if let Some(instance) = self.instance {
+            return Ok(instance);
+        }
+        let started = Instant::now();
+        let instantiated =
+            within(self.deadline, loaded.pre.instantiate_async(&mut self.store)).await;
+        let labels = crate::metrics::ComponentLabels {
+            component: loaded.name.clone(),
+        };
+        self.metrics
+            .instantiate_seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        let instance = instantiated.map_err(|e| self.failure(e))?;
+        match &self.reuse {
+            Some(reuse) => reuse.pool.created(),
+            None if !self.internal => {
+                self.metrics.instances_created.get_or_create(&labels).inc();
+            }
+            None => {}
+        }
+        self.instance = Some(instance);
+        Ok(instance)
+    }
+
+    /// Get the instance (see [`instance`](Self::instance)) and resolve one
+    /// export with `load` (a generated `GuestIndices::load`); `export` names
+    /// it in the error.
     pub async fn open<G>(
         &mut self,
         loaded: &Loaded,
         export: &str,
         load: impl FnOnce(&mut Store<HostState>, &Instance) -> wasmtime::Result<G>,
     ) -> Result<G, Failure> {
-        let started = Instant::now();
-        let instantiated =
-            within(self.deadline, loaded.pre.instantiate_async(&mut self.store)).await;
-        self.metrics
-            .instantiate_seconds
-            .get_or_create(&crate::metrics::ComponentLabels {
-                component: loaded.name.clone(),
-            })
-            .observe(started.elapsed().as_secs_f64());
-        let instance = instantiated.map_err(|e| self.failure(e))?;
+        let instance = self.instance(loaded).await?;
         load(&mut self.store, &instance).map_err(|e| Failure::Missing(format!("{export} ({e})")))
     }
 
@@ -239,9 +339,41 @@ impl Invocation {
         Failure::from_call(err, self.store.data(), self.budget)
     }
 
-    /// The buffered effects, once the invocation is over.
-    pub fn into_state(self) -> HostState {
-        self.store.into_data()
+    /// The call failed with `err`: classify it and drop the instance.
+    pub fn fail(self, err: wasmtime::Error) -> Failure {
+        let failure = self.failure(err);
+        self.retire(failure)
+    }
+
+    /// The invocation ended in `failure`: drop the instance (counted as a
+    /// retirement when it was reusable) and pass the failure on.
+    pub fn retire(self, failure: Failure) -> Failure {
+        if let Some(reuse) = &self.reuse
+            && self.instance.is_some()
+        {
+            reuse.pool.retire(failure.retire_reason());
+        }
+        failure
+    }
+
+    /// The call returned: take its unit of work and budget. `verdict` says
+    /// whether the instance may serve again (`Ok`) or must be retired (an
+    /// error answer); a reusable instance goes back to its pool with its
+    /// host state wiped.
+    pub fn end(mut self, verdict: Result<(), Retire>) -> (UnitOfWork, crate::state::Budget) {
+        let effects = self.store.data_mut().end();
+        if let (Some(reuse), Some(instance)) = (self.reuse, self.instance) {
+            match verdict {
+                Ok(()) => reuse.pool.put(Pooled {
+                    store: self.store,
+                    instance,
+                    uses: reuse.uses.saturating_add(1),
+                    max_uses: reuse.max_uses,
+                }),
+                Err(why) => reuse.pool.retire(why),
+            }
+        }
+        effects
     }
 }
 

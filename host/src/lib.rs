@@ -10,7 +10,8 @@
 //! - `uow`        the unit of work: buffered reads/writes/events of one invocation
 //! - `crash`      named crash points for crash tests (only in `crash-points` builds)
 //! - `guard`      per-component concurrency limit and circuit breaker (and per link)
-//! - `invoke`     fresh store per call, deadline, failure classification (`Env`)
+//! - `invoke`     a store per call (fresh or reused), deadline, failure classification (`Env`)
+//! - `pool`       opt-in instance reuse: idle instances per version, retirement rules
 //! - `metrics`    Prometheus families and the scrape-time readings
 //! - `linking`    component → component calls (order's `stock` import → cafe)
 //! - `runtime`    HTTP request / event → invocation → atomic commit, with retries
@@ -37,6 +38,7 @@ pub mod invoke;
 pub mod linking;
 pub mod metrics;
 pub mod openapi;
+pub mod pool;
 pub mod registry;
 pub mod routes;
 pub mod runtime;

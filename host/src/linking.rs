@@ -1,6 +1,7 @@
 //! Component → component calls: order's `stock` import is satisfied by
-//! running the live provider (cafe) in its own `Store`, inside the caller's
-//! unit of work. The provider's writes join the caller's unit only when the
+//! running the live provider (cafe) in its own `Store` (a reused instance
+//! from the provider's pool when it opted in), inside the caller's unit of
+//! work. The provider's writes join the caller's unit only when the
 //! call succeeds; a refusal, trap or timeout leaves nothing behind.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use wasmtime::Store;
 use crate::bindings::{Reservation, StockError, stock_export};
 use crate::guard::{Admitted, Refusal};
 use crate::invoke::{self, Env, Failure, Invocation, Origin, within};
+use crate::pool::Retire;
 use crate::state::{HostState, Links};
 
 /// Deepest chain of synchronous calls (guards against link cycles).
@@ -95,7 +97,7 @@ async fn open_provider(
         origin,
     );
     // The unit's limits span the whole call chain.
-    inv.store.data_mut().inherit_budget(&*caller);
+    inv.store.data_mut().inherit_budget(caller.budget());
     let span = inv.span();
     match inv
         .open(&provider, iface, |s, i| indices.load(s, i))
@@ -109,6 +111,7 @@ async fn open_provider(
             link,
         }),
         Err(failure) => {
+            let failure = inv.retire(failure);
             component.finish(false);
             link.finish(false);
             tracing::info!(parent: &span, outcome = %"failed", "linked call finished");
@@ -171,17 +174,24 @@ impl HostState {
             provider.component.finish(true);
             provider.link.finish(true);
         }
-        match outcome.map_err(|e| provider.inv.failure(e)) {
+        match outcome {
             Ok(Ok(value)) => {
-                let callee = provider.inv.into_state();
-                self.inherit_budget(&callee);
-                self.uow = callee.uow;
+                // The provider's instance goes back to its pool (if it opted
+                // in) with its host state wiped: the fork of the caller's
+                // unit now lives only here.
+                let (uow, budget) = provider.inv.end(Ok(()));
+                self.inherit_budget(budget);
+                self.uow = uow;
                 Ok(value)
             }
-            Ok(Err(refusal)) => Err(refusal),
-            Err(failure) => {
-                let callee = provider.inv.into_state();
-                Err(unavailable(&callee.identity.name, &failure))
+            Ok(Err(refusal)) => {
+                provider.inv.end(Err(Retire::ErrorResponse));
+                Err(refusal)
+            }
+            Err(e) => {
+                let name = provider.inv.store.data().identity.name.clone();
+                let failure = provider.inv.fail(e);
+                Err(unavailable(&name, &failure))
             }
         }
     }

@@ -50,6 +50,13 @@ pub struct LinkLabels {
     pub outcome: String,
 }
 
+/// Labels of a retired reusable instance: its component and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetireLabels {
+    pub component: String,
+    pub reason: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GuardLabels {
     pub guard: String,
@@ -80,6 +87,14 @@ pub struct Metrics {
     pub link_seconds: Family<ComponentLabels, Histogram, fn() -> Histogram>,
     pub deliveries: Family<OutcomeLabels, Counter>,
     pub handle_to_ack_seconds: Family<ComponentLabels, Histogram, fn() -> Histogram>,
+    /// Instances created for invocations (fresh or for a reuse pool).
+    pub instances_created: Family<ComponentLabels, Counter>,
+    /// Invocations served by an instance taken from a reuse pool.
+    pub instances_reused: Family<ComponentLabels, Counter>,
+    /// Reusable instances dropped, by reason (see `pool::Retire`).
+    pub instances_retired: Family<RetireLabels, Counter>,
+    /// Instances waiting in reuse pools.
+    pub instances_idle: Family<ComponentLabels, Gauge>,
     breakers: Family<GuardLabels, Gauge>,
     lag: Family<ComponentLabels, Gauge>,
     dead_letters: Gauge,
@@ -111,6 +126,10 @@ impl Metrics {
             link_seconds: Family::new_with_constructor(latency),
             deliveries: Family::default(),
             handle_to_ack_seconds: Family::new_with_constructor(latency),
+            instances_created: Family::default(),
+            instances_reused: Family::default(),
+            instances_retired: Family::default(),
+            instances_idle: Family::default(),
             breakers: Family::default(),
             lag: Family::default(),
             dead_letters: Gauge::default(),
@@ -172,6 +191,27 @@ impl Metrics {
             "sktarbucks_event_handle_to_ack_seconds",
             "From handing an event to its handler to its acknowledgement",
             m.handle_to_ack_seconds.clone(),
+        );
+        r.register(
+            "sktarbucks_instances_created",
+            "Component instances created for invocations (fresh per call, or for a reuse pool)",
+            m.instances_created.clone(),
+        );
+        r.register(
+            "sktarbucks_instances_reused",
+            "Invocations served by an instance taken from a reuse pool",
+            m.instances_reused.clone(),
+        );
+        r.register(
+            "sktarbucks_instances_retired",
+            "Reusable instances dropped, by reason (trap, timeout, host_error, error_response, \
+             handler_error, max_uses, idle, pool_full, swap)",
+            m.instances_retired.clone(),
+        );
+        r.register(
+            "sktarbucks_instances_idle",
+            "Instances waiting in reuse pools",
+            m.instances_idle.clone(),
         );
         r.register(
             "sktarbucks_breaker_state",

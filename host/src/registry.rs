@@ -18,6 +18,8 @@ use wasmtime::component::{Component, InstancePre, Linker};
 
 use crate::bindings::{api_description, event_handler, http_handler, stock_export};
 use crate::config::{ComponentConfig, Config};
+use crate::metrics::Metrics;
+use crate::pool::Pool;
 use crate::routes::Router;
 use crate::state::{HostState, Identity};
 
@@ -50,6 +52,11 @@ pub struct Loaded {
     /// Its OpenAPI fragment, asked for once per version (so the document
     /// follows swaps) the first time `/openapi.json` is served.
     pub api: tokio::sync::OnceCell<Option<serde_json::Value>>,
+    /// Idle instances for reuse, when the manifest opts it in: one pool per
+    /// version and manifest entry, closed when it stops being live.
+    pub pool: Option<Arc<Pool>>,
+    /// Where its pool counts instances.
+    metrics: Arc<Metrics>,
 }
 
 /// Counts one invocation of a version while alive.
@@ -73,6 +80,7 @@ impl Loaded {
     pub fn build(
         engine: &Engine,
         linker: &Linker<HostState>,
+        metrics: &Arc<Metrics>,
         name: &str,
         config: ComponentConfig,
         bytes: &[u8],
@@ -102,7 +110,7 @@ impl Loaded {
         if !config.routes.is_empty() && exports.http.is_none() {
             bail!("it has routes in the manifest but does not export http-handler");
         }
-        Ok(Self::assemble(name, digest, config, pre, exports))
+        Ok(Self::assemble(name, digest, config, pre, exports, metrics))
     }
 
     fn assemble(
@@ -111,7 +119,12 @@ impl Loaded {
         config: ComponentConfig,
         pre: InstancePre<HostState>,
         exports: Exports,
+        metrics: &Arc<Metrics>,
     ) -> Self {
+        let pool = config
+            .reuse
+            .clone()
+            .map(|reuse| Arc::new(Pool::new(name, reuse, Arc::clone(metrics))));
         let identity = Arc::new(Identity {
             name: name.to_owned(),
             digest: digest.clone(),
@@ -130,6 +143,16 @@ impl Loaded {
             in_flight: AtomicUsize::new(0),
             invocations: AtomicU64::new(0),
             api: tokio::sync::OnceCell::new(),
+            pool,
+            metrics: Arc::clone(metrics),
+        }
+    }
+
+    /// This version stopped being live: its idle instances go now, busy ones
+    /// when their call ends.
+    pub fn retire_instances(&self) {
+        if let Some(pool) = &self.pool {
+            pool.close();
         }
     }
 
@@ -140,7 +163,8 @@ impl Loaded {
     }
 
     /// The same compiled version under a changed manifest entry (a reload
-    /// that only touched limits, routes or links): nothing is recompiled.
+    /// that only touched limits, routes or links): nothing is recompiled,
+    /// but it gets a pool of its own (the old one closes with the old entry).
     pub fn with_config(&self, config: ComponentConfig) -> Self {
         let exports = Exports {
             http: self.exports.http.clone(),
@@ -154,6 +178,7 @@ impl Loaded {
             config,
             self.pre.clone(),
             exports,
+            &self.metrics,
         )
     }
 
@@ -161,12 +186,13 @@ impl Loaded {
     pub fn from_file(
         engine: &Engine,
         linker: &Linker<HostState>,
+        metrics: &Arc<Metrics>,
         name: &str,
         config: ComponentConfig,
     ) -> Result<Self> {
         let bytes = read_wasm(&config.path)?;
         let path = config.path.clone();
-        Self::build(engine, linker, name, config, &bytes)
+        Self::build(engine, linker, metrics, name, config, &bytes)
             .with_context(|| format!("component {name:?} from {}", path.display()))
     }
 
@@ -258,7 +284,7 @@ impl Registry {
     }
 
     /// Make `loaded` the current version of its component; returns the one
-    /// it replaced.
+    /// it replaced (whose reusable instances are retired).
     pub fn install(&self, loaded: Arc<Loaded>) -> Option<Arc<Loaded>> {
         let mut previous = None;
         self.live.rcu(|set| {
@@ -270,12 +296,38 @@ impl Registry {
                 router: set.router.clone(),
             }
         });
+        if let Some(old) = &previous
+            && !Arc::ptr_eq(old, &loaded)
+        {
+            old.retire_instances();
+        }
         previous
     }
 
-    /// Replace the whole live set (a manifest reload).
+    /// Replace the whole live set (a manifest reload); versions that are not
+    /// part of the new set have their reusable instances retired.
     pub fn replace(&self, set: LiveSet) {
-        self.live.store(Arc::new(set));
+        let old = self.live.swap(Arc::new(set));
+        let new = self.live.load();
+        for (name, loaded) in &old.components {
+            if !new
+                .components
+                .get(name)
+                .is_some_and(|n| Arc::ptr_eq(n, loaded))
+            {
+                loaded.retire_instances();
+            }
+        }
+    }
+
+    /// Drop the reusable instances of every live version that sat idle too
+    /// long (run periodically).
+    pub fn sweep_idle(&self) {
+        for loaded in self.live.load().components.values() {
+            if let Some(pool) = &loaded.pool {
+                pool.sweep();
+            }
+        }
     }
 
     /// Every loaded component, sorted by name.

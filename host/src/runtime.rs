@@ -15,6 +15,7 @@ use crate::bindings::{DomainError, Event, Request, Response, SktarbucksHost as H
 use crate::config::Config;
 use crate::engine::{self, EpochTicker};
 use crate::invoke::{self, Env, Failure, Invocation, Origin, within};
+use crate::pool::Retire;
 use crate::registry::{LiveSet, Loaded, Registry};
 use crate::state::HostState;
 use crate::trace::TraceContext;
@@ -23,6 +24,30 @@ use crate::uow::{Changes, UnitOfWork};
 /// Microseconds since `started`, for log lines.
 fn micros(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// How often idle reusable instances are looked at for expiry.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Drop expired idle instances every [`SWEEP_EVERY`], so an idle pool gives
+/// its memory back without traffic; ends with the registry. Needs a tokio
+/// runtime (without one, expiry still happens when a pool is next used).
+fn sweep_idle_instances(registry: &Arc<Registry>) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let registry = Arc::downgrade(registry);
+    handle.spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(registry) = registry.upgrade() else {
+                return;
+            };
+            registry.sweep_idle();
+        }
+    });
 }
 
 /// Everything shared by all invocations of one host process.
@@ -104,6 +129,7 @@ impl Runtime {
             .map_err(anyhow::Error::from)
             .context("failed to link the sktarbucks imports")?;
         let ticker = EpochTicker::start(&engine)?;
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let mut components = BTreeMap::new();
         let total = config.components.len();
         for (i, (name, component)) in config.components.iter().enumerate() {
@@ -112,7 +138,7 @@ impl Runtime {
             let step = format!("{}/{total}", i + 1);
             tracing::info!(component = %name, step = %step, path = %component.path.display(), "compiling component");
             let started = Instant::now();
-            let loaded = Loaded::from_file(&engine, &linker, name, component.clone())?;
+            let loaded = Loaded::from_file(&engine, &linker, &metrics, name, component.clone())?;
             tracing::info!(
                 component = %name,
                 step = %step,
@@ -128,8 +154,9 @@ impl Runtime {
             backend: Arc::clone(&backend),
             registry: Arc::clone(&registry),
             guards: crate::guard::Guards::default(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
         });
+        sweep_idle_instances(&registry);
         Ok(Arc::new(Self {
             engine,
             linker,
@@ -350,14 +377,28 @@ impl Runtime {
         };
         let _running = loaded.enter();
         let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, origin);
-        let guest = inv
+        let guest = match inv
             .open(loaded, "http-handler", |s, i| indices.load(s, i))
-            .await?;
-        let deadline = inv.deadline();
-        let response = within(deadline, guest.call_handle(&mut inv.store, req))
             .await
-            .map_err(|e| inv.failure(e))?;
-        Ok((response, inv.into_state().uow))
+        {
+            Ok(guest) => guest,
+            Err(failure) => return Err(inv.retire(failure)),
+        };
+        let deadline = inv.deadline();
+        let response = match within(deadline, guest.call_handle(&mut inv.store, req)).await {
+            Ok(response) => response,
+            Err(e) => return Err(inv.fail(e)),
+        };
+        // An error answer retires a reused instance, and so does one the
+        // client will not get (too large).
+        let verdict =
+            if response.status >= 400 || response.body.len() > self.config().max_response_bytes {
+                Err(Retire::ErrorResponse)
+            } else {
+                Ok(())
+            };
+        let (uow, _) = inv.end(verdict);
+        Ok((response, uow))
     }
 
     /// Run `loaded`'s event handler on one delivery (no commit here: the
@@ -431,14 +472,24 @@ impl Runtime {
         };
         let _running = loaded.enter();
         let mut inv = Invocation::start(&self.env, loaded, UnitOfWork::default(), None, origin);
-        let guest = inv
+        let guest = match inv
             .open(loaded, "event-handler", |s, i| indices.load(s, i))
-            .await?;
-        let deadline = inv.deadline();
-        let result = within(deadline, guest.call_handle(&mut inv.store, event))
             .await
-            .map_err(|e| inv.failure(e))?;
-        Ok((result, inv.into_state().uow))
+        {
+            Ok(guest) => guest,
+            Err(failure) => return Err(inv.retire(failure)),
+        };
+        let deadline = inv.deadline();
+        let result = match within(deadline, guest.call_handle(&mut inv.store, event)).await {
+            Ok(result) => result,
+            Err(e) => return Err(inv.fail(e)),
+        };
+        let verdict = match &result {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Retire::HandlerError),
+        };
+        let (uow, _) = inv.end(verdict);
+        Ok((result, uow))
     }
 
     /// Instantiate `loaded` once (and, if it consumes events, ask for its
@@ -448,23 +499,10 @@ impl Runtime {
         if loaded.exports.events.is_some() {
             return self.subscriptions(loaded).await;
         }
-        let mut inv = Invocation::start(
-            &self.env,
-            loaded,
-            UnitOfWork::default(),
-            None,
-            Origin::internal(),
-        );
-        let deadline = inv.deadline();
-        within(deadline, loaded.pre.instantiate_async(&mut inv.store))
+        let mut inv = Invocation::single(&self.env, loaded, Origin::internal());
+        inv.instance(loaded)
             .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "component {:?}: instantiation {}",
-                    loaded.name,
-                    inv.failure(e)
-                )
-            })?;
+            .map_err(|f| anyhow::anyhow!("component {:?}: instantiation {f}", loaded.name))?;
         Ok(Vec::new())
     }
 
@@ -502,13 +540,7 @@ impl Runtime {
             &'s mut wasmtime::Store<HostState>,
         ) -> futures::future::BoxFuture<'s, wasmtime::Result<R>>,
     ) -> Result<R, Failure> {
-        let mut inv = Invocation::start(
-            &self.env,
-            loaded,
-            UnitOfWork::default(),
-            None,
-            Origin::internal(),
-        );
+        let mut inv = Invocation::single(&self.env, loaded, Origin::internal());
         let guest = inv.open(loaded, export, load).await?;
         let deadline = inv.deadline();
         within(deadline, call(guest, &mut inv.store))

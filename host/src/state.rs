@@ -1,18 +1,25 @@
 //! Per-`Store` host state and the `store`/`events` imports that read and
-//! buffer into the invocation's unit of work. One `HostState` lives exactly
-//! as long as one invocation.
+//! buffer into the invocation's unit of work.
+//!
+//! A `HostState` lives as long as its `Store`: one invocation for a fresh
+//! instance, several in a row for a reused one (`pool`). What belongs to one
+//! invocation (unit of work, deadline, span, trace, budget, stderr) is set by
+//! [`HostState::begin`] and wiped by [`HostState::end`]; what belongs to the
+//! instance (identity, WASI context, resource table, limits) is built once.
 //!
 //! It carries only what an invocation needs: who it runs as ([`Identity`]),
 //! the backend, its unit of work and limits, and a [`Links`] handle for
 //! synchronous calls to other components (implemented by `linking`, above
 //! this module, so state never depends on the registry or the runtime).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use bytes::Bytes;
 use wasmtime::StoreLimits;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::backend::{BackendUnavailable, RangeLimit, SharedBackend};
@@ -33,6 +40,9 @@ const MAX_BUFFERED: usize = 10_000;
 /// Most bytes (values + payloads) one unit of work may buffer: the host's
 /// memory is not bounded by the guest's `StoreLimits`.
 const MAX_BUFFERED_BYTES: usize = 16 * 1024 * 1024;
+/// Guest stderr kept per invocation (for the log line of a trap); the rest
+/// is dropped, never refused: a chatty guest must not trap on its logging.
+const STDERR_BYTES: usize = 4096;
 
 /// Who an invocation runs as: one component version, as far as its host
 /// state needs to know (built once per version).
@@ -87,8 +97,10 @@ pub struct HostState {
     /// The component version being run; its name is the state namespace.
     pub identity: Arc<Identity>,
     pub backend: SharedBackend,
-    /// Where synchronous calls to linked components go.
-    pub links: Arc<dyn Links>,
+    /// Where synchronous calls to linked components go. Weak: an idle
+    /// reused instance sits in the registry, which the links reach, and a
+    /// strong handle would keep the whole runtime alive in a cycle.
+    pub links: Weak<dyn Links>,
     /// Where its linked calls are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Buffered effects; handed to the backend only when the invocation succeeds.
@@ -105,85 +117,214 @@ pub struct HostState {
     /// Which run of its unit of work (or delivery attempt) this is.
     pub attempt: u32,
     pub limits: StoreLimits,
-    /// Guest stderr (panic messages) kept for the error log of a trap.
-    pub stderr: MemoryOutputPipe,
-    buffered: usize,
-    buffered_bytes: usize,
+    /// Guest stderr (panic messages) of the current invocation, kept for the
+    /// error log of a trap.
+    pub stderr: Stderr,
+    budget: Budget,
+    /// Built once per instance (a reused one keeps it): the guest holds
+    /// handles into it (wasi-libc caches its stdio streams in the table).
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
+/// Writes and bytes a unit of work has buffered so far; shared along a
+/// synchronous call chain, reset for every invocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Store writes plus published events.
+    pub writes: usize,
+    /// Their value, key and payload bytes.
+    pub bytes: usize,
+}
+
 impl HostState {
-    /// State for one invocation: no filesystem, network, environment or args.
+    /// State for one instance, between invocations (see [`begin`](Self::begin)):
+    /// no filesystem, network, environment or args.
     pub fn new(
         identity: Arc<Identity>,
         backend: SharedBackend,
-        links: Arc<dyn Links>,
+        links: Weak<dyn Links>,
         metrics: Arc<crate::metrics::Metrics>,
-        uow: UnitOfWork,
-        deadline: Instant,
-        origin: crate::invoke::Origin,
     ) -> Self {
-        let stderr = MemoryOutputPipe::new(4096);
+        let stderr = Stderr::default();
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stderr(stderr.clone())
             .build();
         let limits = wasmtime::StoreLimitsBuilder::new()
             .memory_size(identity.memory_bytes)
             .build();
-        let trace = origin.trace.under(&origin.span);
         Self {
             identity,
             backend,
             links,
             metrics,
-            uow,
-            deadline,
-            depth: origin.depth,
-            span: origin.span,
-            trace,
-            attempt: origin.attempt,
+            uow: UnitOfWork::default(),
+            deadline: Instant::now(),
+            depth: 0,
+            span: tracing::Span::none(),
+            trace: crate::trace::TraceContext::default(),
+            attempt: 0,
             limits,
             stderr,
-            buffered: 0,
-            buffered_bytes: 0,
+            budget: Budget::default(),
             wasi,
             table: ResourceTable::new(),
         }
+    }
+
+    /// Start an invocation on this instance: everything a previous one
+    /// left (unit of work, budget, stderr, span, trace) is replaced.
+    pub fn begin(&mut self, uow: UnitOfWork, deadline: Instant, origin: crate::invoke::Origin) {
+        self.trace = origin.trace.under(&origin.span);
+        self.uow = uow;
+        self.deadline = deadline;
+        self.depth = origin.depth;
+        self.span = origin.span;
+        self.attempt = origin.attempt;
+        self.budget = Budget::default();
+        self.stderr.clear();
+    }
+
+    /// End the invocation: hand over its unit of work and budget, and keep
+    /// nothing of it (an idle reused instance holds no request's data).
+    pub fn end(&mut self) -> (UnitOfWork, Budget) {
+        let uow = std::mem::take(&mut self.uow);
+        let budget = std::mem::take(&mut self.budget);
+        self.span = tracing::Span::none();
+        self.trace = crate::trace::TraceContext::default();
+        self.deadline = Instant::now();
+        self.depth = 0;
+        self.attempt = 0;
+        self.stderr.clear();
+        (uow, budget)
     }
 
     fn ns(&self) -> &str {
         &self.identity.name
     }
 
-    /// What the guest wrote to stderr, for logs (panic messages).
+    /// What the guest wrote to stderr in this invocation, for logs (panic messages).
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr.contents())
             .trim()
             .to_owned()
     }
 
-    /// Continue counting from `other`'s buffered writes and bytes, so a
-    /// synchronous call chain shares one unit-of-work budget.
-    pub fn inherit_budget(&mut self, other: &HostState) {
-        self.buffered = other.buffered;
-        self.buffered_bytes = other.buffered_bytes;
+    /// What this invocation has buffered so far.
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    /// Continue counting from `budget` (a caller's, or a callee's that
+    /// succeeded), so a synchronous call chain shares one unit-of-work budget.
+    pub fn inherit_budget(&mut self, budget: Budget) {
+        self.budget = budget;
     }
 
     fn charge(&mut self, what: &str, bytes: usize) -> wasmtime::Result<()> {
-        self.buffered += 1;
-        self.buffered_bytes = self.buffered_bytes.saturating_add(bytes);
-        if self.buffered > MAX_BUFFERED {
+        self.budget.writes += 1;
+        self.budget.bytes = self.budget.bytes.saturating_add(bytes);
+        if self.budget.writes > MAX_BUFFERED {
             wasmtime::bail!(
                 "{what}: more than {MAX_BUFFERED} writes and events in one unit of work"
             );
         }
-        if self.buffered_bytes > MAX_BUFFERED_BYTES {
+        if self.budget.bytes > MAX_BUFFERED_BYTES {
             wasmtime::bail!(
                 "{what}: more than {MAX_BUFFERED_BYTES} bytes buffered in one unit of work"
             );
         }
         Ok(())
+    }
+}
+
+/// Guest stderr: a bounded buffer cleared between invocations (unlike
+/// `MemoryOutputPipe`, which cannot be cleared and traps the guest once full).
+#[derive(Clone, Default)]
+pub struct Stderr(Arc<Mutex<Vec<u8>>>);
+
+impl Stderr {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bytes written since the last [`clear`](Self::clear).
+    pub fn contents(&self) -> Vec<u8> {
+        self.lock().clone()
+    }
+
+    /// Forget what was written.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn append(&self, bytes: &[u8]) {
+        let mut buf = self.lock();
+        let room = STDERR_BYTES.saturating_sub(buf.len());
+        buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
+impl IsTerminal for Stderr {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Stderr {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for Stderr {
+    async fn ready(&mut self) {}
+}
+
+#[async_trait::async_trait]
+impl OutputStream for Stderr {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        // Always ready; what does not fit is dropped by `append`.
+        Ok(STDERR_BYTES)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stderr {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.append(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -378,12 +519,20 @@ impl stock::Host for HostState {
         cafe_id: u64,
         qty: u32,
     ) -> wasmtime::Result<Result<Reservation, StockError>> {
-        let links = Arc::clone(&self.links);
+        let Some(links) = self.links.upgrade() else {
+            return Ok(Err(shutting_down()));
+        };
         Ok(links.reserve(self, order_id, cafe_id, qty).await)
     }
 
     async fn release(&mut self, order_id: String) -> wasmtime::Result<Result<bool, StockError>> {
-        let links = Arc::clone(&self.links);
+        let Some(links) = self.links.upgrade() else {
+            return Ok(Err(shutting_down()));
+        };
         Ok(links.release(self, order_id).await)
     }
+}
+
+fn shutting_down() -> StockError {
+    StockError::Unavailable("the host is shutting down".into())
 }

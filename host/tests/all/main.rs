@@ -17,6 +17,7 @@ mod openapi;
 mod ranges;
 mod redis_hosts;
 mod redis_streams;
+mod reuse;
 mod support;
 mod trace_context;
 mod unit_of_work;

@@ -104,6 +104,15 @@ pub fn test_config(data: &std::path::Path) -> Config {
         faulty.deadline_ms = 500;
         faulty.memory_mib = 32;
     }
+    // `SKTARBUCKS_TEST_REUSE=1`: run the suite with the four domain
+    // components reusing instances, as `sktarbucks.toml` ships them.
+    if std::env::var("SKTARBUCKS_TEST_REUSE").is_ok_and(|v| v == "1") {
+        for name in ["cafe", "order", "production", "mypage"] {
+            if let Some(c) = config.components.get_mut(name) {
+                c.reuse = Some(sktarbucks::config::ReuseConfig::default());
+            }
+        }
+    }
     config.check().expect("the test configuration is valid");
     config
 }
