@@ -75,8 +75,12 @@ pub enum HttpFailure {
     /// Not admitted: the breaker is open or every slot stayed busy.
     Refused(crate::guard::Refusal),
     Invoke(Failure),
-    /// Still conflicting after the configured attempts.
-    Contended(u32),
+    /// Still conflicting: after the configured attempts, or (`queued`
+    /// set) after waiting that long for the component's retry lane.
+    Contended {
+        attempts: u32,
+        queued: Option<std::time::Duration>,
+    },
     /// The component answered a body larger than `max_response_bytes`.
     ResponseTooLarge {
         bytes: usize,
@@ -268,7 +272,12 @@ impl Runtime {
                 // Waiting for it is bounded by the component's deadline.
                 match tokio::time::timeout(loaded.config.deadline(), lane.lock()).await {
                     Ok(guard) => _serialized = Some(guard),
-                    Err(_) => return Err(HttpFailure::Contended(attempt - 1)),
+                    Err(_) => {
+                        return Err(HttpFailure::Contended {
+                            attempts: attempt - 1,
+                            queued: Some(loaded.config.deadline()),
+                        });
+                    }
                 }
             }
             let origin = Origin {
@@ -295,7 +304,10 @@ impl Runtime {
                 Err(failure) => return Err(failure),
             }
         }
-        Err(HttpFailure::Contended(attempts))
+        Err(HttpFailure::Contended {
+            attempts,
+            queued: None,
+        })
     }
 
     /// One run of a request's unit of work: the invocation, then the commit

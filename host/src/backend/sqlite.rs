@@ -148,6 +148,9 @@ fn open(path: &Path, synchronous: Synchronous) -> Result<Connection> {
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Statement journals (one per savepoint of a commit group) in memory,
+    // not in temp files: measured ~11 % of POST /orders CPU in pwrite.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     // The bundled SQLite has STAT4: without the planner stability guarantee
     // every cached statement whose plan a bound value might change is
     // compiled again at its next step after a rebind (measured: ~8 % of the

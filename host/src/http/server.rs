@@ -435,7 +435,7 @@ impl App {
             Err(HttpFailure::Invoke(Failure::Deadline(_))) => "timeout",
             Err(HttpFailure::Invoke(Failure::Backend(_)) | HttpFailure::Commit(_)) => "backend",
             Err(HttpFailure::Invoke(Failure::Overloaded(_))) => "refused_busy",
-            Err(HttpFailure::Contended(_)) => "contended",
+            Err(HttpFailure::Contended { .. }) => "contended",
             Err(HttpFailure::ResponseTooLarge { .. }) => "response_too_large",
             Err(HttpFailure::Invoke(_)) => "trap",
         };
@@ -548,14 +548,23 @@ impl App {
                     ),
                 )
             }
-            HttpFailure::Contended(attempts) => {
-                tracing::warn!(attempts, "unit of work kept conflicting");
+            HttpFailure::Contended { attempts, queued } => {
+                tracing::warn!(
+                    attempts,
+                    queued_ms = queued.map(|q| q.as_millis() as u64),
+                    "unit of work kept conflicting"
+                );
+                let why = match queued {
+                    None => format!("the data changed concurrently {attempts} times in a row"),
+                    Some(waited) => format!(
+                        "the data changed concurrently ({attempts} attempt(s) conflicted) and the queue of retries stayed busy for {} ms",
+                        waited.as_millis()
+                    ),
+                };
                 let mut response = reply::error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "contended",
-                    format!(
-                        "the data changed concurrently {attempts} times in a row; nothing was saved, retry"
-                    ),
+                    format!("{why}; nothing was saved, retry"),
                 );
                 response
                     .headers_mut()
