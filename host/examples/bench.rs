@@ -84,6 +84,15 @@ struct Args {
     /// Keep the temp directory (manifests, data, host logs) for a look after.
     #[arg(long)]
     keep: bool,
+    /// Run the components without instance reuse (the shipped manifest
+    /// opts the four in).
+    #[arg(long)]
+    no_reuse: bool,
+    /// Measure another sktarbucks binary (say, an earlier commit's build
+    /// kept aside) instead of target/release/sktarbucks; one that predates
+    /// instance reuse needs --no-reuse.
+    #[arg(long)]
+    host_bin: Option<PathBuf>,
 }
 
 const SCENARIOS: [&str; 6] = ["get", "orders", "hot", "pipeline", "backlog", "soak"];
@@ -178,6 +187,7 @@ impl Ctx {
             synchronous: sync,
             components,
             compile_cache: &self.cache,
+            reuse: !self.args.no_reuse,
         })
     }
 
@@ -991,7 +1001,10 @@ async fn main() -> Result<()> {
         .parent()
         .map(Path::to_path_buf)
         .context("the host crate has a parent directory")?;
-    let bin = root.join("target/release/sktarbucks");
+    let bin = args
+        .host_bin
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/sktarbucks"));
     let bare_bin = root.join("target/release/examples/bare");
     for b in [&bin, &bare_bin] {
         if !b.is_file() {

@@ -31,6 +31,8 @@ pub struct HostSpec<'a> {
     pub components: &'a [&'a str],
     /// Shared by every host of one bench run, so only the first one compiles.
     pub compile_cache: &'a Path,
+    /// `reuse = true` for every component, as the shipped manifest has it.
+    pub reuse: bool,
 }
 
 /// A running `sktarbucks serve`.
@@ -79,6 +81,9 @@ fn manifest(spec: &HostSpec<'_>) -> Result<String> {
             "routes".into(),
             Value::Array(vec![Value::String(route.into())]),
         );
+        if spec.reuse {
+            c.insert("reuse".into(), Value::Boolean(true));
+        }
         if *name == "order" {
             let mut links = Table::new();
             links.insert("stock".into(), Value::String("cafe".into()));

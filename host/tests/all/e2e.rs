@@ -128,6 +128,32 @@ pub async fn eleven_steps(c: &Client) {
     assert_eq!(s, 404, "{b}");
 }
 
+/// Place `n` orders of 2 cups of item 1 at once (customers `{prefix}-{i}`);
+/// their ids, each answer asserted 201.
+async fn order_burst(c: &Client, prefix: &str, n: usize) -> Vec<u64> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let c = c.clone();
+            let name = format!("{prefix}-{i}");
+            tokio::spawn(async move {
+                c.send(
+                    "POST",
+                    "/orders",
+                    json!({"custNm": name, "cafeId": 1, "qty": 2}),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(n);
+    for t in tasks {
+        let (s, b) = t.await.expect("order task");
+        assert_eq!(s, 201, "{b}");
+        ids.push(b["id"].as_u64().expect("id"));
+    }
+    ids
+}
+
 /// SIGKILL with undelivered events, restart on the same data directory:
 /// every event's effect appears exactly once (no loss, no duplicate).
 #[tokio::test(flavor = "multi_thread")]
@@ -151,24 +177,7 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
     assert_eq!(s, 201);
     let mut ids = Vec::new();
     for chunk in 0..6 {
-        let tasks: Vec<_> = (0..10)
-            .map(|i| {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    c.send(
-                        "POST",
-                        "/orders",
-                        json!({"custNm": format!("c{chunk}-{i}"), "cafeId": 1, "qty": 2}),
-                    )
-                    .await
-                })
-            })
-            .collect();
-        for t in tasks {
-            let (s, b) = t.await.expect("order task");
-            assert_eq!(s, 201, "{b}");
-            ids.push(b["id"].as_u64().expect("id"));
-        }
+        ids.extend(order_burst(&c, &format!("c{chunk}"), 10).await);
     }
     let canceled: Vec<u64> = ids.iter().copied().step_by(3).collect();
     for id in &canceled {
@@ -181,24 +190,7 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
     let mut pending = 0;
     // (At most 20 bursts of 10 × 2 cups: stock 1,000 cannot run out.)
     for burst in 0..20 {
-        let tasks: Vec<_> = (0..10)
-            .map(|i| {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    c.send(
-                        "POST",
-                        "/orders",
-                        json!({"custNm": format!("b{burst}-{i}"), "cafeId": 1, "qty": 2}),
-                    )
-                    .await
-                })
-            })
-            .collect();
-        for t in tasks {
-            let (s, b) = t.await.expect("order task");
-            assert_eq!(s, 201, "{b}");
-            ids.push(b["id"].as_u64().expect("id"));
-        }
+        ids.extend(order_burst(&c, &format!("b{burst}"), 10).await);
         (_, ready) = c.get("/health/ready").await;
         pending = ready["lag"]
             .as_object()
