@@ -48,6 +48,11 @@ impl Streak {
 
 /// Deliveries fetched per poll, and the most handled at once (a wave).
 const BATCH: usize = 32;
+/// A wave that starts this soon after its poll skips `touch`: the read
+/// itself restarted the deliveries' idle clocks, and the manifest check
+/// keeps `events.claim_idle_ms` above a deadline plus the longest backoff
+/// plus one second, so nothing is taken over while it is handled.
+const FRESH: Duration = Duration::from_secs(1);
 /// Longest wait for new events before polling again (covers other processes).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -148,6 +153,7 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
                 continue;
             }
         };
+        let polled_at = std::time::Instant::now();
         let max = rt.config().events.max_attempts;
         let mut rest = deliveries.as_slice();
         while !rest.is_empty() {
@@ -157,7 +163,10 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
             let (wave, after) = rest.split_at(wave_len(rest, max));
             let all_acked = match wave {
                 [one] => deliver(rt, sub, one, &mut shutdown, &mut streak).await,
-                _ => deliver_wave(rt, sub, wave, &mut shutdown, &mut streak).await,
+                _ => {
+                    let fresh = polled_at.elapsed() < FRESH;
+                    deliver_wave(rt, sub, wave, fresh, &mut shutdown, &mut streak).await
+                }
             };
             if !all_acked {
                 // Failed, conflicted or backend trouble: poll again so the
@@ -254,6 +263,7 @@ async fn deliver_wave(
     rt: &Arc<Runtime>,
     sub: &Subscription,
     wave: &[Delivery],
+    fresh: bool,
     shutdown: &mut watch::Receiver<bool>,
     streak: &mut Streak,
 ) -> bool {
@@ -266,7 +276,12 @@ async fn deliver_wave(
     let runs = wave.iter().zip(&spans).map(|(delivery, span)| {
         let loaded = Arc::clone(&loaded);
         async move {
-            match rt.backend.touch(sub, delivery).await {
+            let ours = if fresh {
+                Ok(true)
+            } else {
+                rt.backend.touch(sub, delivery).await
+            };
+            match ours {
                 Ok(true) => Some(rt.handle_event(&loaded, delivery).await),
                 // Already acknowledged elsewhere, or the backend is down:
                 // left for the next poll.
