@@ -200,6 +200,13 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
             break;
         }
     }
+    // Dispatch can catch up within the moment between that read and the
+    // kill, so one event is made certain to be in flight: the test guest's
+    // handler busy-waits 400 ms on it.
+    let (s, b) = c
+        .raw("POST", "/faulty/write?key=slow", Some("sleep:400"))
+        .await;
+    assert_eq!(s, 200, "{b}");
     host.kill();
     // Premise: events were still undelivered when the host died. The lag
     // read right before the kill, and the log itself after it (a killed
