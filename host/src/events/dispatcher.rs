@@ -273,38 +273,24 @@ async fn deliver_wave(
     };
     let spans: Vec<tracing::Span> = wave.iter().map(|d| delivery_span(sub, d)).collect();
     let started = std::time::Instant::now();
-    // Each handler is its own task, so the scheduler interleaves them with
-    // requests: run inside one task (a `join_all`), a wave's handlers ran
-    // back to back within one poll and held a worker for milliseconds.
-    let runs: Vec<_> = wave
-        .iter()
-        .zip(&spans)
-        .map(|(delivery, span)| {
-            let (rt, sub, delivery) = (Arc::clone(rt), sub.clone(), delivery.clone());
-            let loaded = Arc::clone(&loaded);
-            tokio::spawn(
-                async move {
-                    let ours = if fresh {
-                        Ok(true)
-                    } else {
-                        rt.backend.touch(&sub, &delivery).await
-                    };
-                    match ours {
-                        Ok(true) => Some(rt.handle_event(&loaded, &delivery).await),
-                        // Already acknowledged elsewhere, or the backend is
-                        // down: left for the next poll.
-                        Ok(false) | Err(_) => None,
-                    }
-                }
-                .instrument(span.clone()),
-            )
-        })
-        .collect();
-    let mut outcomes = Vec::with_capacity(runs.len());
-    for run in runs {
-        // A handler task that panicked leaves its delivery for the next poll.
-        outcomes.push(run.await.ok().flatten());
-    }
+    let runs = wave.iter().zip(&spans).map(|(delivery, span)| {
+        let loaded = Arc::clone(&loaded);
+        async move {
+            let ours = if fresh {
+                Ok(true)
+            } else {
+                rt.backend.touch(sub, delivery).await
+            };
+            match ours {
+                Ok(true) => Some(rt.handle_event(&loaded, delivery).await),
+                // Already acknowledged elsewhere, or the backend is down:
+                // left for the next poll.
+                Ok(false) | Err(_) => None,
+            }
+        }
+        .instrument(span.clone())
+    });
+    let outcomes = futures::future::join_all(runs).await;
     // The handled prefix commits; the first other outcome is settled on
     // its own; everything after it is delivered again.
     let mut acks = Vec::new();
