@@ -187,14 +187,8 @@ fn ensure_redis() -> Result<()> {
         eprintln!("xtask: redis-server not found; SKTARBUCKS_SKIP_REDIS=1 skips the Redis tests");
         return Ok(());
     }
-    if which("apt-get") {
-        eprintln!("xtask: redis-server not found; installing it with apt-get");
-        let _ = run(Command::new("apt-get").arg("update"));
-        if run(Command::new("apt-get").args(["install", "-y", "redis-server"])).is_ok()
-            && which("redis-server")
-        {
-            return Ok(());
-        }
+    if apt_install("redis-server", "redis-server") {
+        return Ok(());
     }
     let msg = "redis-server is not installed and could not be installed; \
                install it (e.g. `apt-get install redis-server`) or set REDIS_URL";
@@ -212,12 +206,8 @@ fn ensure_wrk() -> Result<()> {
     if which("wrk") {
         return Ok(());
     }
-    if which("apt-get") {
-        eprintln!("xtask: wrk not found; installing it with apt-get");
-        let _ = run(Command::new("apt-get").arg("update"));
-        if run(Command::new("apt-get").args(["install", "-y", "wrk"])).is_ok() && which("wrk") {
-            return Ok(());
-        }
+    if apt_install("wrk", "wrk") {
+        return Ok(());
     }
     bail!(
         "wrk is not installed and could not be installed; install it \
@@ -228,22 +218,24 @@ fn ensure_wrk() -> Result<()> {
 /// The bench starts its own `redis-server` for the Redis figures: install
 /// it when missing, or fail saying how to skip them (`--no-redis`).
 fn ensure_redis_for_bench() -> Result<()> {
-    if which("redis-server") {
+    if which("redis-server") || apt_install("redis-server", "redis-server") {
         return Ok(());
-    }
-    if which("apt-get") {
-        eprintln!("xtask: redis-server not found; installing it with apt-get");
-        let _ = run(Command::new("apt-get").arg("update"));
-        if run(Command::new("apt-get").args(["install", "-y", "redis-server"])).is_ok()
-            && which("redis-server")
-        {
-            return Ok(());
-        }
     }
     bail!(
         "redis-server is not installed and could not be installed; install it \
          (`apt-get install redis-server`) or pass --no-redis to skip the Redis figures"
     )
+}
+
+/// Install Debian `package` with apt-get (as root) when `bin` is missing;
+/// true when `bin` is on the PATH afterwards.
+fn apt_install(package: &str, bin: &str) -> bool {
+    if !which("apt-get") {
+        return false;
+    }
+    eprintln!("xtask: {bin} not found; installing {package} with apt-get");
+    let _ = run(Command::new("apt-get").arg("update"));
+    run(Command::new("apt-get").args(["install", "-y", package])).is_ok() && which(bin)
 }
 
 fn which(bin: &str) -> bool {

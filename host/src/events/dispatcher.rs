@@ -228,14 +228,26 @@ async fn deliver(
     shutdown: &mut watch::Receiver<bool>,
     streak: &mut Streak,
 ) -> bool {
-    let Some(loaded) = rt.registry.get(&sub.component) else {
-        // Removed: its events wait in the log until it is back.
-        sleep_or_shutdown(IDLE_WAIT, shutdown).await;
+    let Some(loaded) = live_version(rt, sub, shutdown).await else {
         return false;
     };
     handle(rt, sub, delivery, shutdown, loaded, streak)
         .instrument(delivery_span(sub, delivery))
         .await
+}
+
+/// The subscriber's live version; when it was removed, wait a while and
+/// say so (its events stay in the log until it is back).
+async fn live_version(
+    rt: &Arc<Runtime>,
+    sub: &Subscription,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<Arc<crate::registry::Loaded>> {
+    let live = rt.registry.get(&sub.component);
+    if live.is_none() {
+        sleep_or_shutdown(IDLE_WAIT, shutdown).await;
+    }
+    live
 }
 
 /// The span of one delivery: the originating request's id goes on every
@@ -267,8 +279,7 @@ async fn deliver_wave(
     shutdown: &mut watch::Receiver<bool>,
     streak: &mut Streak,
 ) -> bool {
-    let Some(loaded) = rt.registry.get(&sub.component) else {
-        sleep_or_shutdown(IDLE_WAIT, shutdown).await;
+    let Some(loaded) = live_version(rt, sub, shutdown).await else {
         return false;
     };
     let spans: Vec<tracing::Span> = wave.iter().map(|d| delivery_span(sub, d)).collect();
