@@ -16,6 +16,8 @@ use anyhow::{Context, Result, anyhow};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::checkpoint::Checkpointer;
+
 /// Most jobs committed together: bounds the time one group holds the lock
 /// and the answers it holds back.
 const MAX_GROUP: usize = 256;
@@ -81,8 +83,9 @@ pub struct GroupWriter {
 }
 
 impl GroupWriter {
-    /// Hand `conn` (already configured) to a new writer thread.
-    pub fn start(conn: Connection) -> Result<Self> {
+    /// Hand `conn` (already configured, automatic checkpoints off) to a new
+    /// writer thread, which nudges `checkpointer` after every commit.
+    pub fn start(conn: Connection, checkpointer: Checkpointer) -> Result<Self> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -95,7 +98,9 @@ impl GroupWriter {
                             Err(_) => break,
                         }
                     }
-                    run_group(&conn, group);
+                    if run_group(&conn, group) {
+                        checkpointer.nudge();
+                    }
                 }
             })
             .context("failed to start the sqlite writer thread")?;
@@ -125,14 +130,15 @@ pub(super) fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// One transaction for the whole group; a savepoint per job.
-fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
+/// One transaction for the whole group; a savepoint per job. True when
+/// the group committed.
+fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) -> bool {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         for job in group {
             job.abort(reason.clone());
         }
-        return;
+        return false;
     }
     let mut staged = Vec::with_capacity(group.len());
     let mut jobs = group.into_iter();
@@ -169,9 +175,11 @@ fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
         // a failed savepoint or COMMIT (or SQLite already rolled it back).
         let _ = conn.execute_batch("ROLLBACK");
     }
+    let committed = outcome.is_ok();
     for done in staged {
         (done.answer)(outcome.clone());
     }
+    committed
 }
 
 #[cfg(test)]
@@ -183,7 +191,10 @@ mod tests {
         let conn = Connection::open(dir.path().join("t.db")).expect("open");
         conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             .expect("schema");
-        (GroupWriter::start(conn).expect("start"), dir)
+        let checkpointer =
+            Checkpointer::start(Connection::open(dir.path().join("t.db")).expect("open"))
+                .expect("checkpointer");
+        (GroupWriter::start(conn, checkpointer).expect("start"), dir)
     }
 
     fn count(dir: &tempfile::TempDir) -> i64 {

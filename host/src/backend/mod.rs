@@ -2,6 +2,7 @@
 //! embedded SQLite backend and the Redis backend implement it with the same
 //! guarantees, and the behavioural tests run against both.
 
+mod checkpoint;
 mod group_commit;
 pub mod redis;
 pub mod sqlite;

@@ -4,9 +4,10 @@
 //! Writes go through one writer connection on its own thread (SQLite has a
 //! single writer anyway), which commits the units waiting for it together:
 //! one transaction and one `fsync` per group (`group_commit`). Reads use a
-//! small pool of reader connections, which WAL lets run beside the writer. Every commit bumps a global version counter
-//! and stamps the documents it writes with it: that is what optimistic reads
-//! are checked against.
+//! small pool of reader connections, which WAL lets run beside the writer;
+//! WAL checkpoints run on a thread of their own (`checkpoint`). Every commit
+//! bumps a global version counter and stamps the documents it writes with
+//! it: that is what optimistic reads are checked against.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -174,11 +175,15 @@ impl SqliteBackend {
             .execute_batch(SCHEMA)
             .context("failed to create the sqlite schema")?;
         migrate(&mut writer).context("failed to migrate the sqlite schema")?;
+        // Checkpoints run on their own thread (see `checkpoint`), never
+        // inside a commit group.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = super::checkpoint::Checkpointer::start(open(&path, synchronous)?)?;
         let readers = (0..READERS)
             .map(|_| open(&path, synchronous).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            writer: super::group_commit::GroupWriter::start(writer)?,
+            writer: super::group_commit::GroupWriter::start(writer, checkpointer)?,
             readers,
             appended: Arc::new(Notify::new()),
             retain: Duration::from_secs(24 * 3600),
