@@ -25,7 +25,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::backend::{BackendUnavailable, RangeLimit, SharedBackend};
 use crate::bindings::sktarbucks::platform::{events, stock, store, types};
 use crate::bindings::{Reservation, StockError};
-use crate::uow::{DocKey, NewEvent, UnitOfWork};
+use crate::uow::{DocKey, NewEvent, UnitOfWork, counter_bytes, counter_value};
 
 /// Largest document or event payload a component may write.
 const MAX_VALUE_BYTES: usize = 1024 * 1024;
@@ -348,6 +348,15 @@ fn check_value(what: &str, value: &[u8]) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// A counter document's bytes after this unit's pending addition.
+fn counter_plus(value: Option<&[u8]>, delta: i64) -> wasmtime::Result<Vec<u8>> {
+    let now = counter_value(value).map_err(|e| wasmtime::format_err!("store counter: {e}"))?;
+    let next = now
+        .checked_add(delta)
+        .ok_or_else(|| wasmtime::format_err!("store counter: {now} + {delta} overflows"))?;
+    Ok(counter_bytes(next))
+}
+
 fn backend_error(e: anyhow::Error) -> wasmtime::Error {
     wasmtime::Error::new(BackendUnavailable(format!("{e:#}")))
 }
@@ -372,8 +381,12 @@ impl store::Host for HostState {
             return Ok(buffered.map(<[u8]>::to_vec));
         }
         let read = self.backend.get(&doc).await.map_err(backend_error)?;
+        let pending = self.uow.pending_add(&doc);
         self.uow.record_read(doc, read.version);
-        Ok(read.value)
+        match pending {
+            None => Ok(read.value),
+            Some(add) => Ok(Some(counter_plus(read.value.as_deref(), add.delta)?)),
+        }
     }
 
     async fn put(
@@ -453,12 +466,45 @@ impl store::Host for HostState {
                 None => merged.remove(key),
             };
         }
+        for (key, add) in self.uow.adds_in(&ns, &collection) {
+            let after_start = after.as_deref().is_none_or(|a| key > a);
+            let before_end = upper.as_deref().is_none_or(|u| key <= u);
+            if after_start && before_end {
+                let value = counter_plus(merged.get(key).map(Vec::as_slice), add.delta)?;
+                merged.insert(key.to_owned(), value);
+            }
+        }
         let mut more = stored.more;
         if merged.len() > cap.entries {
             more = true;
         }
         let entries: Vec<(String, Vec<u8>)> = merged.into_iter().take(cap.entries).collect();
         Ok(store::RangePage { entries, more })
+    }
+
+    async fn add(
+        &mut self,
+        collection: String,
+        key: String,
+        delta: i64,
+        floor: i64,
+    ) -> wasmtime::Result<Result<i64, i64>> {
+        check_name("collection", &collection)?;
+        check_name("key", &key)?;
+        self.charge("store.add", key.len() + 16)?;
+        let doc = DocKey::new(self.ns(), &collection, &key);
+        // The committed value is read without recording its version: the
+        // addition applies to whatever the counter holds at commit.
+        let committed = if self.uow.buffered(&doc).is_some() {
+            0
+        } else {
+            let read = self.backend.get(&doc).await.map_err(backend_error)?;
+            counter_value(read.value.as_deref())
+                .map_err(|e| wasmtime::format_err!("store.add on {collection}/{key}: {e}"))?
+        };
+        self.uow
+            .add(doc, committed, delta, floor)
+            .map_err(|e| wasmtime::format_err!("store.add on {collection}/{key}: {e}"))
     }
 
     async fn next_id(&mut self, sequence: String) -> wasmtime::Result<u64> {

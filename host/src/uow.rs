@@ -45,8 +45,39 @@ pub struct UnitOfWork {
     reads: HashMap<DocKey, u64>,
     /// Latest buffered value per document; `None` deletes.
     writes: BTreeMap<DocKey, Option<Vec<u8>>>,
+    /// Pending counter additions (`store.add`), applied at commit to
+    /// whatever the document then holds. Never for a key in `writes`: a
+    /// write absorbs additions made after it and replaces earlier ones.
+    adds: BTreeMap<DocKey, Add>,
     /// Events in publish order.
     events: Vec<NewEvent>,
+}
+
+/// One counter's pending addition: the sum of the unit's deltas, and the
+/// value the result must not go below (the highest floor asked for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Add {
+    pub delta: i64,
+    pub floor: i64,
+}
+
+/// A counter document's value: decimal integer text; absent or deleted is 0.
+pub fn counter_value(value: Option<&[u8]>) -> Result<i64, String> {
+    let Some(bytes) = value else { return Ok(0) };
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .ok_or_else(|| {
+            format!(
+                "the document holds {:?}, not an integer",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(40)])
+            )
+        })
+}
+
+/// How a counter document stores `value`.
+pub fn counter_bytes(value: i64) -> Vec<u8> {
+    value.to_string().into_bytes()
 }
 
 /// What the backend must apply atomically.
@@ -54,13 +85,16 @@ pub struct UnitOfWork {
 pub struct Changes {
     pub reads: Vec<(DocKey, u64)>,
     pub writes: Vec<(DocKey, Option<Vec<u8>>)>,
+    /// Counter additions, checked against their floor and applied at commit
+    /// (no key here is also in `writes`).
+    pub adds: Vec<(DocKey, Add)>,
     pub events: Vec<NewEvent>,
 }
 
 impl Changes {
     /// True when committing would change nothing but verify reads.
     pub fn is_write_free(&self) -> bool {
-        self.writes.is_empty() && self.events.is_empty()
+        self.writes.is_empty() && self.adds.is_empty() && self.events.is_empty()
     }
 }
 
@@ -77,11 +111,72 @@ impl UnitOfWork {
     }
 
     pub fn put(&mut self, key: DocKey, value: Vec<u8>) {
+        self.adds.remove(&key);
         self.writes.insert(key, Some(value));
     }
 
     pub fn delete(&mut self, key: DocKey) {
+        self.adds.remove(&key);
         self.writes.insert(key, None);
+    }
+
+    /// The unit's pending addition to counter `key`, if any.
+    pub fn pending_add(&self, key: &DocKey) -> Option<Add> {
+        self.adds.get(key).copied()
+    }
+
+    /// Add `delta` to counter `key`, whose committed value is `committed`
+    /// (ignored when the unit wrote the key itself). Returns the value
+    /// after the addition as the unit sees it, or `Err(value now)` when it
+    /// would go below `floor` (nothing buffered). A key the unit wrote
+    /// becomes a plain write of the new value.
+    pub fn add(
+        &mut self,
+        key: DocKey,
+        committed: i64,
+        delta: i64,
+        floor: i64,
+    ) -> Result<Result<i64, i64>, String> {
+        if let Some(buffered) = self.writes.get(&key) {
+            let now = counter_value(buffered.as_deref())?;
+            let next = now
+                .checked_add(delta)
+                .ok_or_else(|| format!("{now} + {delta} overflows"))?;
+            if next < floor {
+                return Ok(Err(now));
+            }
+            self.writes.insert(key, Some(counter_bytes(next)));
+            return Ok(Ok(next));
+        }
+        let pending = self.adds.get(&key).copied();
+        let sum = pending.map_or(0, |a| a.delta);
+        let now = committed
+            .checked_add(sum)
+            .ok_or_else(|| format!("{committed} + {sum} overflows"))?;
+        let next = now
+            .checked_add(delta)
+            .ok_or_else(|| format!("{now} + {delta} overflows"))?;
+        if next < floor {
+            return Ok(Err(now));
+        }
+        let add = Add {
+            delta: sum + delta,
+            floor: pending.map_or(floor, |a| a.floor.max(floor)),
+        };
+        self.adds.insert(key, add);
+        Ok(Ok(next))
+    }
+
+    /// Pending additions of one collection, to overlay on a backend listing.
+    pub fn adds_in<'a>(
+        &'a self,
+        ns: &'a str,
+        collection: &'a str,
+    ) -> impl Iterator<Item = (&'a str, Add)> + 'a {
+        self.adds
+            .iter()
+            .filter(move |(k, _)| k.ns == ns && k.collection == collection)
+            .map(|(k, a)| (k.key.as_str(), *a))
     }
 
     pub fn publish(&mut self, event: NewEvent) {
@@ -105,6 +200,7 @@ impl UnitOfWork {
         Changes {
             reads: self.reads.into_iter().collect(),
             writes: self.writes.into_iter().collect(),
+            adds: self.adds.into_iter().collect(),
             events: self.events,
         }
     }
@@ -132,5 +228,48 @@ mod tests {
         assert_eq!(uow.buffered(&key), Some(None));
         uow.put(key.clone(), b"b".to_vec());
         assert_eq!(uow.into_changes().writes, vec![(key, Some(b"b".to_vec()))]);
+    }
+
+    #[test]
+    fn additions_sum_up_and_refuse_to_pass_the_floor() {
+        let mut uow = UnitOfWork::default();
+        let key = DocKey::new("cafe", "stock", "1");
+        assert_eq!(uow.add(key.clone(), 5, -3, 0), Ok(Ok(2)));
+        assert_eq!(uow.add(key.clone(), 5, -3, 0), Ok(Err(2)), "2 - 3 < 0");
+        assert_eq!(uow.add(key.clone(), 5, 10, -100), Ok(Ok(12)));
+        let changes = uow.into_changes();
+        assert!(changes.writes.is_empty());
+        assert_eq!(changes.adds, vec![(key, Add { delta: 7, floor: 0 })]);
+    }
+
+    #[test]
+    fn a_written_counter_takes_additions_as_a_plain_write() {
+        let mut uow = UnitOfWork::default();
+        let key = DocKey::new("cafe", "stock", "1");
+        uow.add(key.clone(), 5, 1, 0)
+            .expect("integer")
+            .expect("above floor");
+        uow.put(key.clone(), b"10".to_vec());
+        assert_eq!(
+            uow.add(key.clone(), 99, -4, 0),
+            Ok(Ok(6)),
+            "the write wins over the committed 99"
+        );
+        uow.delete(key.clone());
+        assert_eq!(
+            uow.add(key.clone(), 99, -1, 0),
+            Ok(Err(0)),
+            "deleted counts as 0"
+        );
+        let changes = uow.into_changes();
+        assert!(changes.adds.is_empty());
+        assert_eq!(changes.writes, vec![(key, None)]);
+    }
+
+    #[test]
+    fn a_non_integer_document_is_no_counter() {
+        assert_eq!(counter_value(Some(b" 42 ")), Ok(42));
+        assert_eq!(counter_value(None), Ok(0));
+        assert!(counter_value(Some(b"{\"pcnt\":1}")).is_err());
     }
 }

@@ -5,7 +5,9 @@ use kit::fields::{self, Object};
 use kit::http::{ApiError, ApiResult, Response, path_id, respond, segments};
 use kit::page::{self, PageRequest};
 
-use crate::model::{CAFE_SEQ, CAFES, Cafe, DELETED, Item, MAX_PCNT, Tombstone, event_key, key};
+use crate::model::{
+    self, CAFE_SEQ, CAFES, Cafe, DELETED, Item, MAX_PCNT, Tombstone, event_key, key,
+};
 
 pub const PREFIX: &str = "/cafes";
 
@@ -51,13 +53,16 @@ fn route(p: &impl Platform, method: &str, path: &str, query: &str, body: &[u8]) 
 fn list(p: &impl Platform, query: &str) -> ApiResult {
     let req = PageRequest::parse(query)?;
     let page = page::scan(p, CAFES, req, |id, bytes| {
-        kit::platform::decode::<Item>(CAFES, &key(id), bytes).map(|i| Some(i.cafe))
+        model::cafe_of(p, id, bytes).map(Some)
     })?;
     Ok(page::respond(PREFIX, query, &page))
 }
 
 fn get(p: &impl Platform, id: u64) -> ApiResult {
-    Ok(Response::ok(&live(p, id)?.cafe))
+    match model::load_cafe(p, id)? {
+        Some(cafe) => Ok(Response::ok(&cafe)),
+        None => Err(missing(p, id)),
+    }
 }
 
 /// The fields a request may set; `None` = not given.
@@ -124,7 +129,7 @@ fn create(p: &impl Platform, body: &[u8]) -> ApiResult {
                     ),
                 ));
             }
-            match p.get_json::<Item>(CAFES, &key(id))? {
+            match model::load(p, id)? {
                 Some(existing) => {
                     let new = changes.apply(&existing)?;
                     save_update(p, &existing, new)
@@ -185,7 +190,7 @@ fn fresh_id(p: &impl Platform) -> Result<u64, ApiError> {
 
 fn register(p: &impl Platform, item: Item) -> ApiResult {
     let id = item.cafe.cafe_id;
-    p.put_json(CAFES, &key(id), &item)?;
+    model::save(p, &item)?;
     p.publish_json("cafe.registered", &event_key(id), &item.cafe)?;
     Ok(Response::created(&item.cafe))
 }
@@ -193,7 +198,7 @@ fn register(p: &impl Platform, item: Item) -> ApiResult {
 /// Store an update; publishes `cafe.updated` only when something changed.
 fn save_update(p: &impl Platform, old: &Item, new: Item) -> ApiResult {
     if &new != old {
-        p.put_json(CAFES, &key(new.cafe.cafe_id), &new)?;
+        model::save(p, &new)?;
         p.publish_json("cafe.updated", &event_key(new.cafe.cafe_id), &new.cafe)?;
     }
     Ok(Response::ok(&new.cafe))
@@ -224,7 +229,7 @@ fn delete(p: &impl Platform, id: u64) -> ApiResult {
         cafe_nm: item.cafe.cafe_nm.clone(),
         chk_date: item.cafe.chk_date.clone(),
     };
-    p.delete(CAFES, &key(id));
+    model::remove(p, id);
     p.put_json(DELETED, &key(id), &tomb)?;
     p.publish_json("cafe.deleted", &event_key(id), &tomb)?;
     Ok(Response::ok(&item.cafe))
@@ -232,15 +237,14 @@ fn delete(p: &impl Platform, id: u64) -> ApiResult {
 
 /// The live item `id`, or 404.
 fn live(p: &impl Platform, id: u64) -> Result<Item, ApiError> {
-    match p.get_json::<Item>(CAFES, &key(id))? {
-        Some(i) => Ok(i),
-        None if p.get(DELETED, &key(id)).is_some() => Err(ApiError::not_found(
-            "cafe_not_found",
-            format!("cafe {id} was deleted"),
-        )),
-        None => Err(ApiError::not_found(
-            "cafe_not_found",
-            format!("cafe {id} does not exist"),
-        )),
+    model::load(p, id)?.ok_or_else(|| missing(p, id))
+}
+
+/// The 404 for an item that is not live.
+fn missing(p: &impl Platform, id: u64) -> ApiError {
+    if p.get(DELETED, &key(id)).is_some() {
+        ApiError::not_found("cafe_not_found", format!("cafe {id} was deleted"))
+    } else {
+        ApiError::not_found("cafe_not_found", format!("cafe {id} does not exist"))
     }
 }

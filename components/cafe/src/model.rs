@@ -11,7 +11,17 @@
 //! owner's POST/PUT of `pcnt` is refused when `pcnt + held` would exceed
 //! `MAX_PCNT` (409 `pcnt_out_of_range`), so a release can never push `pcnt`
 //! out of range. A deleted item takes its held units with it.
+//!
+//! Storage: the item document ([`CAFES`]) holds the name and date; `pcnt`
+//! and `held` are counter documents ([`STOCK`], [`HELD`], same key) that
+//! reservations change with the store's `add`, checked at commit, so
+//! concurrent orders of one item do not conflict with each other (an
+//! owner's update or a deletion still conflicts with them, through the
+//! versions of the documents it read). Documents written before the
+//! counters existed carry `pcnt`/`held` inline; they are read as they are
+//! and moved to counters by the first write that touches the item.
 
+use kit::{Platform, StoreError};
 use serde::{Deserialize, Serialize};
 
 /// Menu items, key = [`kit::keys::id`] of the cafe id (so key order = id order).
@@ -20,6 +30,10 @@ pub const CAFES: &str = "cafes";
 pub const DELETED: &str = "deleted";
 /// One reservation per order, key = the order id as the caller gave it.
 pub const RESERVATIONS: &str = "reservations";
+/// Units available per item: counter documents, key = [`key`].
+pub const STOCK: &str = "stock";
+/// Units held by unreleased reservations per item: counter documents.
+pub const HELD: &str = "held";
 /// Sequence for server-assigned cafe ids.
 pub const CAFE_SEQ: &str = "cafes";
 
@@ -117,4 +131,119 @@ pub fn key(id: u64) -> String {
 /// Event key of cafe `id` (plain decimal, as before keys were padded).
 pub fn event_key(id: u64) -> String {
     id.to_string()
+}
+
+/// The item document as stored. `pcnt`/`held` are present only in documents
+/// written before the counters existed (`held` even older: absent = 0).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Stored {
+    cafe_id: u64,
+    cafe_nm: String,
+    chk_date: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pcnt: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    held: Option<u32>,
+}
+
+/// An item as stored, before its counts are read.
+pub struct Doc(Stored);
+
+impl Doc {
+    pub fn cafe_nm(&self) -> &str {
+        &self.0.cafe_nm
+    }
+
+    pub fn chk_date(&self) -> &str {
+        &self.0.chk_date
+    }
+
+    /// True for a document that still carries its counts inline.
+    pub fn is_legacy(&self) -> bool {
+        self.0.pcnt.is_some()
+    }
+}
+
+/// The item document of `id`, if live (counts not read).
+pub fn load_doc(p: &impl Platform, id: u64) -> Result<Option<Doc>, StoreError> {
+    Ok(p.get_json::<Stored>(CAFES, &key(id))?.map(Doc))
+}
+
+/// The item as clients see it, from its stored bytes (a `range` entry):
+/// reads the `pcnt` counter (version-checked, like any read).
+pub fn cafe_of(p: &impl Platform, id: u64, bytes: &[u8]) -> Result<Cafe, StoreError> {
+    let doc: Stored = kit::platform::decode(CAFES, &key(id), bytes)?;
+    let pcnt = match doc.pcnt {
+        Some(pcnt) => pcnt,
+        None => counter(p, STOCK, id)?,
+    };
+    Ok(Cafe {
+        cafe_id: doc.cafe_id,
+        cafe_nm: doc.cafe_nm,
+        chk_date: doc.chk_date,
+        pcnt,
+    })
+}
+
+/// The item as clients see it, if live.
+pub fn load_cafe(p: &impl Platform, id: u64) -> Result<Option<Cafe>, StoreError> {
+    match p.get(CAFES, &key(id)) {
+        Some(bytes) => cafe_of(p, id, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The item with both counts, if live (every document read is version-checked).
+pub fn load(p: &impl Platform, id: u64) -> Result<Option<Item>, StoreError> {
+    let Some(Doc(doc)) = load_doc(p, id)? else {
+        return Ok(None);
+    };
+    let (pcnt, held) = match doc.pcnt {
+        Some(pcnt) => (pcnt, doc.held.unwrap_or(0)),
+        None => (counter(p, STOCK, id)?, counter(p, HELD, id)?),
+    };
+    Ok(Some(Item {
+        cafe: Cafe {
+            cafe_id: doc.cafe_id,
+            cafe_nm: doc.cafe_nm,
+            chk_date: doc.chk_date,
+            pcnt,
+        },
+        held,
+    }))
+}
+
+/// Store `item`: the document without counts, and both counters.
+pub fn save(p: &impl Platform, item: &Item) -> Result<(), StoreError> {
+    let id = item.cafe.cafe_id;
+    p.put_json(
+        CAFES,
+        &key(id),
+        &Stored {
+            cafe_id: id,
+            cafe_nm: item.cafe.cafe_nm.clone(),
+            chk_date: item.cafe.chk_date.clone(),
+            pcnt: None,
+            held: None,
+        },
+    )?;
+    p.put(STOCK, &key(id), item.cafe.pcnt.to_string().as_bytes());
+    p.put(HELD, &key(id), item.held.to_string().as_bytes());
+    Ok(())
+}
+
+/// Remove item `id` with its counters.
+pub fn remove(p: &impl Platform, id: u64) {
+    p.delete(CAFES, &key(id));
+    p.delete(STOCK, &key(id));
+    p.delete(HELD, &key(id));
+}
+
+/// A count of item `id` (absent = 0).
+pub fn counter(p: &impl Platform, collection: &str, id: u64) -> Result<u32, StoreError> {
+    let Some(bytes) = p.get(collection, &key(id)) else {
+        return Ok(0);
+    };
+    kit::platform::decode::<u32>(collection, &key(id), &bytes)
 }

@@ -3,14 +3,16 @@
 //! Runs inside the caller's unit of work (order's `POST /orders` for
 //! reserve), so the decrement commits together with the order or not at all.
 //! Reserve moves `qty` units from the item's `pcnt` to its `held`, release
-//! moves them back (see `model` for the invariant).
+//! moves them back (see `model` for the invariant), both with the store's
+//! `add`, so orders of one item do not conflict with each other.
 
 use kit::Platform;
 use kit::platform::MAX_NAME_BYTES;
 pub use kit::stock::{Reserved, StockFailure};
 
 use crate::model::{
-    CAFES, DELETED, Item, MAX_QTY, RESERVATIONS, Reservation, StockReleased, event_key, key,
+    DELETED, Doc, HELD, MAX_QTY, RESERVATIONS, Reservation, STOCK, StockReleased, event_key, key,
+    load, load_doc, save,
 };
 
 /// Take `qty` units of `cafe_id` for `order_id`; repeated calls for the same
@@ -27,7 +29,10 @@ pub fn reserve(
             "qty must be from 1 to {MAX_QTY}, got {qty}"
         )));
     }
-    let item: Option<Item> = p.get_json(CAFES, &key(cafe_id))?;
+    // The item document is version-checked: a concurrent update or
+    // deletion re-runs this order. The counts are not: other orders of the
+    // item take from them concurrently, checked at commit.
+    let doc = load_doc(p, cafe_id)?;
 
     if let Some(r) = p.get_json::<Reservation>(RESERVATIONS, order_id)? {
         if r.cafe_id != cafe_id || r.qty != qty {
@@ -41,17 +46,21 @@ pub fn reserve(
                 "the reservation of order {order_id} was already released"
             )));
         }
+        let remaining = match doc {
+            Some(_) => load(p, cafe_id)?.map_or(0, |i| i.cafe.pcnt),
+            None => 0,
+        };
         return Ok(Reserved {
             order_id: r.order_id,
             cafe_id,
             cafe_nm: r.cafe_nm,
             chk_date: r.chk_date,
             qty,
-            remaining: item.map_or(0, |i| i.cafe.pcnt),
+            remaining,
         });
     }
 
-    let Some(mut item) = item else {
+    let Some(doc) = doc else {
         let why = if p.get(DELETED, &key(cafe_id)).is_some() {
             format!("cafe {cafe_id} does not exist (it was deleted)")
         } else {
@@ -59,18 +68,18 @@ pub fn reserve(
         };
         return Err(StockFailure::NotFound(why));
     };
-    if item.cafe.pcnt < qty {
-        return Err(StockFailure::SoldOut(item.cafe.pcnt));
-    }
+    to_counters(p, cafe_id, &doc)?;
+    let remaining = match p.add(STOCK, &key(cafe_id), -i64::from(qty), 0) {
+        Ok(left) => u32::try_from(left).map_err(|_| corrupt(cafe_id, left))?,
+        Err(left) => {
+            return Err(StockFailure::SoldOut(
+                u32::try_from(left.max(0)).map_err(|_| corrupt(cafe_id, left))?,
+            ));
+        }
+    };
     // pcnt + held stays the same, so it stays <= MAX_PCNT.
-    item.cafe.pcnt -= qty;
-    item.held = item.held.checked_add(qty).ok_or_else(|| {
-        StockFailure::Unavailable(format!(
-            "cafe {cafe_id} holds {} units already; its stored stock is corrupt",
-            item.held
-        ))
-    })?;
-    p.put_json(CAFES, &key(cafe_id), &item)?;
+    p.add(HELD, &key(cafe_id), i64::from(qty), i64::MIN)
+        .map_err(|held| corrupt(cafe_id, held))?;
     p.put_json(
         RESERVATIONS,
         order_id,
@@ -79,18 +88,36 @@ pub fn reserve(
             cafe_id,
             qty,
             released: false,
-            cafe_nm: item.cafe.cafe_nm.clone(),
-            chk_date: item.cafe.chk_date.clone(),
+            cafe_nm: doc.cafe_nm().to_owned(),
+            chk_date: doc.chk_date().to_owned(),
         },
     )?;
     Ok(Reserved {
         order_id: order_id.to_owned(),
         cafe_id,
-        cafe_nm: item.cafe.cafe_nm,
-        chk_date: item.cafe.chk_date,
+        cafe_nm: doc.cafe_nm().to_owned(),
+        chk_date: doc.chk_date().to_owned(),
         qty,
-        remaining: item.cafe.pcnt,
+        remaining,
     })
+}
+
+/// Move a document written before the counters existed to them (a
+/// version-checked write: concurrent first orders of such an item conflict
+/// once, then never again).
+fn to_counters(p: &impl Platform, cafe_id: u64, doc: &Doc) -> Result<(), StockFailure> {
+    if doc.is_legacy()
+        && let Some(item) = load(p, cafe_id)?
+    {
+        save(p, &item)?;
+    }
+    Ok(())
+}
+
+fn corrupt(cafe_id: u64, count: i64) -> StockFailure {
+    StockFailure::Unavailable(format!(
+        "cafe {cafe_id} has a count of {count} units; its stored stock is corrupt"
+    ))
 }
 
 /// Give an order's units back. Only the first call for an order restores
@@ -106,11 +133,20 @@ pub fn release(p: &impl Platform, order_id: &str) -> Result<bool, StockFailure> 
     }
     r.released = true;
     p.put_json(RESERVATIONS, order_id, &r)?;
-    let Some(mut item) = p.get_json::<Item>(CAFES, &key(r.cafe_id))? else {
+    let Some(doc) = load_doc(p, r.cafe_id)? else {
         return Ok(false);
     };
-    item.give_back(r.qty);
-    p.put_json(CAFES, &key(r.cafe_id), &item)?;
+    to_counters(p, r.cafe_id, &doc)?;
+    let qty = i64::from(r.qty);
+    if p.add(HELD, &key(r.cafe_id), -qty, 0).is_ok() {
+        p.add(STOCK, &key(r.cafe_id), qty, i64::MIN)
+            .map_err(|pcnt| corrupt(r.cafe_id, pcnt))?;
+    } else if let Some(mut item) = load(p, r.cafe_id)? {
+        // Held fewer units than it lent out (data written before `held`
+        // existed): the capped rule of `give_back`, on the exact counts.
+        item.give_back(r.qty);
+        save(p, &item)?;
+    }
     p.publish_json(
         "cafe.stock-released",
         &event_key(r.cafe_id),

@@ -424,8 +424,11 @@ fn items_are_stored_under_padded_keys_with_held_units_kept_out_of_responses() {
         serde_json::from_slice(&p.get("cafes", &kit::keys::id(5)).unwrap()).unwrap();
     assert_eq!(
         stored,
-        json!({"cafeId":5,"cafeNm":"Coldbrew","chkDate":"20210713","pcnt":1,"held":2})
+        json!({"cafeId":5,"cafeNm":"Coldbrew","chkDate":"20210713"}),
+        "the counts live in counter documents, not in the item"
     );
+    assert_eq!(p.get("stock", &kit::keys::id(5)), Some(b"1".to_vec()));
+    assert_eq!(p.get("held", &kit::keys::id(5)), Some(b"2".to_vec()));
     let shown = call(&p, "GET", "/cafes/5", "").1;
     assert_eq!(
         shown,
@@ -447,6 +450,34 @@ fn items_are_stored_under_padded_keys_with_held_units_kept_out_of_responses() {
     );
     p.finish(true);
     assert_eq!(pcnt(&p, 6), 4);
+}
+
+#[test]
+fn items_stored_with_inline_counts_move_to_counters_at_their_first_reservation() {
+    let p = MemPlatform::new();
+    p.put(
+        "cafes",
+        &kit::keys::id(6),
+        br#"{"cafeId":6,"cafeNm":"Tea","chkDate":"1","pcnt":4,"held":1}"#,
+    );
+    p.finish(true);
+    assert_eq!(
+        call(&p, "GET", "/cafes", "").1[0]["pcnt"],
+        4,
+        "read as stored"
+    );
+    let r = reserve(&p, "9", 6, 3).unwrap();
+    assert_eq!(r.remaining, 1);
+    let stored: Value =
+        serde_json::from_slice(&p.get("cafes", &kit::keys::id(6)).unwrap()).unwrap();
+    assert_eq!(stored, json!({"cafeId":6,"cafeNm":"Tea","chkDate":"1"}));
+    assert_eq!(p.get("stock", &kit::keys::id(6)), Some(b"1".to_vec()));
+    assert_eq!(p.get("held", &kit::keys::id(6)), Some(b"4".to_vec()));
+    assert_eq!(pcnt(&p, 6), 1);
+    // The counters go with the item.
+    call(&p, "DELETE", "/cafes/6", "");
+    assert_eq!(p.get("stock", &kit::keys::id(6)), None);
+    assert_eq!(p.get("held", &kit::keys::id(6)), None);
 }
 
 #[test]

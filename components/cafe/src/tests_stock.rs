@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use kit::{MemPlatform, Platform};
+use kit::MemPlatform;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
@@ -212,7 +212,7 @@ fn step(p: &MemPlatform, m: &mut Model, op: &Op) -> bool {
 
 fn check(p: &MemPlatform, m: &Model) {
     for cafe in 1..=2u64 {
-        let stored: Option<Item> = p.get_json("cafes", &kit::keys::id(cafe)).unwrap();
+        let stored: Option<Item> = crate::model::load(p, cafe).unwrap();
         match m.life(cafe) {
             Life::Live { pcnt } => {
                 let item = stored.expect("live item stored");

@@ -35,6 +35,13 @@ pub trait Platform {
     fn advance_sequence(&self, sequence: &str, value: u64);
     /// Publish an event (committed with the unit of work).
     fn publish(&self, topic: &str, key: &str, payload: &[u8]);
+    /// Add `delta` to the integer document under `key` (absent = 0),
+    /// applied to whatever it holds at commit and not version-checked, so
+    /// concurrent units adding to one counter never conflict; the backend
+    /// re-runs the unit if the result would then be below `floor`. `Ok`
+    /// with the value after the addition as this unit sees it, `Err` with
+    /// the current value when the addition would already pass the floor.
+    fn add(&self, collection: &str, key: &str, delta: i64, floor: i64) -> Result<i64, i64>;
 
     /// The document decoded as `T`; a document that does not decode is a
     /// [`StoreError`] (corrupt state), never a trap.
@@ -236,6 +243,9 @@ macro_rules! impl_platform {
             }
             fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
                 $($ns)::+::events::publish(topic, key, payload)
+            }
+            fn add(&self, collection: &str, key: &str, delta: i64, floor: i64) -> Result<i64, i64> {
+                $($ns)::+::store::add(collection, key, delta, floor)
             }
         }
     };
@@ -576,6 +586,35 @@ impl Platform for MemPlatform {
         *n = (*n).max(value.min(MAX_SEQUENCE));
     }
 
+    /// Sequential units never run concurrently here, so the addition is
+    /// simply a pending write of the new value.
+    fn add(&self, collection: &str, key: &str, delta: i64, floor: i64) -> Result<i64, i64> {
+        check_name("collection", collection);
+        check_name("key", key);
+        let now = match self.get(collection, key) {
+            None => 0,
+            Some(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| text.trim().parse::<i64>().ok())
+                .unwrap_or_else(|| {
+                    host_refuses(format_args!(
+                        "store.add on {collection}/{key}: the document is not an integer"
+                    ))
+                }),
+        };
+        let next = now
+            .checked_add(delta)
+            .unwrap_or_else(|| host_refuses(format_args!("store.add: {now} + {delta} overflows")));
+        if next < floor {
+            return Err(now);
+        }
+        self.pending.borrow_mut().insert(
+            (collection.to_owned(), key.to_owned()),
+            Some(next.to_string().into_bytes()),
+        );
+        Ok(next)
+    }
+
     fn publish(&self, topic: &str, key: &str, payload: &[u8]) {
         check_name("topic", topic);
         if key.len() > MAX_NAME_BYTES {
@@ -693,6 +732,11 @@ impl<P: Platform> Platform for Traced<'_, P> {
     fn delete(&self, collection: &str, key: &str) {
         self.wrote();
         self.inner.delete(collection, key)
+    }
+    /// Counted as a write; not as a read (the host records no version).
+    fn add(&self, collection: &str, key: &str, delta: i64, floor: i64) -> Result<i64, i64> {
+        self.wrote();
+        self.inner.add(collection, key, delta, floor)
     }
     fn range(&self, collection: &str, after: Option<&str>, limit: u32) -> RangePage {
         let page = self.inner.range(collection, after, limit);

@@ -93,11 +93,33 @@ if take() == '1' then
   ack.id = take()
   if redis.call('EXISTS', ack.done) == 1 then return 'duplicate' end
 end
+local nadds = tonumber(take())
+local adds = {}
+for n = 1, nadds do
+  local h = take()
+  local z = take()
+  local f = take()
+  local delta = tonumber(take())
+  local floor = tonumber(take())
+  local cur = redis.call('HGET', h, f)
+  local value = 0
+  if cur and string.sub(cur, 21, 21) == '1' then
+    value = tonumber(string.sub(cur, 22))
+    if value == nil then return 'not-a-counter:' .. f end
+  end
+  local next = value + delta
+  if next < floor then return 'conflict' end
+  adds[n] = {h, z, f, next}
+end
 local version_key = take()
 local nwrites = tonumber(take())
-if nwrites > 0 then
+if nwrites > 0 or nadds > 0 then
   local version = redis.call('INCR', version_key)
   local stamp = string.format('%020d', version)
+  for _, add in ipairs(adds) do
+    redis.call('HSET', add[1], add[3], stamp .. '1' .. string.format('%d', add[4]))
+    redis.call('ZADD', add[2], 0, add[3])
+  end
   for _ = 1, nwrites do
     local h = take()
     local z = take()
@@ -1342,6 +1364,15 @@ impl RedisBackend {
                 invocation.arg("0");
             }
         }
+        invocation.arg(changes.adds.len());
+        for (key, add) in &changes.adds {
+            invocation
+                .arg(self.doc_hash(&key.ns, &key.collection))
+                .arg(self.key_index(&key.ns, &key.collection))
+                .arg(&key.key)
+                .arg(add.delta)
+                .arg(add.floor);
+        }
         invocation.arg(format!("{}:version", self.prefix));
         invocation.arg(changes.writes.len());
         for (key, value) in &changes.writes {
@@ -1379,7 +1410,11 @@ impl RedisBackend {
             "ok" => Ok(Commit::Applied),
             // Another host already applied this delivery: nothing to do twice.
             "duplicate" => Ok(Commit::Applied),
-            _ => Ok(Commit::Conflict),
+            "conflict" => Ok(Commit::Conflict),
+            other => match other.strip_prefix("not-a-counter:") {
+                Some(key) => bail!("store.add: document {key:?} no longer holds an integer"),
+                None => bail!("redis commit script answered {other:?}"),
+            },
         }
     }
 }

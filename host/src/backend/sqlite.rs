@@ -24,7 +24,7 @@ use super::{
     Subscription,
 };
 use crate::config::Synchronous;
-use crate::uow::{Changes, DocKey};
+use crate::uow::{Changes, DocKey, counter_bytes, counter_value};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS docs (
@@ -263,6 +263,25 @@ fn apply(tx: &Connection, changes: &Changes) -> Result<bool> {
     if changes.is_write_free() {
         return Ok(true);
     }
+    let mut added = Vec::with_capacity(changes.adds.len());
+    {
+        let mut value_of =
+            tx.prepare_cached("SELECT value FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3")?;
+        for (key, add) in &changes.adds {
+            let current: Option<Vec<u8>> = value_of
+                .query_row(params![key.ns, key.collection, key.key], |r| r.get(0))
+                .optional()?
+                .flatten();
+            let now = counter_value(current.as_deref())
+                .map_err(|e| anyhow::anyhow!("store.add on {}/{}: {e}", key.collection, key.key))?;
+            match now.checked_add(add.delta) {
+                Some(next) if next >= add.floor => added.push((key, counter_bytes(next))),
+                // Below the floor (or out of range) at commit: the unit
+                // re-runs and sees the value that refused it.
+                _ => return Ok(false),
+            }
+        }
+    }
     let version: u64 = tx
         .prepare_cached(
             "UPDATE meta SET value = value + 1 WHERE name = 'commit_version' RETURNING value",
@@ -274,6 +293,9 @@ fn apply(tx: &Connection, changes: &Changes) -> Result<bool> {
              ON CONFLICT (ns, coll, key) DO UPDATE SET value = excluded.value, version = excluded.version",
         )?;
         for (key, value) in &changes.writes {
+            upsert.execute(params![key.ns, key.collection, key.key, value, version])?;
+        }
+        for (key, value) in &added {
             upsert.execute(params![key.ns, key.collection, key.key, value, version])?;
         }
     }

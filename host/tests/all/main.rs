@@ -3,6 +3,7 @@
 
 mod components;
 mod console;
+mod counters;
 mod crash_points;
 mod data_growth;
 mod e2e;
