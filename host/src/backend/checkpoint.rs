@@ -24,8 +24,10 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Start checkpointing through `conn` (its own connection to the database).
-    pub fn start(conn: Connection) -> Result<Self> {
+    /// Start checkpointing through `conn` (its own connection to the
+    /// database), calling `before` ahead of each checkpoint (to end read
+    /// snapshots that would hold it back).
+    pub fn start(conn: Connection, before: impl Fn() + Send + 'static) -> Result<Self> {
         // One pending nudge is enough: nudges that arrive while one waits
         // are covered by the same checkpoint.
         let (nudge, nudged) = mpsc::sync_channel::<()>(1);
@@ -33,6 +35,7 @@ impl Checkpointer {
             .name("sqlite-checkpoint".into())
             .spawn(move || {
                 while nudged.recv().is_ok() {
+                    before();
                     if let Err(e) = checkpoint(&conn) {
                         tracing::warn!(error = %e, "WAL checkpoint failed; retrying after the next commit");
                     }
@@ -97,7 +100,7 @@ mod tests {
         assert!(wal > 50 * 4000, "the WAL holds the inserts ({wal} bytes)");
 
         let checkpointer =
-            Checkpointer::start(Connection::open(&path).expect("open")).expect("start");
+            Checkpointer::start(Connection::open(&path).expect("open"), || {}).expect("start");
         checkpointer.nudge();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {

@@ -10,7 +10,8 @@
 //! the commit fails, every job of the group gets the error (nothing of the
 //! group was written).
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 
 use anyhow::{Context, Result, anyhow};
 use rusqlite::Connection;
@@ -84,8 +85,14 @@ pub struct GroupWriter {
 
 impl GroupWriter {
     /// Hand `conn` (already configured, automatic checkpoints off) to a new
-    /// writer thread, which nudges `checkpointer` after every commit.
-    pub fn start(conn: Connection, checkpointer: Checkpointer) -> Result<Self> {
+    /// writer thread. After every commit, before answering any unit of it,
+    /// the thread bumps `generation` (readers start a new snapshot when it
+    /// moved: see `snapshot`); then it nudges `checkpointer`.
+    pub fn start(
+        conn: Connection,
+        checkpointer: Checkpointer,
+        generation: Arc<AtomicU64>,
+    ) -> Result<Self> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -98,7 +105,7 @@ impl GroupWriter {
                             Err(_) => break,
                         }
                     }
-                    if run_group(&conn, group) {
+                    if run_group(&conn, group, &generation) {
                         checkpointer.nudge();
                     }
                 }
@@ -132,7 +139,7 @@ pub(super) fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 
 /// One transaction for the whole group; a savepoint per job. True when
 /// the group committed.
-fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) -> bool {
+fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>, generation: &AtomicU64) -> bool {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         for job in group {
@@ -176,6 +183,9 @@ fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) -> bool {
         let _ = conn.execute_batch("ROLLBACK");
     }
     let committed = outcome.is_ok();
+    if committed {
+        generation.fetch_add(1, Ordering::Release);
+    }
     for done in staged {
         (done.answer)(outcome.clone());
     }
@@ -191,10 +201,16 @@ mod tests {
         let conn = Connection::open(dir.path().join("t.db")).expect("open");
         conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             .expect("schema");
-        let checkpointer =
-            Checkpointer::start(Connection::open(dir.path().join("t.db")).expect("open"))
-                .expect("checkpointer");
-        (GroupWriter::start(conn, checkpointer).expect("start"), dir)
+        let checkpointer = Checkpointer::start(
+            Connection::open(dir.path().join("t.db")).expect("open"),
+            || {},
+        )
+        .expect("checkpointer");
+        let generation = Arc::new(AtomicU64::new(0));
+        (
+            GroupWriter::start(conn, checkpointer, generation).expect("start"),
+            dir,
+        )
     }
 
     fn count(dir: &tempfile::TempDir) -> i64 {

@@ -5,6 +5,7 @@
 mod checkpoint;
 mod group_commit;
 pub mod redis;
+mod snapshot;
 pub mod sqlite;
 
 use std::sync::Arc;
