@@ -10,14 +10,11 @@
 //! the commit fails, every job of the group gets the error (nothing of the
 //! group was written).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::mpsc;
 
 use anyhow::{Context, Result, anyhow};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
-
-use super::checkpoint::Checkpointer;
 
 /// Most jobs committed together: bounds the time one group holds the lock
 /// and the answers it holds back.
@@ -84,15 +81,8 @@ pub struct GroupWriter {
 }
 
 impl GroupWriter {
-    /// Hand `conn` (already configured, automatic checkpoints off) to a new
-    /// writer thread. After every commit, before answering any unit of it,
-    /// the thread bumps `generation` (readers start a new snapshot when it
-    /// moved: see `snapshot`); then it nudges `checkpointer`.
-    pub fn start(
-        conn: Connection,
-        checkpointer: Checkpointer,
-        generation: Arc<AtomicU64>,
-    ) -> Result<Self> {
+    /// Hand `conn` (already configured) to a new writer thread.
+    pub fn start(conn: Connection) -> Result<Self> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -105,9 +95,7 @@ impl GroupWriter {
                             Err(_) => break,
                         }
                     }
-                    if run_group(&conn, group, &generation) {
-                        checkpointer.nudge();
-                    }
+                    run_group(&conn, group);
                 }
             })
             .context("failed to start the sqlite writer thread")?;
@@ -137,15 +125,14 @@ pub(super) fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// One transaction for the whole group; a savepoint per job. True when
-/// the group committed.
-fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>, generation: &AtomicU64) -> bool {
+/// One transaction for the whole group; a savepoint per job.
+fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         for job in group {
             job.abort(reason.clone());
         }
-        return false;
+        return;
     }
     let mut staged = Vec::with_capacity(group.len());
     let mut jobs = group.into_iter();
@@ -182,14 +169,9 @@ fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>, generation: &AtomicU64
         // a failed savepoint or COMMIT (or SQLite already rolled it back).
         let _ = conn.execute_batch("ROLLBACK");
     }
-    let committed = outcome.is_ok();
-    if committed {
-        generation.fetch_add(1, Ordering::Release);
-    }
     for done in staged {
         (done.answer)(outcome.clone());
     }
-    committed
 }
 
 #[cfg(test)]
@@ -201,16 +183,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("t.db")).expect("open");
         conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             .expect("schema");
-        let checkpointer = Checkpointer::start(
-            Connection::open(dir.path().join("t.db")).expect("open"),
-            || {},
-        )
-        .expect("checkpointer");
-        let generation = Arc::new(AtomicU64::new(0));
-        (
-            GroupWriter::start(conn, checkpointer, generation).expect("start"),
-            dir,
-        )
+        (GroupWriter::start(conn).expect("start"), dir)
     }
 
     fn count(dir: &tempfile::TempDir) -> i64 {

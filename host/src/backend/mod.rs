@@ -2,10 +2,8 @@
 //! embedded SQLite backend and the Redis backend implement it with the same
 //! guarantees, and the behavioural tests run against both.
 
-mod checkpoint;
 mod group_commit;
 pub mod redis;
-mod snapshot;
 pub mod sqlite;
 
 use std::sync::Arc;

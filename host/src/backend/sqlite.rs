@@ -4,13 +4,11 @@
 //! Writes go through one writer connection on its own thread (SQLite has a
 //! single writer anyway), which commits the units waiting for it together:
 //! one transaction and one `fsync` per group (`group_commit`). Reads use a
-//! small pool of reader connections, which WAL lets run beside the writer;
-//! WAL checkpoints run on a thread of their own (`checkpoint`). Every commit
-//! bumps a global version counter and stamps the documents it writes with
-//! it: that is what optimistic reads are checked against.
+//! small pool of reader connections, which WAL lets run beside the writer. Every commit bumps a global version counter
+//! and stamps the documents it writes with it: that is what optimistic reads
+//! are checked against.
 
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +18,6 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::Notify;
 
 use super::group_commit;
-use super::snapshot::{Reader, Readers};
 use super::{
     Backend, Commit, Cursor, DeadLetter, Delivery, Deployment, Range, RangeLimit, Read,
     Subscription,
@@ -113,9 +110,8 @@ pub struct SqliteBackend {
     /// The single writer: its own thread, committing waiting units together.
     writer: super::group_commit::GroupWriter,
     /// Readers are used inline: a read of cached pages takes microseconds,
-    /// less than a hop to the blocking pool would. Each keeps its read
-    /// snapshot open while nothing was committed (`snapshot`).
-    readers: Arc<Readers>,
+    /// less than a hop to the blocking pool would.
+    readers: Vec<Mutex<Connection>>,
     /// Woken after every commit that appended events, so dispatchers don't poll.
     appended: Arc<Notify>,
     /// Acknowledged events older than this are pruned by `maintain`.
@@ -133,6 +129,12 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic while holding a connection cannot leave SQLite inconsistent
+    // (an open transaction is rolled back on the next BEGIN), so poisoning is moot.
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn open(path: &Path, synchronous: Synchronous) -> Result<Connection> {
@@ -172,21 +174,11 @@ impl SqliteBackend {
             .execute_batch(SCHEMA)
             .context("failed to create the sqlite schema")?;
         migrate(&mut writer).context("failed to migrate the sqlite schema")?;
-        // Checkpoints run on their own thread (see `checkpoint`), never
-        // inside a commit group.
-        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let generation = Arc::new(AtomicU64::new(0));
         let readers = (0..READERS)
-            .map(|_| open(&path, synchronous))
+            .map(|_| open(&path, synchronous).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
-        let readers = Arc::new(Readers::new(readers, Arc::clone(&generation)));
-        let idle = Arc::clone(&readers);
-        let checkpointer =
-            super::checkpoint::Checkpointer::start(open(&path, synchronous)?, move || {
-                idle.release_stale()
-            })?;
         Ok(Self {
-            writer: super::group_commit::GroupWriter::start(writer, checkpointer, generation)?,
+            writer: super::group_commit::GroupWriter::start(writer)?,
             readers,
             appended: Arc::new(Notify::new()),
             retain: Duration::from_secs(24 * 3600),
@@ -201,8 +193,13 @@ impl SqliteBackend {
         self
     }
 
-    fn reader(&self) -> MutexGuard<'_, Reader> {
-        self.readers.get()
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        for conn in &self.readers {
+            if let Ok(guard) = conn.try_lock() {
+                return guard;
+            }
+        }
+        lock(&self.readers[0])
     }
 
     /// Run `f` on the writer in the next commit group (see `group_commit`):
