@@ -33,6 +33,8 @@ const MAX_VALUE_BYTES: usize = 1024 * 1024;
 const MAX_NAME_BYTES: usize = 256;
 /// Most entries one `store.range` call returns, whatever the guest asks.
 pub const MAX_RANGE_ENTRIES: usize = 1000;
+/// Most keys one `store.get-many` may ask for.
+pub const MAX_GET_MANY: usize = 100;
 /// Most value bytes one `store.range` call returns (beyond its first entry).
 pub const MAX_RANGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most writes plus events one unit of work may buffer.
@@ -387,6 +389,56 @@ impl store::Host for HostState {
             None => Ok(read.value),
             Some(add) => Ok(Some(counter_plus(read.value.as_deref(), add.delta)?)),
         }
+    }
+
+    async fn get_many(
+        &mut self,
+        keys: Vec<(String, String)>,
+    ) -> wasmtime::Result<Vec<Option<Vec<u8>>>> {
+        if keys.len() > MAX_GET_MANY {
+            wasmtime::bail!(
+                "store.get-many: {} keys, at most {MAX_GET_MANY} per call",
+                keys.len()
+            );
+        }
+        let mut docs = Vec::with_capacity(keys.len());
+        for (collection, key) in &keys {
+            check_name("collection", collection)?;
+            check_name("key", key)?;
+            docs.push(DocKey::new(self.ns(), collection, key));
+        }
+        // Only what the unit has not written itself goes to the backend.
+        let unbuffered: Vec<DocKey> = docs
+            .iter()
+            .filter(|d| self.uow.buffered(d).is_none())
+            .cloned()
+            .collect();
+        let mut reads = if unbuffered.is_empty() {
+            Vec::new()
+        } else {
+            self.backend
+                .get_many(&unbuffered)
+                .await
+                .map_err(backend_error)?
+        }
+        .into_iter();
+        let mut out = Vec::with_capacity(docs.len());
+        for doc in docs {
+            if let Some(buffered) = self.uow.buffered(&doc) {
+                out.push(buffered.map(<[u8]>::to_vec));
+                continue;
+            }
+            let read = reads.next().ok_or_else(|| {
+                wasmtime::format_err!("store.get-many: the backend answered too few")
+            })?;
+            let pending = self.uow.pending_add(&doc);
+            self.uow.record_read(doc, read.version);
+            out.push(match pending {
+                None => read.value,
+                Some(add) => Some(counter_plus(read.value.as_deref(), add.delta)?),
+            });
+        }
+        Ok(out)
     }
 
     async fn put(

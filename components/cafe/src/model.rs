@@ -186,12 +186,26 @@ pub fn cafe_of(p: &impl Platform, id: u64, bytes: &[u8]) -> Result<Cafe, StoreEr
     })
 }
 
-/// The item as clients see it, if live.
+/// The item as clients see it, if live: the document and its `pcnt`
+/// counter in one read.
 pub fn load_cafe(p: &impl Platform, id: u64) -> Result<Option<Cafe>, StoreError> {
-    match p.get(CAFES, &key(id)) {
-        Some(bytes) => cafe_of(p, id, &bytes).map(Some),
-        None => Ok(None),
-    }
+    let k = key(id);
+    let mut found = p.get_many(&[(CAFES, &k), (STOCK, &k)]).into_iter();
+    let (Some(Some(bytes)), stock) = (found.next(), found.next().flatten()) else {
+        return Ok(None);
+    };
+    let doc: Stored = kit::platform::decode(CAFES, &k, &bytes)?;
+    let pcnt = match (doc.pcnt, stock) {
+        (Some(pcnt), _) => pcnt,
+        (None, Some(stock)) => kit::platform::decode::<u32>(STOCK, &k, &stock)?,
+        (None, None) => 0,
+    };
+    Ok(Some(Cafe {
+        cafe_id: doc.cafe_id,
+        cafe_nm: doc.cafe_nm,
+        chk_date: doc.chk_date,
+        pcnt,
+    }))
 }
 
 /// The item with both counts, if live (every document read is version-checked).

@@ -20,6 +20,10 @@ use crate::http::ApiError;
 pub trait Platform {
     /// The document under `key` in `collection`, if any.
     fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>>;
+    /// Several documents (collection, key) at once, in order: one round
+    /// trip to the backend instead of one per document. At most
+    /// [`MAX_GET_MANY`] keys.
+    fn get_many(&self, keys: &[(&str, &str)]) -> Vec<Option<Vec<u8>>>;
     /// Create or replace a document.
     fn put(&self, collection: &str, key: &str, value: &[u8]);
     /// Remove a document (no-op when absent).
@@ -217,6 +221,13 @@ macro_rules! impl_platform {
             fn get(&self, collection: &str, key: &str) -> Option<Vec<u8>> {
                 $($ns)::+::store::get(collection, key)
             }
+            fn get_many(&self, keys: &[(&str, &str)]) -> Vec<Option<Vec<u8>>> {
+                let owned: Vec<(String, String)> = keys
+                    .iter()
+                    .map(|(c, k)| ((*c).to_owned(), (*k).to_owned()))
+                    .collect();
+                $($ns)::+::store::get_many(&owned)
+            }
             fn put(&self, collection: &str, key: &str, value: &[u8]) {
                 $($ns)::+::store::put(collection, key, value)
             }
@@ -363,6 +374,8 @@ pub const DEFAULT_RANGE_CAP: u32 = 1000;
 pub const MAX_NAME_BYTES: usize = 256;
 /// Largest document or event payload the host accepts (a larger one traps).
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Most keys one [`Platform::get_many`] may ask for (more traps).
+pub const MAX_GET_MANY: usize = 100;
 /// Highest value of a sequence: both host backends keep sequences as
 /// `i64`, clamp `advance-sequence` there, and fail `next-id` beyond it.
 pub const MAX_SEQUENCE: u64 = i64::MAX as u64;
@@ -528,6 +541,16 @@ impl Platform for MemPlatform {
             Some(v) => v.clone(),
             None => self.committed.borrow().get(&k).cloned(),
         }
+    }
+
+    fn get_many(&self, keys: &[(&str, &str)]) -> Vec<Option<Vec<u8>>> {
+        if keys.len() > MAX_GET_MANY {
+            host_refuses(format_args!(
+                "store.get-many: {} keys, at most {MAX_GET_MANY} per call",
+                keys.len()
+            ));
+        }
+        keys.iter().map(|(c, k)| self.get(c, k)).collect()
     }
 
     fn put(&self, collection: &str, key: &str, value: &[u8]) {
@@ -724,6 +747,15 @@ impl<P: Platform> Platform for Traced<'_, P> {
             key: key.to_owned(),
         });
         self.inner.get(collection, key)
+    }
+    fn get_many(&self, keys: &[(&str, &str)]) -> Vec<Option<Vec<u8>>> {
+        self.reads
+            .borrow_mut()
+            .extend(keys.iter().map(|(collection, key)| Read::Get {
+                collection: (*collection).to_owned(),
+                key: (*key).to_owned(),
+            }));
+        self.inner.get_many(keys)
     }
     fn put(&self, collection: &str, key: &str, value: &[u8]) {
         self.wrote();

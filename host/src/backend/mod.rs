@@ -125,6 +125,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Current value and version of one document.
     async fn get(&self, key: &DocKey) -> Result<Read>;
 
+    /// [`get`](Backend::get) of several documents, in order; backends
+    /// override it to read them in one round trip or one transaction.
+    async fn get_many(&self, keys: &[DocKey]) -> Result<Vec<Read>> {
+        let mut reads = Vec::with_capacity(keys.len());
+        for key in keys {
+            reads.push(self.get(key).await?);
+        }
+        Ok(reads)
+    }
+
     /// Live documents of a collection with keys after `after`, ascending
     /// (bytewise), with versions: at most `limit` of them and, beyond the
     /// first, at most `max_bytes` of values in all.

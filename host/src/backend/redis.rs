@@ -921,6 +921,34 @@ impl Backend for RedisBackend {
         }
     }
 
+    async fn get_many(&self, keys: &[DocKey]) -> Result<Vec<Read>> {
+        if keys.is_empty() {
+            // An empty pipeline is no valid request.
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.hget(self.doc_hash(&key.ns, &key.collection), &key.key);
+        }
+        let mut conn = self.conn.clone();
+        let raws: Vec<Option<Vec<u8>>> = pipe
+            .query_async(&mut conn)
+            .await
+            .context("redis HGET pipeline failed")?;
+        raws.into_iter()
+            .map(|raw| match raw {
+                None => Ok(Read {
+                    value: None,
+                    version: 0,
+                }),
+                Some(raw) => {
+                    let (version, value) = decode(&raw)?;
+                    Ok(Read { value, version })
+                }
+            })
+            .collect()
+    }
+
     async fn range(
         &self,
         ns: &str,

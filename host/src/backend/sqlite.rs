@@ -387,6 +387,38 @@ impl Backend for SqliteBackend {
         }))
     }
 
+    async fn get_many(&self, keys: &[DocKey]) -> Result<Vec<Read>> {
+        let conn = self.reader();
+        // One read transaction (one WAL read lock) for all of them, and one
+        // snapshot.
+        group_commit::exec(&conn, "BEGIN")?;
+        let read = (|| -> Result<Vec<Read>> {
+            let mut stmt = conn.prepare_cached(
+                "SELECT value, version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3",
+            )?;
+            let mut reads = Vec::with_capacity(keys.len());
+            for key in keys {
+                let row = stmt
+                    .query_row(params![key.ns, key.collection, key.key], |r| {
+                        Ok(Read {
+                            value: r.get(0)?,
+                            version: r.get(1)?,
+                        })
+                    })
+                    .optional()?;
+                reads.push(row.unwrap_or(Read {
+                    value: None,
+                    version: 0,
+                }));
+            }
+            Ok(reads)
+        })();
+        if group_commit::exec(&conn, "COMMIT").is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        read
+    }
+
     async fn range(
         &self,
         ns: &str,

@@ -154,7 +154,43 @@ async fn sequences_jump_past_client_ids_in_one_step(kind: Kind) {
     h.stop().await;
 }
 
+/// `get_many` answers exactly what one `get` per key would, in the order
+/// asked (repeats, absent and deleted documents included).
+async fn get_many_reads_like_get_in_order(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let b = h.backend.as_ref();
+    write(
+        b,
+        "t",
+        "c",
+        vec![
+            (key(1), Some(b"one".to_vec())),
+            (key(2), Some(b"two".to_vec())),
+        ],
+    )
+    .await;
+    write(b, "t", "c", vec![(key(2), None)]).await;
+    let asked = [key(3), key(1), key(2), key(1)].map(|k| DocKey::new("t", "c", &k));
+    let many = b.get_many(&asked).await.expect("get_many");
+    let mut one_by_one = Vec::new();
+    for k in &asked {
+        one_by_one.push(b.get(k).await.expect("get"));
+    }
+    assert_eq!(many, one_by_one);
+    assert_eq!(many[1].value.as_deref(), Some(&b"one"[..]));
+    assert_eq!(many[2].value, None, "deleted");
+    assert!(many[2].version > 0, "a delete keeps its version");
+    assert_eq!(
+        (many[0].value.as_ref(), many[0].version),
+        (None, 0),
+        "never written"
+    );
+    assert!(b.get_many(&[]).await.expect("no keys").is_empty());
+    h.stop().await;
+}
+
 on_both_backends!(
     ranges_follow_key_order_skip_deletes_and_respect_caps,
     sequences_jump_past_client_ids_in_one_step,
+    get_many_reads_like_get_in_order,
 );
