@@ -882,6 +882,20 @@ impl RedisBackend {
     }
 }
 
+/// A document as read from its hash field (absent: never written).
+fn read_of(raw: Option<Vec<u8>>) -> Result<Read> {
+    match raw {
+        None => Ok(Read {
+            value: None,
+            version: 0,
+        }),
+        Some(raw) => {
+            let (version, value) = decode(&raw)?;
+            Ok(Read { value, version })
+        }
+    }
+}
+
 #[async_trait]
 impl Backend for RedisBackend {
     fn name(&self) -> &'static str {
@@ -909,16 +923,7 @@ impl Backend for RedisBackend {
             .hget(self.doc_hash(&key.ns, &key.collection), &key.key)
             .await
             .context("redis HGET failed")?;
-        match raw {
-            None => Ok(Read {
-                value: None,
-                version: 0,
-            }),
-            Some(raw) => {
-                let (version, value) = decode(&raw)?;
-                Ok(Read { value, version })
-            }
-        }
+        read_of(raw)
     }
 
     async fn get_many(&self, keys: &[DocKey]) -> Result<Vec<Read>> {
@@ -935,18 +940,7 @@ impl Backend for RedisBackend {
             .query_async(&mut conn)
             .await
             .context("redis HGET pipeline failed")?;
-        raws.into_iter()
-            .map(|raw| match raw {
-                None => Ok(Read {
-                    value: None,
-                    version: 0,
-                }),
-                Some(raw) => {
-                    let (version, value) = decode(&raw)?;
-                    Ok(Read { value, version })
-                }
-            })
-            .collect()
+        raws.into_iter().map(read_of).collect()
     }
 
     async fn range(

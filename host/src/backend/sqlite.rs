@@ -356,6 +356,23 @@ fn topic_filter(topics: &[String]) -> String {
     marks.join(", ")
 }
 
+/// One document with its version (absent: never written).
+fn read_doc(conn: &Connection, key: &DocKey) -> Result<Read> {
+    let row = conn
+        .prepare_cached("SELECT value, version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3")?
+        .query_row(params![key.ns, key.collection, key.key], |r| {
+            Ok(Read {
+                value: r.get(0)?,
+                version: r.get(1)?,
+            })
+        })
+        .optional()?;
+    Ok(row.unwrap_or(Read {
+        value: None,
+        version: 0,
+    }))
+}
+
 #[async_trait]
 impl Backend for SqliteBackend {
     fn name(&self) -> &'static str {
@@ -369,22 +386,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn get(&self, key: &DocKey) -> Result<Read> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT value, version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3",
-        )?;
-        let row = stmt
-            .query_row(params![key.ns, key.collection, key.key], |r| {
-                Ok(Read {
-                    value: r.get(0)?,
-                    version: r.get(1)?,
-                })
-            })
-            .optional()?;
-        Ok(row.unwrap_or(Read {
-            value: None,
-            version: 0,
-        }))
+        read_doc(&self.reader(), key)
     }
 
     async fn get_many(&self, keys: &[DocKey]) -> Result<Vec<Read>> {
@@ -392,27 +394,10 @@ impl Backend for SqliteBackend {
         // One read transaction (one WAL read lock) for all of them, and one
         // snapshot.
         group_commit::exec(&conn, "BEGIN")?;
-        let read = (|| -> Result<Vec<Read>> {
-            let mut stmt = conn.prepare_cached(
-                "SELECT value, version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3",
-            )?;
-            let mut reads = Vec::with_capacity(keys.len());
-            for key in keys {
-                let row = stmt
-                    .query_row(params![key.ns, key.collection, key.key], |r| {
-                        Ok(Read {
-                            value: r.get(0)?,
-                            version: r.get(1)?,
-                        })
-                    })
-                    .optional()?;
-                reads.push(row.unwrap_or(Read {
-                    value: None,
-                    version: 0,
-                }));
-            }
-            Ok(reads)
-        })();
+        let read = keys
+            .iter()
+            .map(|key| read_doc(&conn, key))
+            .collect::<Result<Vec<Read>>>();
         if group_commit::exec(&conn, "COMMIT").is_err() {
             let _ = conn.execute_batch("ROLLBACK");
         }
