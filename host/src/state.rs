@@ -22,7 +22,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::backend::{BackendUnavailable, RangeLimit, SharedBackend};
+use crate::backend::{BackendUnavailable, RangeLimit, Read, SharedBackend};
 use crate::bindings::sktarbucks::platform::{events, stock, store, types};
 use crate::bindings::{Reservation, StockError};
 use crate::uow::{DocKey, NewEvent, UnitOfWork, counter_bytes, counter_value};
@@ -350,6 +350,19 @@ fn check_value(what: &str, value: &[u8]) -> wasmtime::Result<()> {
     Ok(())
 }
 
+impl HostState {
+    /// What a read of `doc` (not written by this unit) answers: the stored
+    /// value with the unit's pending addition applied, its version recorded.
+    fn observed(&mut self, doc: DocKey, read: Read) -> wasmtime::Result<Option<Vec<u8>>> {
+        let pending = self.uow.pending_add(&doc);
+        self.uow.record_read(doc, read.version);
+        match pending {
+            None => Ok(read.value),
+            Some(add) => Ok(Some(counter_plus(read.value.as_deref(), add.delta)?)),
+        }
+    }
+}
+
 /// A counter document's bytes after this unit's pending addition.
 fn counter_plus(value: Option<&[u8]>, delta: i64) -> wasmtime::Result<Vec<u8>> {
     let now = counter_value(value).map_err(|e| wasmtime::format_err!("store counter: {e}"))?;
@@ -383,12 +396,7 @@ impl store::Host for HostState {
             return Ok(buffered.map(<[u8]>::to_vec));
         }
         let read = self.backend.get(&doc).await.map_err(backend_error)?;
-        let pending = self.uow.pending_add(&doc);
-        self.uow.record_read(doc, read.version);
-        match pending {
-            None => Ok(read.value),
-            Some(add) => Ok(Some(counter_plus(read.value.as_deref(), add.delta)?)),
-        }
+        self.observed(doc, read)
     }
 
     async fn get_many(
@@ -431,12 +439,7 @@ impl store::Host for HostState {
             let read = reads.next().ok_or_else(|| {
                 wasmtime::format_err!("store.get-many: the backend answered too few")
             })?;
-            let pending = self.uow.pending_add(&doc);
-            self.uow.record_read(doc, read.version);
-            out.push(match pending {
-                None => read.value,
-                Some(add) => Some(counter_plus(read.value.as_deref(), add.delta)?),
-            });
+            out.push(self.observed(doc, read)?);
         }
         Ok(out)
     }

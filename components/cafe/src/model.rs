@@ -147,6 +147,18 @@ struct Stored {
     held: Option<u32>,
 }
 
+impl Stored {
+    /// The client's view, with `pcnt` read from wherever it lives.
+    fn into_cafe(self, pcnt: u32) -> Cafe {
+        Cafe {
+            cafe_id: self.cafe_id,
+            cafe_nm: self.cafe_nm,
+            chk_date: self.chk_date,
+            pcnt,
+        }
+    }
+}
+
 /// An item as stored, before its counts are read.
 pub struct Doc(Stored);
 
@@ -163,6 +175,14 @@ impl Doc {
     pub fn is_legacy(&self) -> bool {
         self.0.pcnt.is_some()
     }
+
+    /// Units available: inline in a legacy document, else the counter.
+    pub fn pcnt(&self, p: &impl Platform) -> Result<u32, StoreError> {
+        match self.0.pcnt {
+            Some(pcnt) => Ok(pcnt),
+            None => counter(p, STOCK, self.0.cafe_id),
+        }
+    }
 }
 
 /// The item document of `id`, if live (counts not read).
@@ -173,17 +193,9 @@ pub fn load_doc(p: &impl Platform, id: u64) -> Result<Option<Doc>, StoreError> {
 /// The item as clients see it, from its stored bytes (a `range` entry):
 /// reads the `pcnt` counter (version-checked, like any read).
 pub fn cafe_of(p: &impl Platform, id: u64, bytes: &[u8]) -> Result<Cafe, StoreError> {
-    let doc: Stored = kit::platform::decode(CAFES, &key(id), bytes)?;
-    let pcnt = match doc.pcnt {
-        Some(pcnt) => pcnt,
-        None => counter(p, STOCK, id)?,
-    };
-    Ok(Cafe {
-        cafe_id: doc.cafe_id,
-        cafe_nm: doc.cafe_nm,
-        chk_date: doc.chk_date,
-        pcnt,
-    })
+    let doc = Doc(kit::platform::decode(CAFES, &key(id), bytes)?);
+    let pcnt = doc.pcnt(p)?;
+    Ok(doc.0.into_cafe(pcnt))
 }
 
 /// The item as clients see it, if live: the document and its `pcnt`
@@ -195,17 +207,11 @@ pub fn load_cafe(p: &impl Platform, id: u64) -> Result<Option<Cafe>, StoreError>
         return Ok(None);
     };
     let doc: Stored = kit::platform::decode(CAFES, &k, &bytes)?;
-    let pcnt = match (doc.pcnt, stock) {
-        (Some(pcnt), _) => pcnt,
-        (None, Some(stock)) => kit::platform::decode::<u32>(STOCK, &k, &stock)?,
-        (None, None) => 0,
+    let pcnt = match doc.pcnt {
+        Some(pcnt) => pcnt,
+        None => count(STOCK, id, stock.as_deref())?,
     };
-    Ok(Some(Cafe {
-        cafe_id: doc.cafe_id,
-        cafe_nm: doc.cafe_nm,
-        chk_date: doc.chk_date,
-        pcnt,
-    }))
+    Ok(Some(doc.into_cafe(pcnt)))
 }
 
 /// The item with both counts, if live (every document read is version-checked).
@@ -218,12 +224,7 @@ pub fn load(p: &impl Platform, id: u64) -> Result<Option<Item>, StoreError> {
         None => (counter(p, STOCK, id)?, counter(p, HELD, id)?),
     };
     Ok(Some(Item {
-        cafe: Cafe {
-            cafe_id: doc.cafe_id,
-            cafe_nm: doc.cafe_nm,
-            chk_date: doc.chk_date,
-            pcnt,
-        },
+        cafe: doc.into_cafe(pcnt),
         held,
     }))
 }
@@ -256,8 +257,12 @@ pub fn remove(p: &impl Platform, id: u64) {
 
 /// A count of item `id` (absent = 0).
 pub fn counter(p: &impl Platform, collection: &str, id: u64) -> Result<u32, StoreError> {
-    let Some(bytes) = p.get(collection, &key(id)) else {
-        return Ok(0);
-    };
-    kit::platform::decode::<u32>(collection, &key(id), &bytes)
+    count(collection, id, p.get(collection, &key(id)).as_deref())
+}
+
+/// A count as stored in `collection` for item `id` (absent = 0).
+fn count(collection: &str, id: u64, bytes: Option<&[u8]>) -> Result<u32, StoreError> {
+    bytes.map_or(Ok(0), |b| {
+        kit::platform::decode::<u32>(collection, &key(id), b)
+    })
 }

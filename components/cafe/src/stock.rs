@@ -46,8 +46,8 @@ pub fn reserve(
                 "the reservation of order {order_id} was already released"
             )));
         }
-        let remaining = match doc {
-            Some(_) => load(p, cafe_id)?.map_or(0, |i| i.cafe.pcnt),
+        let remaining = match &doc {
+            Some(doc) => doc.pcnt(p)?,
             None => 0,
         };
         return Ok(Reserved {

@@ -125,6 +125,28 @@ fn conflicts(h: &Harness, component: &str) -> u64 {
         .get()
 }
 
+/// One request per body, all in flight at once; the answers in body order.
+async fn all_at_once(
+    h: &Harness,
+    method: &'static str,
+    path: &'static str,
+    bodies: Vec<serde_json::Value>,
+) -> Vec<(u16, serde_json::Value)> {
+    let client = Arc::new(h.client.clone());
+    let tasks: Vec<_> = bodies
+        .into_iter()
+        .map(|body| {
+            let client = Arc::clone(&client);
+            tokio::spawn(async move { client.send(method, path, body).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        answers.push(task.await.expect("request task"));
+    }
+    answers
+}
+
 /// Many concurrent orders of one item: each takes its units without a
 /// single re-run, stock ends exact. The control: as many concurrent
 /// updates of that item's document do conflict, so the requests overlapped.
@@ -139,42 +161,20 @@ async fn concurrent_orders_of_one_item_never_conflict(kind: Kind) {
         )
         .await;
     assert_eq!(status, 201, "{body}");
-    let client = Arc::new(h.client.clone());
-    let orders: Vec<_> = (0..64)
-        .map(|i| {
-            let client = Arc::clone(&client);
-            tokio::spawn(async move {
-                client
-                    .send(
-                        "POST",
-                        "/orders",
-                        json!({"custNm": format!("c{i}"), "cafeId": 1, "qty": 2}),
-                    )
-                    .await
-            })
-        })
+    let orders = (0..64)
+        .map(|i| json!({"custNm": format!("c{i}"), "cafeId": 1, "qty": 2}))
         .collect();
-    for task in orders {
-        let (status, body) = task.await.expect("order task");
+    for (status, body) in all_at_once(&h, "POST", "/orders", orders).await {
         assert_eq!(status, 201, "{body}");
     }
     assert_eq!(conflicts(&h, "order"), 0, "no order re-ran");
     let (_, cafe) = h.client.get("/cafes/1").await;
     assert_eq!(cafe["pcnt"], 1000 - 64 * 2, "{cafe}");
 
-    let updates: Vec<_> = (0..64)
-        .map(|i| {
-            let client = Arc::clone(&client);
-            tokio::spawn(async move {
-                client
-                    .send("PUT", "/cafes/1", json!({"cafeNm": format!("n{i}")}))
-                    .await
-            })
-        })
+    let updates = (0..64)
+        .map(|i| json!({"cafeNm": format!("n{i}")}))
         .collect();
-    for task in updates {
-        task.await.expect("update task");
-    }
+    all_at_once(&h, "PUT", "/cafes/1", updates).await;
     assert!(
         conflicts(&h, "cafe") > 0,
         "the control: 64 concurrent updates of one document overlapped"
