@@ -5,9 +5,11 @@
 //! Every commit is one Lua script (atomic on a single Redis): it checks the
 //! versions the unit read, writes documents stamped with a new version,
 //! `XADD`s the published events and — for an event handler — `XACK`s the
-//! delivery and sets a processed marker, all or nothing. The marker makes a
-//! delivery that was reclaimed by another host after a stall commit at most
-//! once.
+//! delivery, all or nothing. A handler's commit applies only while the
+//! entry is still pending with this host's consumer (`XPENDING` in the same
+//! script): once another host has claimed it (after a stall) or it was
+//! acknowledged, the commit is dropped, so each delivery's effect commits
+//! at most once without a per-delivery marker key.
 //!
 //! Failover: every consuming process keeps a heartbeat key with a TTL
 //! ([`HEARTBEAT_TTL`], refreshed every [`HEARTBEAT_EVERY`]; deleted by a
@@ -29,7 +31,6 @@
 //! | `sk:stream:{topic}` | stream | events (`topic`, `key`, `payload`, `source`; `request_id` and `traceparent` when known) |
 //! | `sk:replay:{component}` | stream | dead letters replayed to one subscriber (same fields, plus `event_id`) |
 //! | `sk:attempts:{component}` | hash | delivery id → failed attempts |
-//! | `sk:done:{component}:{stream}:{entry}` | string | processed marker (7 days) |
 //! | `sk:alive:{consumer}` | string | heartbeat of a consuming process (TTL 3 s, refreshed every second, deleted on a clean stop) |
 //! | `sk:dead` | stream | dead letters with their error |
 //! | `sk:wasm:{sha256}` | string | component bytes, content-addressed |
@@ -52,8 +53,6 @@ use super::{
 };
 use crate::uow::{Changes, DocKey};
 
-/// How long a processed marker is kept: longer than any plausible stall.
-const DONE_TTL_SECS: u64 = 7 * 24 * 3600;
 /// Width of the version prefix of every stored document.
 const VERSION_WIDTH: usize = 20;
 /// How often a consuming process refreshes its heartbeat key.
@@ -88,10 +87,11 @@ if take() == '1' then
   ack.stream = take()
   ack.group = take()
   ack.entry = take()
-  ack.done = take()
+  ack.consumer = take()
   ack.attempts = take()
   ack.id = take()
-  if redis.call('EXISTS', ack.done) == 1 then return 'duplicate' end
+  local mine = redis.call('XPENDING', ack.stream, ack.group, ack.entry, ack.entry, 1, ack.consumer)
+  if #mine == 0 then return 'duplicate' end
 end
 local nadds = tonumber(take())
 local adds = {}
@@ -152,7 +152,6 @@ for _ = 1, nevents do
 end
 if ack then
   redis.call('XACK', ack.stream, ack.group, ack.entry)
-  redis.call('SET', ack.done, '1', 'EX', ARGV[#ARGV])
   redis.call('HDEL', ack.attempts, ack.id)
 end
 return 'ok'
@@ -192,23 +191,23 @@ if #v > #cur or (#v == #cur and v > cur) then redis.call('HSET', ARGV[1], ARGV[2
 return 1
 "#;
 
-/// Move a delivery to the dead letters and acknowledge it, atomically.
+/// Move a delivery to the dead letters and acknowledge it, atomically, if
+/// it is still pending with this consumer (ARGV[4]).
 const DEAD_LETTER_LUA: &str = r#"
-local stream, group, entry, done, attempts_key, delivery, dead = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
-if redis.call('EXISTS', done) == 1 then return 0 end
+local stream, group, entry, consumer, attempts_key, delivery, dead = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+if #redis.call('XPENDING', stream, group, entry, entry, 1, consumer) == 0 then return 0 end
 local fields = {'subscriber', group, 'event_id', ARGV[8], 'topic', ARGV[9], 'key', ARGV[10],
   'payload', ARGV[11], 'source', ARGV[12], 'attempts', ARGV[13], 'error', ARGV[14], 'dead_ms', ARGV[15]}
-if ARGV[17] ~= '' then
+if ARGV[16] ~= '' then
   fields[#fields + 1] = 'request_id'
-  fields[#fields + 1] = ARGV[17]
+  fields[#fields + 1] = ARGV[16]
 end
-if ARGV[18] ~= '' then
+if ARGV[17] ~= '' then
   fields[#fields + 1] = 'traceparent'
-  fields[#fields + 1] = ARGV[18]
+  fields[#fields + 1] = ARGV[17]
 end
 redis.call('XADD', dead, '*', unpack(fields))
 redis.call('XACK', stream, group, entry)
-redis.call('SET', done, '1', 'EX', ARGV[16])
 redis.call('HDEL', attempts_key, delivery)
 return 1
 "#;
@@ -496,10 +495,6 @@ impl RedisBackend {
         let mut streams: Vec<String> = sub.topics.iter().map(|t| self.stream(t)).collect();
         streams.push(self.replay_stream(&sub.component));
         streams
-    }
-
-    fn done_key(&self, group: &str, stream: &str, entry: &str) -> String {
-        format!("{}:done:{group}:{stream}:{entry}", self.prefix)
     }
 
     fn attempts_key(&self, group: &str) -> String {
@@ -1109,7 +1104,7 @@ impl Backend for RedisBackend {
             .arg(stream)
             .arg(&sub.component)
             .arg(entry)
-            .arg(self.done_key(&sub.component, stream, entry))
+            .arg(&self.consumer)
             .arg(self.attempts_key(&sub.component))
             .arg(&delivery.id)
             .arg(self.dead_key())
@@ -1121,7 +1116,6 @@ impl Backend for RedisBackend {
             .arg(delivery.attempt)
             .arg(error)
             .arg(now_ms())
-            .arg(DONE_TTL_SECS)
             .arg(delivery.trace.request_id.as_deref().unwrap_or(""))
             .arg(delivery.trace.traceparent.as_deref().unwrap_or(""))
             .invoke_async(&mut conn)
@@ -1378,7 +1372,7 @@ impl RedisBackend {
                     .arg(stream)
                     .arg(&sub.component)
                     .arg(entry)
-                    .arg(self.done_key(&sub.component, stream, entry))
+                    .arg(&self.consumer)
                     .arg(self.attempts_key(&sub.component))
                     .arg(&delivery.id);
             }
@@ -1418,7 +1412,6 @@ impl RedisBackend {
                 .arg(event.trace.request_id.as_deref().unwrap_or(""))
                 .arg(event.trace.traceparent.as_deref().unwrap_or(""));
         }
-        invocation.arg(DONE_TTL_SECS);
         let mut conn = self.conn.clone();
         if ack.is_none() {
             crate::crash::point(crate::crash::BEFORE_COMMIT);

@@ -379,3 +379,119 @@ async fn backend_commit(backend: &RedisBackend, n: usize) {
         Commit::Applied
     );
 }
+
+/// A handler's changes: one document written and one event published.
+fn handled(value: &str) -> Changes {
+    Changes {
+        writes: vec![(
+            sktarbucks::uow::DocKey::new("c", "docs", "x"),
+            Some(value.as_bytes().to_vec()),
+        )],
+        events: vec![NewEvent {
+            topic: "out".into(),
+            key: value.into(),
+            payload: value.as_bytes().to_vec(),
+            source: "c".into(),
+            trace: Default::default(),
+        }],
+        ..Changes::default()
+    }
+}
+
+/// A stalled host (alive, heartbeat kept) whose entry another host took over
+/// after `claim_idle`: only the consumer holding the entry when it commits
+/// applies its changes, whichever commits first; the other's are dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_consumer_holding_an_entry_commits_its_effect() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    for (prefix, taker_first) in [("late1", false), ("late2", true)] {
+        let connect = || {
+            RedisBackend::connect(
+                &redis.url,
+                prefix,
+                Duration::from_millis(200),
+                Duration::from_secs(3600),
+            )
+        };
+        let a = connect().await.expect("connect");
+        let b = connect().await.expect("connect");
+        let sub = Subscription {
+            component: "c".into(),
+            topics: vec!["t".into()],
+        };
+        a.subscribe(&sub).await.expect("subscribe");
+        b.subscribe(&sub).await.expect("subscribe");
+        backend_commit(&a, 1).await;
+        let stalled = a.poll(&sub, 1, Duration::ZERO).await.expect("poll");
+        assert_eq!((stalled[0].key.as_str(), stalled[0].attempt), ("k0", 1));
+        // A is alive (heartbeat) but sits on it past claim_idle: B takes it.
+        let taken = crate::support::eventually(
+            "B reclaims A's idle entry",
+            Duration::from_secs(10),
+            || async {
+                let got = b.poll(&sub, 1, Duration::ZERO).await.expect("poll");
+                (!got.is_empty()).then_some(got)
+            },
+        )
+        .await;
+        assert_eq!(
+            (taken[0].id.as_str(), taken[0].attempt),
+            (stalled[0].id.as_str(), 2),
+            "the same entry, as a second attempt"
+        );
+        let (first, second) = if taker_first {
+            ((&b, &taken[0], "b"), (&a, &stalled[0], "a"))
+        } else {
+            ((&a, &stalled[0], "a"), (&b, &taken[0], "b"))
+        };
+        for (backend, delivery, value) in [first, second] {
+            assert_eq!(
+                backend
+                    .ack(&sub, delivery, handled(value))
+                    .await
+                    .expect("ack"),
+                Commit::Applied,
+                "a dropped late commit still counts as acknowledged"
+            );
+        }
+        let doc = b
+            .get(&sktarbucks::uow::DocKey::new("c", "docs", "x"))
+            .await
+            .expect("get");
+        assert_eq!(doc.value.as_deref(), Some(b"b".as_slice()), "{prefix}");
+        let out: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(format!("{prefix}:stream:out"))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("xrange");
+        let keys: Vec<String> = out
+            .ids
+            .iter()
+            .map(|e| e.get::<String>("key").unwrap_or_default())
+            .collect();
+        assert_eq!(keys, vec!["b".to_owned()], "{prefix}: one event, B's");
+        assert!(
+            b.poll(&sub, 16, Duration::ZERO)
+                .await
+                .expect("poll")
+                .is_empty()
+                && a.poll(&sub, 16, Duration::ZERO)
+                    .await
+                    .expect("poll")
+                    .is_empty(),
+            "{prefix}: nothing left pending"
+        );
+        a.close().await.expect("close");
+        b.close().await.expect("close");
+    }
+}
