@@ -250,22 +250,7 @@ async fn a_dead_consumers_entries_are_taken_over_at_once_and_a_live_ones_never()
         return;
     }
     let redis = RedisServer::start();
-    let connect = || {
-        RedisBackend::connect(
-            &redis.url,
-            "hb",
-            Duration::from_secs(600),
-            Duration::from_secs(3600),
-        )
-    };
-    let a = connect().await.expect("connect");
-    let b = connect().await.expect("connect");
-    let sub = Subscription {
-        component: "c".into(),
-        topics: vec!["t".into()],
-    };
-    a.subscribe(&sub).await.expect("subscribe");
-    b.subscribe(&sub).await.expect("subscribe");
+    let (a, b, sub) = two_hosts(&redis, "hb", Duration::from_secs(600)).await;
     let client = redis::Client::open(redis.url.as_str()).expect("client");
     let mut conn = client
         .get_multiplexed_async_connection()
@@ -373,6 +358,26 @@ async fn a_dead_consumers_entries_are_taken_over_at_once_and_a_live_ones_never()
     assert_eq!((taken[0].key.as_str(), taken[0].attempt), ("k0", 2));
 }
 
+/// Two hosts' backends on one Redis (`prefix`), both consuming topic `t`
+/// as component `c`, taking over entries idle longer than `claim_idle`.
+async fn two_hosts(
+    redis: &RedisServer,
+    prefix: &str,
+    claim_idle: Duration,
+) -> (RedisBackend, RedisBackend, Subscription) {
+    let connect =
+        || RedisBackend::connect(&redis.url, prefix, claim_idle, Duration::from_secs(3600));
+    let a = connect().await.expect("connect");
+    let b = connect().await.expect("connect");
+    let sub = Subscription {
+        component: "c".into(),
+        topics: vec!["t".into()],
+    };
+    a.subscribe(&sub).await.expect("subscribe");
+    b.subscribe(&sub).await.expect("subscribe");
+    (a, b, sub)
+}
+
 async fn backend_commit(backend: &RedisBackend, n: usize) {
     assert_eq!(
         backend.commit(events(n)).await.expect("commit"),
@@ -413,22 +418,7 @@ async fn only_the_consumer_holding_an_entry_commits_its_effect() {
         .await
         .expect("conn");
     for (prefix, taker_first) in [("late1", false), ("late2", true)] {
-        let connect = || {
-            RedisBackend::connect(
-                &redis.url,
-                prefix,
-                Duration::from_millis(200),
-                Duration::from_secs(3600),
-            )
-        };
-        let a = connect().await.expect("connect");
-        let b = connect().await.expect("connect");
-        let sub = Subscription {
-            component: "c".into(),
-            topics: vec!["t".into()],
-        };
-        a.subscribe(&sub).await.expect("subscribe");
-        b.subscribe(&sub).await.expect("subscribe");
+        let (a, b, sub) = two_hosts(&redis, prefix, Duration::from_millis(200)).await;
         backend_commit(&a, 1).await;
         let stalled = a.poll(&sub, 1, Duration::ZERO).await.expect("poll");
         assert_eq!((stalled[0].key.as_str(), stalled[0].attempt), ("k0", 1));
