@@ -275,6 +275,9 @@ pub struct RedisBackend {
     blocking: tokio::sync::Mutex<HashMap<String, ConnectionManager>>,
     last_claim: Mutex<HashMap<String, Instant>>,
     last_dead_scan: Mutex<HashMap<String, Instant>>,
+    /// Per subscriber: what this process may hold in its pending lists, so
+    /// a poll reads them (`XREADGROUP … 0`) only when something can be there.
+    held: Mutex<HashMap<String, Held>>,
     /// This process's heartbeat, started by the first `subscribe`.
     heartbeat: Arc<Heartbeat>,
     commit: Script,
@@ -283,6 +286,27 @@ pub struct RedisBackend {
     range: Script,
     advance_sequence: Script,
     claim_dead: Script,
+}
+
+/// What one subscriber of this process may have pending in its groups.
+/// Entries handed out by a read of new entries are tracked until their
+/// commit or dead-lettering acknowledged them; anything else that can put
+/// entries in the pending list (a start, a takeover, a read of the list
+/// that still found some) makes the next poll read the list again.
+struct Held {
+    /// The pending list may hold entries not tracked in `handed_out`.
+    unknown: bool,
+    /// Entries read as new and not yet known to be acknowledged: `(stream, entry)`.
+    handed_out: std::collections::HashSet<(String, String)>,
+}
+
+impl Default for Held {
+    fn default() -> Self {
+        Self {
+            unknown: true,
+            handed_out: Default::default(),
+        }
+    }
 }
 
 /// The heartbeat of one process: `{prefix}:alive:{consumer}`, set with a
@@ -410,6 +434,7 @@ impl RedisBackend {
             blocking: tokio::sync::Mutex::default(),
             last_claim: Mutex::default(),
             last_dead_scan: Mutex::default(),
+            held: Mutex::default(),
             heartbeat: Arc::default(),
             commit: Script::new(COMMIT_LUA),
             dead_letter: Script::new(DEAD_LETTER_LUA),
@@ -645,7 +670,7 @@ impl RedisBackend {
     /// whose process is dead (its heartbeat key expired or was deleted by a
     /// clean stop), and remove such consumers once they hold nothing. Each
     /// entry taken over counts as a failed attempt, like the idle reclaim.
-    async fn claim_from_dead(&self, sub: &Subscription) -> Result<()> {
+    async fn claim_from_dead(&self, sub: &Subscription) -> Result<usize> {
         {
             let mut last = self
                 .last_dead_scan
@@ -655,11 +680,12 @@ impl RedisBackend {
                 .get(&sub.component)
                 .is_none_or(|t| t.elapsed() >= DEAD_SCAN_EVERY);
             if !due {
-                return Ok(());
+                return Ok(0);
             }
             last.insert(sub.component.clone(), Instant::now());
         }
         let mut conn = self.conn.clone();
+        let mut taken = 0;
         let mut alive: HashMap<String, bool> = HashMap::new();
         for stream in self.streams_of(sub) {
             let consumers: redis::RedisResult<Value> = redis::cmd("XINFO")
@@ -704,6 +730,7 @@ impl RedisBackend {
                     .invoke_async(&mut conn)
                     .await
                     .context("redis claim-from-dead script failed")?;
+                taken += claimed.ids.len();
                 for entry in claimed.ids {
                     let id = self.delivery_id(&stream, &entry);
                     tracing::warn!(component = %sub.component, event_id = %id, dead_consumer = %name, "took over an event from a dead consumer");
@@ -716,25 +743,26 @@ impl RedisBackend {
                 }
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// Take over entries that a stopped consumer left pending too long (the
     /// fallback for a consumer whose heartbeat is still there, e.g. a host
     /// that stalled without dying).
-    async fn claim_stalled(&self, sub: &Subscription) -> Result<()> {
+    async fn claim_stalled(&self, sub: &Subscription) -> Result<usize> {
         {
             let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
             let due = last
                 .get(&sub.component)
                 .is_none_or(|t| t.elapsed() >= self.claim_idle / 2);
             if !due {
-                return Ok(());
+                return Ok(0);
             }
             last.insert(sub.component.clone(), Instant::now());
         }
         let mut conn = self.conn.clone();
         let idle_ms = u64::try_from(self.claim_idle.as_millis()).unwrap_or(u64::MAX);
+        let mut taken = 0;
         for stream in self.streams_of(sub) {
             let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
                 .arg(&stream)
@@ -746,6 +774,7 @@ impl RedisBackend {
                 .arg(100)
                 .query_async(&mut conn)
                 .await?;
+            taken += reply.claimed.len();
             for entry in reply.claimed {
                 // A consumer died holding it: that counts as a failed attempt,
                 // so an event that kills its host is dead-lettered eventually.
@@ -756,7 +785,7 @@ impl RedisBackend {
                     .await?;
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
     fn delivery_id(&self, stream: &str, entry: &StreamId) -> String {
@@ -770,10 +799,14 @@ impl RedisBackend {
         format!("{topic}@{}", entry.id)
     }
 
+    /// The deliveries of a read. `new` entries (read with `>`) were never
+    /// handed to any consumer, so no failed attempt can be on record for
+    /// them; entries read back from the pending list get theirs.
     async fn to_deliveries(
         &self,
         sub: &Subscription,
         reply: StreamReadReply,
+        new: bool,
     ) -> Result<Vec<Delivery>> {
         let mut conn = self.conn.clone();
         let mut live = Vec::new();
@@ -791,14 +824,18 @@ impl RedisBackend {
         if live.is_empty() {
             return Ok(Vec::new());
         }
-        // Every entry's failed attempts in one round trip.
-        let ids: Vec<&str> = live.iter().map(|(_, _, id)| id.as_str()).collect();
-        let failures: Vec<Option<u32>> = redis::cmd("HMGET")
-            .arg(self.attempts_key(&sub.component))
-            .arg(&ids)
-            .query_async(&mut conn)
-            .await
-            .context("redis HMGET of attempts failed")?;
+        let failures: Vec<Option<u32>> = if new {
+            vec![None; live.len()]
+        } else {
+            // Every entry's failed attempts in one round trip.
+            let ids: Vec<&str> = live.iter().map(|(_, _, id)| id.as_str()).collect();
+            redis::cmd("HMGET")
+                .arg(self.attempts_key(&sub.component))
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await
+                .context("redis HMGET of attempts failed")?
+        };
         let mut out = Vec::with_capacity(live.len());
         for ((stream, entry, id), failures) in live.into_iter().zip(failures) {
             out.push(Delivery {
@@ -848,20 +885,62 @@ impl RedisBackend {
         Ok(reply.unwrap_or_default())
     }
 
+    /// Run `f` on `sub`'s [`Held`] record.
+    fn held<T>(&self, sub: &str, f: impl FnOnce(&mut Held) -> T) -> T {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        f(held.entry(sub.to_owned()).or_default())
+    }
+
+    /// A delivery handed out by a read of new entries was acknowledged.
+    fn settled(&self, sub: &Subscription, delivery: &Delivery) {
+        if let Cursor::Stream { stream, entry } = &delivery.cursor {
+            self.held(&sub.component, |h| {
+                h.handed_out.remove(&(stream.clone(), entry.clone()))
+            });
+        }
+    }
+
     async fn poll_once(
         &self,
         sub: &Subscription,
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
-        self.claim_from_dead(sub).await?;
-        self.claim_stalled(sub).await?;
+        let polled = self.poll_tracked(sub, max, wait).await;
+        if polled.is_err() {
+            // A read may have taken entries whose reply was lost.
+            self.held(&sub.component, |h| h.unknown = true);
+        }
+        polled
+    }
+
+    async fn poll_tracked(
+        &self,
+        sub: &Subscription,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>> {
+        let taken = self.claim_from_dead(sub).await? + self.claim_stalled(sub).await?;
         let mut conn = self.conn.clone();
-        // Our own pending entries first: failed ones awaiting retry, claimed ones.
-        let own = self.read_group(&mut conn, sub, "0", max, None).await?;
-        let own = self.to_deliveries(sub, own).await?;
-        if !own.is_empty() {
-            return Ok(own);
+        // Our own pending entries first (failed ones awaiting retry, claimed
+        // ones), when there can be any: one round trip less per poll in the
+        // common case, where every entry handed out was acknowledged.
+        let look = self.held(&sub.component, |h| {
+            h.unknown |= taken > 0;
+            h.unknown || !h.handed_out.is_empty()
+        });
+        if look {
+            let own = self.read_group(&mut conn, sub, "0", max, None).await?;
+            let own = self.to_deliveries(sub, own, false).await?;
+            if !own.is_empty() {
+                // Read again next time, until the list is found empty.
+                self.held(&sub.component, |h| h.unknown = true);
+                return Ok(own);
+            }
+            self.held(&sub.component, |h| {
+                h.unknown = false;
+                h.handed_out.clear();
+            });
         }
         // New entries, no more than the caller handles at once (`max`): an
         // entry held but not being worked on would sit idle in our list and
@@ -873,7 +952,15 @@ impl RedisBackend {
             self.read_group(&mut blocking, sub, ">", max, Some(wait))
                 .await?
         };
-        self.to_deliveries(sub, reply).await
+        let new = self.to_deliveries(sub, reply, true).await?;
+        self.held(&sub.component, |h| {
+            for d in &new {
+                if let Cursor::Stream { stream, entry } = &d.cursor {
+                    h.handed_out.insert((stream.clone(), entry.clone()));
+                }
+            }
+        });
+        Ok(new)
     }
 }
 
@@ -1121,6 +1208,8 @@ impl Backend for RedisBackend {
             .invoke_async(&mut conn)
             .await
             .context("redis dead-letter script failed")?;
+        // Dead-lettered and acknowledged, or no longer ours.
+        self.settled(sub, delivery);
         Ok(())
     }
 
@@ -1421,6 +1510,10 @@ impl RedisBackend {
             .await
             .context("redis commit script failed")?;
         crate::crash::point(crate::crash::REDIS_REPLY);
+        if let (Some((sub, delivery)), "ok" | "duplicate") = (ack, outcome.as_str()) {
+            // Acknowledged, by this commit or already: no longer ours.
+            self.settled(sub, delivery);
+        }
         match outcome.as_str() {
             "ok" => Ok(Commit::Applied),
             // Another host already applied this delivery: nothing to do twice.

@@ -485,3 +485,96 @@ async fn only_the_consumer_holding_an_entry_commits_its_effect() {
         b.close().await.expect("close");
     }
 }
+
+/// Calls of `command` since the last `CONFIG RESETSTAT`.
+async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("info");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("calls"))
+}
+
+/// A poll reads this host's pending list (and the failed attempts) only
+/// when something can be there: once every entry handed out was
+/// acknowledged, a poll is one `XREADGROUP`; after a failure the failed
+/// entry still comes back first, as a second attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poll_reads_the_pending_list_only_when_something_can_be_there() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url.as_str()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("conn");
+    let backend = RedisBackend::connect(
+        &redis.url,
+        "own",
+        Duration::from_secs(600),
+        Duration::from_secs(3600),
+    )
+    .await
+    .expect("connect");
+    let sub = Subscription {
+        component: "c".into(),
+        topics: vec!["t".into()],
+    };
+    backend.subscribe(&sub).await.expect("subscribe");
+    backend_commit(&backend, 3).await;
+    let poll = || async { backend.poll(&sub, 1, Duration::ZERO).await.expect("poll") };
+
+    let first = poll().await;
+    assert_eq!((first[0].key.as_str(), first[0].attempt), ("k0", 1));
+    backend
+        .ack(&sub, &first[0], Changes::default())
+        .await
+        .expect("ack");
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("resetstat");
+    let second = poll().await;
+    assert_eq!((second[0].key.as_str(), second[0].attempt), ("k1", 1));
+    assert_eq!(
+        (
+            calls(&mut conn, "xreadgroup").await,
+            calls(&mut conn, "hmget").await
+        ),
+        (1, 0),
+        "nothing held: new entries only, no attempts to look up"
+    );
+
+    backend
+        .fail(&sub, &second[0], "boom", false)
+        .await
+        .expect("fail");
+    let again = poll().await;
+    assert_eq!(
+        (again[0].key.as_str(), again[0].attempt),
+        ("k1", 2),
+        "the failed entry first, with its attempt"
+    );
+    assert_eq!(calls(&mut conn, "xreadgroup").await, 2);
+    assert_eq!(calls(&mut conn, "hmget").await, 1);
+    backend
+        .ack(&sub, &again[0], Changes::default())
+        .await
+        .expect("ack");
+    let last = poll().await;
+    assert_eq!((last[0].key.as_str(), last[0].attempt), ("k2", 1));
+    backend
+        .ack(&sub, &last[0], Changes::default())
+        .await
+        .expect("ack");
+    assert!(poll().await.is_empty());
+}
