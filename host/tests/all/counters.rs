@@ -152,15 +152,7 @@ async fn all_at_once(
 /// updates of that item's document do conflict, so the requests overlapped.
 async fn concurrent_orders_of_one_item_never_conflict(kind: Kind) {
     let h = Harness::start(kind).await;
-    let (status, body) = h
-        .client
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 1000}),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
+    h.client.seed_item(1, 1000).await;
     let orders = (0..64)
         .map(|i| json!({"custNm": format!("c{i}"), "cafeId": 1, "qty": 2}))
         .collect();

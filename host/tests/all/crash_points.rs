@@ -120,14 +120,7 @@ async fn orders_survive_a_crash_at(point: &str, pass: u32, redis: bool) {
     let spec = format!("{point}@{pass}");
     let mut host = store.start(Some(&spec));
     let c = host.client.clone();
-    let (s, b) = c
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": INITIAL}),
-        )
-        .await;
-    assert_eq!(s, 201, "{b}");
+    c.seed_item(1, INITIAL).await;
     let acked = order_until_it_dies(&c).await;
     let status = host.wait_exit(CRASH_WITHIN);
     // Premise: the process died at the point under test, with work done.

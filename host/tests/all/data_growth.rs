@@ -123,11 +123,7 @@ fn sqlite_count(db: &Path, sql: &str, arg: &str) -> u64 {
 }
 
 async fn redis_cmd(redis: &RedisServer, args: &[&str]) -> u64 {
-    let client = redis::Client::open(redis.url.as_str()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = redis.conn().await;
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
         cmd.arg(*a);

@@ -167,14 +167,7 @@ async fn a_host_killed_mid_stream_applies_every_event_exactly_once_after_restart
     };
     let mut host = Host::start(dir.path(), &text, &["--listen", "127.0.0.1:0"]);
     let c = host.client.clone();
-    let (s, _) = c
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 1000}),
-        )
-        .await;
-    assert_eq!(s, 201);
+    c.seed_item(1, 1000).await;
     let mut ids = Vec::new();
     for chunk in 0..6 {
         ids.extend(order_burst(&c, &format!("c{chunk}"), 10).await);
@@ -458,14 +451,7 @@ async fn orders_are_accepted_while_production_is_down_and_it_catches_up() {
     };
     let mut host = Host::start(dir.path(), &without, &["--listen", "127.0.0.1:0"]);
     let c = host.client.clone();
-    let (s, _) = c
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 5, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 10}),
-        )
-        .await;
-    assert_eq!(s, 201);
+    c.seed_item(5, 10).await;
     for i in 0..3 {
         let (s, body) = c
             .send(

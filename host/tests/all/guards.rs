@@ -83,15 +83,7 @@ async fn a_failing_provider_opens_the_link_breaker(kind: Kind) {
         cafe.limits.open_ms = 60_000;
     })
     .await;
-    let (s, _) = h
-        .client
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 10}),
-        )
-        .await;
-    assert_eq!(s, 201);
+    h.client.seed_item(1, 10).await;
     // Make cafe fail: a version whose instances cannot get the memory they
     // need (same code, 1 MiB ceiling) replaces it through a reload-free swap.
     let live = h.rt.registry.get("cafe").expect("cafe");
@@ -198,15 +190,7 @@ async fn foreign_topics_are_refused_at_publish_and_by_the_consumer(kind: Kind) {
             }
         })
         .await;
-        let (s, _) = h
-            .client
-            .send(
-                "POST",
-                "/cafes",
-                json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 10}),
-            )
-            .await;
-        assert_eq!(s, 201);
+        h.client.seed_item(1, 10).await;
         let (s, order) = h
             .client
             .send("POST", "/orders", json!({"custNm": "Kim", "cafeId": 1}))

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use crate::on_both_backends;
 use crate::support::harness::{Harness, Kind};
 use crate::support::{rss_kib, test_config, variant_wasm};
@@ -27,15 +25,7 @@ fn background_load(h: &Harness, stop: Arc<AtomicBool>) -> tokio::task::JoinHandl
 
 async fn each_misbehaviour_fails_alone(kind: Kind) {
     let h = Harness::start(kind).await;
-    let (s, _) = h
-        .client
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 10}),
-        )
-        .await;
-    assert_eq!(s, 201);
+    h.client.seed_item(1, 10).await;
     let rss_before = rss_kib(std::process::id());
     let stop = Arc::new(AtomicBool::new(false));
     let load = background_load(&h, Arc::clone(&stop));

@@ -127,14 +127,7 @@ async fn components_swap_under_load_without_a_failed_request() {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = sqlite_host(dir.path());
     let (c, admin) = (host.client.clone(), Admin::of(&host));
-    let (s, body) = c
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 100000}),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
+    c.seed_item(1, 100000).await;
     let names = ["cafe", "order", "production", "mypage"];
     let originals: HashMap<&str, String> = names
         .iter()

@@ -63,14 +63,7 @@ async fn metrics_follow_the_traffic() {
     );
     let admin = host.admin.clone().expect("admin");
     let c = host.client.clone();
-    let (s, _) = c
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 10}),
-        )
-        .await;
-    assert_eq!(s, 201);
+    c.seed_item(1, 10).await;
     for _ in 0..3 {
         assert_eq!(c.get("/cafes/1").await.0, 200);
     }

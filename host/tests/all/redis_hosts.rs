@@ -32,11 +32,7 @@ fn start(dir: &std::path::Path, prefix: &str, redis: &RedisServer) -> Host {
 }
 
 async fn xrange(redis: &RedisServer, stream: &str) -> Vec<HashMap<String, Value>> {
-    let client = redis::Client::open(redis.url.as_str()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = redis.conn().await;
     let reply: redis::streams::StreamRangeReply =
         redis::AsyncCommands::xrange_all(&mut conn, stream)
             .await
@@ -62,14 +58,6 @@ async fn xrange(redis: &RedisServer, stream: &str) -> Vec<HashMap<String, Value>
         .collect()
 }
 
-async fn conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis.url.as_str())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn")
-}
-
 /// (entry id, owning consumer) of every entry pending in `group` on `stream`.
 async fn pending(redis: &RedisServer, stream: &str, group: &str) -> Vec<(String, String)> {
     let reply: redis::streams::StreamPendingCountReply = redis::cmd("XPENDING")
@@ -78,7 +66,7 @@ async fn pending(redis: &RedisServer, stream: &str, group: &str) -> Vec<(String,
         .arg("-")
         .arg("+")
         .arg(1000)
-        .query_async(&mut conn(redis).await)
+        .query_async(&mut redis.conn().await)
         .await
         .expect("xpending");
     reply.ids.into_iter().map(|p| (p.id, p.consumer)).collect()
@@ -90,7 +78,7 @@ async fn consumers(redis: &RedisServer, stream: &str, group: &str) -> Vec<String
         .arg("CONSUMERS")
         .arg(stream)
         .arg(group)
-        .query_async(&mut conn(redis).await)
+        .query_async(&mut redis.conn().await)
         .await
         .expect("xinfo consumers");
     reply.consumers.into_iter().map(|c| c.name).collect()
@@ -146,15 +134,7 @@ async fn two_hosts_share_one_redis_with_exact_effects() {
     );
     let a = start(da.path(), "pair", &redis);
     let b = start(db.path(), "pair", &redis);
-    let (s, body) = a
-        .client
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 100}),
-        )
-        .await;
-    assert_eq!(s, 201, "{body}");
+    a.client.seed_item(1, 100).await;
     let mut tasks = Vec::new();
     for i in 0..120 {
         let c = if i % 2 == 0 {
@@ -248,15 +228,7 @@ async fn a_killed_hosts_pending_events_are_reclaimed_and_applied_once() {
         tempfile::tempdir().expect("tempdir"),
     );
     let mut a = start(da.path(), "kill", &redis);
-    let (s, _) = a
-        .client
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 1000}),
-        )
-        .await;
-    assert_eq!(s, 201);
+    a.client.seed_item(1, 1000).await;
     let mut ids = Vec::new();
     for i in 0..30 {
         let (s, body) = a
@@ -411,7 +383,7 @@ async fn a_killed_hosts_in_flight_event_fails_over_within_five_seconds() {
     // How long the victim's heartbeat still had to live at the kill.
     let ttl_ms: i64 = redis::cmd("PTTL")
         .arg(format!("failover:alive:{owner}"))
-        .query_async(&mut conn(&redis).await)
+        .query_async(&mut redis.conn().await)
         .await
         .expect("pttl");
 
@@ -466,14 +438,7 @@ async fn hosts_survive_a_redis_restart_without_losing_acknowledged_orders() {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = start(dir.path(), "restart", &redis);
     let c = host.client.clone();
-    let (s, _) = c
-        .send(
-            "POST",
-            "/cafes",
-            json!({"cafeId": 1, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": 100000}),
-        )
-        .await;
-    assert_eq!(s, 201);
+    c.seed_item(1, 100000).await;
     // Load until told to stop; the counters let the test follow it.
     let stop = Arc::new(AtomicBool::new(false));
     let acked_n = Arc::new(AtomicUsize::new(0));

@@ -25,11 +25,7 @@ fn events(n: usize) -> Changes {
 }
 
 async fn xlen(redis: &RedisServer, stream: &str) -> usize {
-    let client = redis::Client::open(redis.url.as_str()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = redis.conn().await;
     redis::AsyncCommands::xlen(&mut conn, stream)
         .await
         .expect("xlen")
@@ -109,24 +105,8 @@ async fn a_lost_consumer_group_is_recreated() {
         return;
     }
     let redis = RedisServer::start();
-    let backend = RedisBackend::connect(
-        &redis.url,
-        "nogroup",
-        Duration::from_secs(60),
-        Duration::from_secs(3600),
-    )
-    .await
-    .expect("connect");
-    let sub = Subscription {
-        component: "c".into(),
-        topics: vec!["t".into()],
-    };
-    backend.subscribe(&sub).await.expect("subscribe");
-    let client = redis::Client::open(redis.url.as_str()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let (backend, sub) = subscribed(&redis, "nogroup", Duration::from_secs(60)).await;
+    let mut conn = redis.conn().await;
     let _: () = redis::cmd("DEL")
         .arg("nogroup:stream:t")
         .arg("nogroup:replay:c")
@@ -179,25 +159,9 @@ async fn idle_consumers_holding_nothing_are_forgotten() {
         return;
     }
     let redis = RedisServer::start();
-    let backend = RedisBackend::connect(
-        &redis.url,
-        "gone",
-        Duration::from_millis(10),
-        Duration::from_secs(3600),
-    )
-    .await
-    .expect("connect");
-    let sub = Subscription {
-        component: "c".into(),
-        topics: vec!["t".into()],
-    };
-    backend.subscribe(&sub).await.expect("subscribe");
+    let (backend, _) = subscribed(&redis, "gone", Duration::from_millis(10)).await;
     backend.commit(events(2)).await.expect("commit");
-    let client = redis::Client::open(redis.url.as_str()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = redis.conn().await;
     // Two "stopped processes": one read and acked its entry, one still holds one.
     for (consumer, ack) in [("dead-clean", true), ("dead-holding", false)] {
         let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
@@ -251,11 +215,7 @@ async fn a_dead_consumers_entries_are_taken_over_at_once_and_a_live_ones_never()
     }
     let redis = RedisServer::start();
     let (a, b, sub) = two_hosts(&redis, "hb", Duration::from_secs(600)).await;
-    let client = redis::Client::open(redis.url.as_str()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = redis.conn().await;
     let alive_key = format!("hb:alive:{}", a.consumer());
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&alive_key)
@@ -365,17 +325,27 @@ async fn two_hosts(
     prefix: &str,
     claim_idle: Duration,
 ) -> (RedisBackend, RedisBackend, Subscription) {
-    let connect =
-        || RedisBackend::connect(&redis.url, prefix, claim_idle, Duration::from_secs(3600));
-    let a = connect().await.expect("connect");
-    let b = connect().await.expect("connect");
+    let (a, sub) = subscribed(redis, prefix, claim_idle).await;
+    let (b, _) = subscribed(redis, prefix, claim_idle).await;
+    (a, b, sub)
+}
+
+/// One host's backend on `redis` (`prefix`), subscribed as component `c`
+/// to topic `t`, taking over entries idle longer than `claim_idle`.
+async fn subscribed(
+    redis: &RedisServer,
+    prefix: &str,
+    claim_idle: Duration,
+) -> (RedisBackend, Subscription) {
+    let backend = RedisBackend::connect(&redis.url, prefix, claim_idle, Duration::from_secs(3600))
+        .await
+        .expect("connect");
     let sub = Subscription {
         component: "c".into(),
         topics: vec!["t".into()],
     };
-    a.subscribe(&sub).await.expect("subscribe");
-    b.subscribe(&sub).await.expect("subscribe");
-    (a, b, sub)
+    backend.subscribe(&sub).await.expect("subscribe");
+    (backend, sub)
 }
 
 async fn backend_commit(backend: &RedisBackend, n: usize) {
@@ -412,11 +382,7 @@ async fn only_the_consumer_holding_an_entry_commits_its_effect() {
         return;
     }
     let redis = RedisServer::start();
-    let client = redis::Client::open(redis.url.as_str()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
+    let mut conn = redis.conn().await;
     for (prefix, taker_first) in [("late1", false), ("late2", true)] {
         let (a, b, sub) = two_hosts(&redis, prefix, Duration::from_millis(200)).await;
         backend_commit(&a, 1).await;
@@ -510,24 +476,8 @@ async fn a_poll_reads_the_pending_list_only_when_something_can_be_there() {
         return;
     }
     let redis = RedisServer::start();
-    let client = redis::Client::open(redis.url.as_str()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("conn");
-    let backend = RedisBackend::connect(
-        &redis.url,
-        "own",
-        Duration::from_secs(600),
-        Duration::from_secs(3600),
-    )
-    .await
-    .expect("connect");
-    let sub = Subscription {
-        component: "c".into(),
-        topics: vec!["t".into()],
-    };
-    backend.subscribe(&sub).await.expect("subscribe");
+    let mut conn = redis.conn().await;
+    let (backend, sub) = subscribed(&redis, "own", Duration::from_secs(600)).await;
     backend_commit(&backend, 3).await;
     let poll = || async { backend.poll(&sub, 1, Duration::ZERO).await.expect("poll") };
 

@@ -77,18 +77,23 @@ impl RedisBackend {
         Ok(conn)
     }
 
+    /// The consumer groups of `stream`, as `XINFO GROUPS` describes them.
+    async fn groups(conn: &mut ConnectionManager, stream: &str) -> Result<Vec<Info>> {
+        Ok(infos(
+            &redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream)
+                .query_async(conn)
+                .await?,
+        ))
+    }
+
     /// Trim `stream` below the oldest entry some group still needs (pending,
     /// or not yet delivered) and below the retention window; a stream no
     /// group reads is trimmed by retention alone. Returns the MINID used.
     pub async fn trim(&self, stream: &str) -> Result<Option<String>> {
         let mut conn = self.conn.clone();
-        let groups = infos(
-            &redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(stream)
-                .query_async(&mut conn)
-                .await?,
-        );
+        let groups = Self::groups(&mut conn, stream).await?;
         let retain_ms = u64::try_from(self.retain.as_millis()).unwrap_or(u64::MAX);
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let mut floor = StreamPos(now.saturating_sub(retain_ms), 0);
@@ -138,13 +143,7 @@ impl RedisBackend {
     /// read, so this never loses anything.
     pub(super) async fn forget_idle_consumers(&self, stream: &str) -> Result<()> {
         let mut conn = self.conn.clone();
-        let groups = infos(
-            &redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(stream)
-                .query_async(&mut conn)
-                .await?,
-        );
+        let groups = Self::groups(&mut conn, stream).await?;
         let idle_limit = u64::try_from((self.claim_idle * 4).as_millis()).unwrap_or(u64::MAX);
         for group in groups.iter().filter_map(|g| g.text("name")) {
             let consumers: Value = redis::cmd("XINFO")

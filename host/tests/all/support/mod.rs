@@ -373,6 +373,19 @@ impl Client {
     ) -> (u16, serde_json::Value) {
         self.raw(method, path, Some(&body.to_string())).await
     }
+
+    /// Register menu item `id` ("Coldbrew") with `pcnt` units; a test's
+    /// premise, so anything but 201 fails it at once.
+    pub async fn seed_item(&self, id: u64, pcnt: u64) {
+        let (status, body) = self
+            .send(
+                "POST",
+                "/cafes",
+                serde_json::json!({"cafeId": id, "cafeNm": "Coldbrew", "chkDate": "1", "pcnt": pcnt}),
+            )
+            .await;
+        assert_eq!(status, 201, "seeding menu item {id}: {body}");
+    }
 }
 
 /// Component `name` with a custom section appended: another digest, the

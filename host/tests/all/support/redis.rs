@@ -63,6 +63,16 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// A connection of the test's own, for looking at or changing what
+    /// the hosts keep.
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url.as_str())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("conn")
+    }
+
     /// `REDIS_URL` if set, else a fresh server of our own.
     pub fn start() -> Self {
         match std::env::var("REDIS_URL") {
