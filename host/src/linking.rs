@@ -143,12 +143,14 @@ impl HostState {
             Ok(Err(_)) => "refused",
             Err(_) => "failed",
         };
-        tracing::info!(
-            parent: &span,
-            outcome = %label,
-            us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "linked call finished"
-        );
+        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // An answered call is detail of its request (`debug`); a failed one
+        // gets its own line.
+        if label == "failed" {
+            tracing::info!(parent: &span, outcome = %label, us, "linked call finished");
+        } else {
+            tracing::debug!(parent: &span, outcome = %label, us, "linked call finished");
+        }
         let metrics = &self.metrics;
         metrics
             .link_calls

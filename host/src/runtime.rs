@@ -297,7 +297,17 @@ impl Runtime {
                 .ok()
                 .and_then(|r| r.as_ref())
                 .map(|r| r.status);
-            tracing::info!(parent: &span, outcome = %outcome, status, us = micros(started), "invocation finished");
+            // The request line already says how it ended: the run that
+            // answered, and re-runs after a conflict, are detail (`debug`);
+            // a run that failed is worth a line of its own.
+            if matches!(
+                outcome,
+                "committed" | "read_only" | "discarded" | "conflict"
+            ) {
+                tracing::debug!(parent: &span, outcome = %outcome, status, us = micros(started), "invocation finished");
+            } else {
+                tracing::info!(parent: &span, outcome = %outcome, status, us = micros(started), "invocation finished");
+            }
             match done {
                 Ok(Some(response)) => return Ok(response),
                 Ok(None) => continue,

@@ -198,23 +198,31 @@ pub async fn serve(
             let app = Arc::clone(&app);
             async move {
                 let id = request_id(&req);
-                let span = tracing::info_span!("request", request_id = %id);
+                // The request's one span: what was asked, and (once routed)
+                // which component answers. Its invocations nest under it.
+                let span = tracing::info_span!(
+                    "request",
+                    request_id = %id,
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    component = tracing::field::Empty,
+                );
                 crate::trace::continue_client_trace(
                     &span,
                     req.headers()
                         .get(TRACEPARENT_HEADER)
                         .and_then(|v| v.to_str().ok()),
                 );
-                let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+                let probe = req.uri().path().starts_with("/health/");
                 let started = std::time::Instant::now();
-                let mut response = app.handle(req, &id).instrument(span.clone()).await;
+                let mut response = app.handle(req, &id, &span).instrument(span.clone()).await;
                 let status = response.status().as_u16();
                 let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 // One line per request (health probes only at debug).
-                if path.starts_with("/health/") {
-                    tracing::debug!(parent: &span, %method, %path, status, us, "request finished");
+                if probe {
+                    tracing::debug!(parent: &span, status, us, "request finished");
                 } else {
-                    tracing::info!(parent: &span, %method, %path, status, us, "request finished");
+                    tracing::info!(parent: &span, status, us, "request finished");
                 }
                 if let Ok(v) = HeaderValue::from_str(&id) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, v);
@@ -250,7 +258,12 @@ pub async fn serve(
 }
 
 impl App {
-    async fn handle(&self, req: Request<Incoming>, id: &str) -> Response<Body> {
+    async fn handle(
+        &self,
+        req: Request<Incoming>,
+        id: &str,
+        span: &tracing::Span,
+    ) -> Response<Body> {
         if let Some(refused) = refuse_at_the_edge(&req) {
             return refused;
         }
@@ -304,9 +317,8 @@ impl App {
                 format!("component {name:?} is not loaded"),
             );
         };
-        let method = req.method().clone();
-        let span = tracing::info_span!("http", component = %name, method = %method, path = %path);
-        self.invoke(loaded, req, id).instrument(span).await
+        span.record("component", tracing::field::display(name));
+        self.invoke(loaded, req, id).await
     }
 
     async fn invoke(

@@ -125,10 +125,10 @@ async fn place_order(host: &Host, request_id: &str) -> Placed {
     }
 }
 
-/// Whether a text log line carries `request_id=<id>` as a span field (the
-/// last field of the `request` and `event` spans).
+/// Whether a text log line carries `request_id=<id>` as a span field (of
+/// the `request` or the `event` span).
 fn carries(line: &str, id: &str) -> bool {
-    line.contains(&format!("request_id={id}}}"))
+    line.contains(&format!("request_id={id} ")) || line.contains(&format!("request_id={id}}}"))
 }
 
 /// The log lines of one order, each found by what it must contain.
@@ -137,22 +137,22 @@ fn order_path(id: &str, placed: &Placed) -> Vec<(&'static str, Vec<String>)> {
         (
             "the request line",
             vec![
-                "request finished".into(),
-                "method=POST path=/orders status=201".into(),
+                format!("request{{request_id={id} method=POST path=/orders component=order}}: "),
+                "request finished status=201".into(),
             ],
         ),
         (
-            "order's invocation",
+            "order's invocation (debug)",
             vec![
                 format!(
-                    "invocation{{component=order digest={} attempt=1}}",
+                    "component=order}}:invocation{{component=order digest={} attempt=1}}: ",
                     placed.order_digest
                 ),
                 "invocation finished outcome=committed status=201".into(),
             ],
         ),
         (
-            "cafe's linked stock call",
+            "cafe's linked stock call (debug)",
             vec![
                 format!(
                     "invocation{{component=order digest={} attempt=1}}:invocation{{component=cafe digest={} attempt=1 link=stock}}",
@@ -194,16 +194,22 @@ fn order_path(id: &str, placed: &Placed) -> Vec<(&'static str, Vec<String>)> {
     ]
     .into_iter()
     .map(|(what, mut needles)| {
-        needles.push(format!("request_id={id}}}"));
+        needles.push(format!("request_id={id}"));
         (what, needles)
     })
     .collect()
 }
 
-/// One `x-request-id` finds the order's whole path in the host's text log.
+/// One `x-request-id` finds the order's whole path in the host's text log
+/// (at `debug`, which adds each invocation of the request).
 async fn one_request_id_finds_the_whole_path_in_the_log(kind: Kind) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (host, _redis) = start_host(kind, dir.path(), |_| {}, &[]);
+    let (host, _redis) = start_host(
+        kind,
+        dir.path(),
+        |_| {},
+        &[("RUST_LOG", "info,sktarbucks=debug")],
+    );
     let id = format!("trace-{kind:?}-order-1").to_lowercase();
     let placed = place_order(&host, &id).await;
     let wanted = order_path(&id, &placed);
@@ -323,7 +329,8 @@ on_both_backends!(
 );
 
 /// With `SKTARBUCKS_LOG_FORMAT=json` the request id is in the span list of
-/// each line (a log pipeline can filter on it).
+/// each line (a log pipeline can filter on it). At the default level an
+/// order is one line for its request and one per event delivery.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_carry_the_request_id() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -335,40 +342,64 @@ async fn json_logs_carry_the_request_id() {
     );
     let id = "json-order-1";
     place_order(&host, id).await;
-    let has = |log: &[String], message: &str, span: &str, component: &str| {
+    // A line's spans, outermost first: `spans` lists those above the one
+    // it was logged in (`span`).
+    let scope = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        let mut all = v["spans"].as_array().cloned().unwrap_or_default();
+        if v["span"].is_object() {
+            all.push(v["span"].clone());
+        }
+        all
+    };
+    let root = |v: &serde_json::Value| scope(v).first().cloned().unwrap_or_default();
+    let lines = |log: &[String]| -> Vec<serde_json::Value> {
         log.iter()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .any(|v| {
-                v["fields"]["message"] == message
-                    && v["spans"].as_array().is_some_and(|spans| {
-                        spans.iter().any(|s| {
-                            s["name"] == span
-                                && s["request_id"] == id
-                                && (component.is_empty() || s["component"] == component)
-                        })
-                    })
-            })
+            .filter(|v| scope(v).iter().any(|s| s["request_id"] == id))
+            .collect()
     };
-    eventually("JSON lines of the order's path", PATIENCE, || async {
-        let log = host.log.lock().expect("log lock").clone();
-        (has(&log, "invocation finished", "request", "")
-            && has(&log, "linked call finished", "request", "")
-            && has(&log, "invocation finished", "event", "production")
-            && has(&log, "invocation finished", "event", "order")
-            && has(&log, "invocation finished", "event", "mypage"))
-        .then_some(())
+    let delivered = |lines: &[serde_json::Value], component: &str| {
+        lines.iter().any(|v| {
+            v["fields"]["message"] == "invocation finished"
+                && v["fields"]["outcome"] == "handled"
+                && root(v)["name"] == "event"
+                && root(v)["component"] == component
+        })
+    };
+    let ours = eventually("JSON lines of the order's path", PATIENCE, || async {
+        let ours = lines(&host.log.lock().expect("log lock"));
+        (["production", "order", "mypage"]
+            .iter()
+            .all(|c| delivered(&ours, c)))
+        .then_some(ours)
     })
     .await;
-    // The request line is emitted in the request span itself.
-    let log = host.log.lock().expect("log lock").clone();
+    let dump = || {
+        ours.iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // The request's one line, emitted in its span, which says what was
+    // asked and which component answered.
+    let of_the_request: Vec<&serde_json::Value> = ours
+        .iter()
+        .filter(|v| root(v)["name"] == "request")
+        .collect();
+    assert_eq!(of_the_request.len(), 1, "one line per request:\n{}", dump());
+    let line = of_the_request[0];
+    assert_eq!(line["fields"]["message"], "request finished");
+    assert_eq!(line["fields"]["status"], 201);
+    assert_eq!(line["span"]["request_id"], id);
+    assert_eq!(line["span"]["method"], "POST");
+    assert_eq!(line["span"]["path"], "/orders");
+    assert_eq!(line["span"]["component"], "order");
+    // Every other line is a delivery's.
     assert!(
-        log.iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .any(|v| v["fields"]["message"] == "request finished"
-                && v["span"]["request_id"] == id
-                && v["fields"]["path"] == "/orders"),
-        "the request line:\n{}",
-        log.join("\n")
+        ours.iter().all(|v| root(v)["name"] == "request"
+            || (root(v)["name"] == "event" && v["fields"]["message"] == "invocation finished")),
+        "only the request line and one per delivery:\n{}",
+        dump()
     );
 }
 
@@ -645,13 +676,17 @@ async fn spans_of_one_order_reach_an_otlp_collector_as_one_trace(kind: Kind) {
         request.parent_span_id,
         hex::decode(CLIENT_SPAN).expect("hex")
     );
-    let http = find(
-        &spans,
-        "http",
-        &[("component", "order"), ("path", "/orders")],
-        Some(request),
-    );
-    assert_child(http, request, "http under request");
+    for (key, value) in [
+        ("method", "POST"),
+        ("path", "/orders"),
+        ("component", "order"),
+    ] {
+        assert_eq!(
+            attr(request, key).as_deref(),
+            Some(value),
+            "the request span's {key}"
+        );
+    }
     let order = find(
         &spans,
         "invocation",
@@ -660,9 +695,9 @@ async fn spans_of_one_order_reach_an_otlp_collector_as_one_trace(kind: Kind) {
             ("digest", placed.order_digest.as_str()),
             ("attempt", "1"),
         ],
-        Some(http),
+        Some(request),
     );
-    assert_child(order, http, "order's invocation");
+    assert_child(order, request, "order's invocation");
     let cafe = find(
         &spans,
         "invocation",
