@@ -240,8 +240,22 @@ impl SqliteBackend {
 }
 
 /// Check every read version and apply writes and events inside `tx`.
-/// Returns false (caller rolls back) when a read is stale.
+/// Returns false, having written nothing, when a read is stale.
 fn apply(tx: &Connection, changes: &Changes) -> Result<bool> {
+    let Some(added) = check(tx, changes)? else {
+        return Ok(false);
+    };
+    write(tx, changes, added)?;
+    Ok(true)
+}
+
+/// A counter's value after a unit's `store.add`, ready to be written.
+type Added<'a> = Vec<(&'a DocKey, Vec<u8>)>;
+
+/// Whether `changes` can commit: every read version still current, every
+/// counter still above its floor. `None`: they conflict. Reads only, so a
+/// caller that checks before its first write needs no savepoint to decline.
+fn check<'a>(tx: &Connection, changes: &'a Changes) -> Result<Option<Added<'a>>> {
     {
         let mut version_of =
             tx.prepare_cached("SELECT version FROM docs WHERE ns = ?1 AND coll = ?2 AND key = ?3")?;
@@ -251,12 +265,9 @@ fn apply(tx: &Connection, changes: &Changes) -> Result<bool> {
                 .optional()?
                 .unwrap_or(0);
             if current != *seen {
-                return Ok(false);
+                return Ok(None);
             }
         }
-    }
-    if changes.is_write_free() {
-        return Ok(true);
     }
     let mut added = Vec::with_capacity(changes.adds.len());
     {
@@ -273,9 +284,18 @@ fn apply(tx: &Connection, changes: &Changes) -> Result<bool> {
                 Some(next) if next >= add.floor => added.push((key, counter_bytes(next))),
                 // Below the floor (or out of range) at commit: the unit
                 // re-runs and sees the value that refused it.
-                _ => return Ok(false),
+                _ => return Ok(None),
             }
         }
+    }
+    Ok(Some(added))
+}
+
+/// Write checked `changes` (documents, counters, events) under a new
+/// commit version.
+fn write(tx: &Connection, changes: &Changes, added: Added<'_>) -> Result<()> {
+    if changes.is_write_free() {
+        return Ok(());
     }
     let version: u64 = tx
         .prepare_cached(
@@ -312,7 +332,7 @@ fn apply(tx: &Connection, changes: &Changes) -> Result<bool> {
             ])?;
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Remember that delivery `seq` to `subscriber` has failed `attempts` times.
@@ -332,13 +352,20 @@ fn record_attempt(
     Ok(())
 }
 
-/// Mark a delivery as done for its subscriber. False if another process got there first.
-fn advance(tx: &Connection, subscriber: &str, topic: &str, cursor: &Cursor) -> Result<bool> {
+/// Mark a delivery as done for its subscriber. False, having written
+/// nothing, if another process got there first. A first attempt has no
+/// failed attempts on record (its count comes from that record), so only a
+/// retry has one to clear.
+fn advance(
+    tx: &Connection,
+    subscriber: &str,
+    topic: &str,
+    cursor: &Cursor,
+    attempt: u32,
+) -> Result<bool> {
     let Cursor::Seq { seq, replay } = cursor else {
         anyhow::bail!("not a sqlite delivery");
     };
-    tx.prepare_cached("DELETE FROM attempts WHERE subscriber = ?1 AND seq = ?2")?
-        .execute(params![subscriber, seq])?;
     let changed = if *replay {
         tx.prepare_cached("DELETE FROM replays WHERE subscriber = ?1 AND seq = ?2")?
             .execute(params![subscriber, seq])?
@@ -348,7 +375,31 @@ fn advance(tx: &Connection, subscriber: &str, topic: &str, cursor: &Cursor) -> R
         )?
         .execute(params![subscriber, seq, topic])?
     };
+    if changed == 1 && attempt > 1 {
+        tx.prepare_cached("DELETE FROM attempts WHERE subscriber = ?1 AND seq = ?2")?
+            .execute(params![subscriber, seq])?;
+    }
     Ok(changed == 1)
+}
+
+/// Commit a handled delivery's `changes` and move its offset, or decline
+/// (false) having written nothing: every check comes before the first write.
+fn acknowledge(
+    tx: &Connection,
+    subscriber: &str,
+    topic: &str,
+    cursor: &Cursor,
+    attempt: u32,
+    changes: &Changes,
+) -> Result<bool> {
+    let Some(added) = check(tx, changes)? else {
+        return Ok(false);
+    };
+    if !advance(tx, subscriber, topic, cursor, attempt)? {
+        return Ok(false);
+    }
+    write(tx, changes, added)?;
+    Ok(true)
 }
 
 fn topic_filter(topics: &[String]) -> String {
@@ -568,9 +619,10 @@ impl Backend for SqliteBackend {
         let subscriber = sub.component.clone();
         let topic = delivery.topic.clone();
         let cursor = delivery.cursor.clone();
+        let attempt = delivery.attempt;
         let outcome = self
             .write_checked(move |tx| {
-                Ok(apply(tx, &changes)? && advance(tx, &subscriber, &topic, &cursor)?)
+                acknowledge(tx, &subscriber, &topic, &cursor, attempt, &changes)
             })
             .await?;
         if has_events && outcome == Commit::Applied {
@@ -585,25 +637,22 @@ impl Backend for SqliteBackend {
         acks: Vec<(Delivery, Changes)>,
     ) -> Result<Vec<Commit>> {
         let subscriber = sub.component.clone();
-        let staged: Vec<(String, Cursor, bool, Changes)> = acks
+        let staged: Vec<(Delivery, bool, Changes)> = acks
             .into_iter()
-            .map(|(d, c)| (d.topic, d.cursor, !c.events.is_empty(), c))
+            .map(|(d, c)| (d, !c.events.is_empty(), c))
             .collect();
         let (outcomes, appended) = self
             .write(move |tx| {
                 let mut outcomes = Vec::with_capacity(staged.len());
                 let mut appended = false;
                 // Offsets only move forward: a conflict ends the batch, the
-                // rest is delivered again after it.
-                for (topic, cursor, has_events, changes) in &staged {
-                    group_commit::exec(tx, "SAVEPOINT ack")?;
-                    if apply(tx, changes)? && advance(tx, &subscriber, topic, cursor)? {
-                        group_commit::exec(tx, "RELEASE ack")?;
+                // rest is delivered again after it. An ack that declines has
+                // written nothing, so the acks need no savepoints of their own.
+                for (d, has_events, changes) in &staged {
+                    if acknowledge(tx, &subscriber, &d.topic, &d.cursor, d.attempt, changes)? {
                         appended |= *has_events;
                         outcomes.push(Commit::Applied);
                     } else {
-                        group_commit::exec(tx, "ROLLBACK TO ack")?;
-                        group_commit::exec(tx, "RELEASE ack")?;
                         outcomes.push(Commit::Conflict);
                         break;
                     }
@@ -634,7 +683,7 @@ impl Backend for SqliteBackend {
                 anyhow::bail!("not a sqlite delivery");
             };
             if dead {
-                if !advance(tx, &subscriber, &topic, &cursor)? {
+                if !advance(tx, &subscriber, &topic, &cursor, attempt)? {
                     // Another process already completed it: no dead letter.
                     return Ok(());
                 }

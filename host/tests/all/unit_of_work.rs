@@ -127,7 +127,121 @@ async fn concurrent_duplicate_cancels_restore_stock_exactly_once(kind: Kind) {
     h.stop().await;
 }
 
+/// In a batch of acknowledgements, the acks before a conflict keep their
+/// writes and events; the conflicting one keeps nothing (SQLite stops there,
+/// Redis may go on), and whatever was not applied is delivered again, in
+/// order.
+async fn a_conflicting_ack_in_a_batch_keeps_nothing(kind: Kind) {
+    use sktarbucks::backend::{Commit, Subscription};
+    use sktarbucks::uow::{Changes, DocKey, NewEvent};
+
+    let h = Harness::start(kind).await;
+    let sub = Subscription {
+        component: "batcher".into(),
+        topics: vec!["batch.test".into()],
+    };
+    h.backend.subscribe(&sub).await.expect("subscribe");
+    let event = |topic: &str, key: &str| NewEvent {
+        topic: topic.into(),
+        key: key.into(),
+        payload: b"{}".to_vec(),
+        source: "test".into(),
+        trace: Default::default(),
+    };
+    let doc = |key: &str| DocKey::new("batcher", "docs", key);
+    let write = |key: &str| Changes {
+        writes: vec![(doc(key), Some(key.as_bytes().to_vec()))],
+        ..Changes::default()
+    };
+    let committed = h
+        .backend
+        .commit(Changes {
+            events: ["k1", "k2", "k3"]
+                .iter()
+                .map(|k| event("batch.test", k))
+                .collect(),
+            ..write("watched")
+        })
+        .await
+        .expect("commit");
+    assert_eq!(committed, Commit::Applied);
+    let seen = h.backend.get(&doc("watched")).await.expect("get").version;
+    // Someone else changes the document the second handler read.
+    let bumped = h.backend.commit(write("watched")).await.expect("commit");
+    assert_eq!(bumped, Commit::Applied);
+
+    let first = poll(&h, &sub, 3).await;
+    let keys: Vec<&str> = first.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, ["k1", "k2", "k3"], "the premise: all three delivered");
+    let with_event = |mut changes: Changes, key: &str| {
+        changes.events.push(event("batch.followed", key));
+        changes
+    };
+    let stale = Changes {
+        reads: vec![(doc("watched"), seen)],
+        ..with_event(write("b"), "k2")
+    };
+    let acks = vec![
+        (first[0].clone(), with_event(write("a"), "k1")),
+        (first[1].clone(), stale),
+        (first[2].clone(), with_event(write("c"), "k3")),
+    ];
+    let outcomes = h.backend.ack_batch(&sub, acks).await.expect("ack batch");
+    // SQLite moves one offset, so it stops at the conflict; Redis acks
+    // entries one by one and may go on (the wave's keys differ).
+    assert_eq!(outcomes[..2], [Commit::Applied, Commit::Conflict]);
+    let applied: Vec<bool> = (0..3)
+        .map(|i| outcomes.get(i) == Some(&Commit::Applied))
+        .collect();
+    if kind == Kind::Sqlite {
+        assert_eq!(outcomes.len(), 2, "offsets stop at the first conflict");
+    }
+    for (key, applied) in ["a", "b", "c"].iter().zip(&applied) {
+        let read = h.backend.get(&doc(key)).await.expect("get");
+        assert_eq!(read.value.is_some(), *applied, "{key} written iff applied");
+    }
+    let followed = h.events_on("batch.followed").await;
+    assert_eq!(
+        followed.len(),
+        applied.iter().filter(|a| **a).count(),
+        "one event per applied ack: {followed:?}"
+    );
+
+    let left: Vec<&str> = ["k1", "k2", "k3"]
+        .into_iter()
+        .zip(&applied)
+        .filter(|(_, a)| !**a)
+        .map(|(k, _)| k)
+        .collect();
+    let again = poll(&h, &sub, left.len()).await;
+    let keys: Vec<&str> = again.iter().map(|d| d.key.as_str()).collect();
+    assert_eq!(keys, left, "the rest delivered again, in order");
+    h.stop().await;
+}
+
+/// Poll `sub` until `wanted` deliveries came (or 50 polls passed).
+async fn poll(
+    h: &Harness,
+    sub: &sktarbucks::backend::Subscription,
+    wanted: usize,
+) -> Vec<sktarbucks::backend::Delivery> {
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.extend(
+            h.backend
+                .poll(sub, 10, std::time::Duration::from_millis(100))
+                .await
+                .expect("poll"),
+        );
+        if got.len() >= wanted {
+            break;
+        }
+    }
+    got
+}
+
 crate::on_both_backends!(
+    a_conflicting_ack_in_a_batch_keeps_nothing,
     a_trap_after_writing_persists_nothing_and_publishes_nothing,
     two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty,
     concurrent_duplicate_cancels_restore_stock_exactly_once,
