@@ -11,6 +11,7 @@
 //! group was written).
 
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use rusqlite::Connection;
@@ -125,8 +126,15 @@ pub(super) fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A group slower than this is logged: every commit of the process waits
+/// behind it (a stalled `fsync` or checkpoint shows up here, not as a
+/// mystery in request latencies).
+const SLOW_GROUP: Duration = Duration::from_millis(100);
+
 /// One transaction for the whole group; a savepoint per job.
 fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
+    let started = Instant::now();
+    let units = group.len();
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         for job in group {
@@ -162,7 +170,22 @@ fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
             }
             Err(reason)
         }
-        None => exec(conn, "COMMIT").map_err(|e| e.to_string()),
+        None => {
+            let committing = Instant::now();
+            let committed = exec(conn, "COMMIT").map_err(|e| e.to_string());
+            let took = started.elapsed();
+            if took >= SLOW_GROUP {
+                // COMMIT writes the WAL (`fsync` with synchronous = full) and,
+                // every ~1000 pages, checkpoints it into the database file.
+                tracing::warn!(
+                    units,
+                    total_ms = took.as_millis(),
+                    commit_ms = committing.elapsed().as_millis(),
+                    "slow sqlite commit group: every commit waited behind it"
+                );
+            }
+            committed
+        }
     };
     if outcome.is_err() {
         // Nothing of the group is kept: the transaction is still open after
@@ -224,6 +247,80 @@ mod tests {
             }
         }
         assert_eq!(count(&dir), kept);
+    }
+
+    /// Log lines of the whole test process (the writer logs from its own
+    /// thread, so only a global subscriber sees them).
+    fn captured() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+        static LOG: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+            std::sync::OnceLock::new();
+        LOG.get_or_init(|| {
+            let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = std::sync::Arc::clone(&log);
+            tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_writer(move || Sink(std::sync::Arc::clone(&sink)))
+                .try_init()
+                .expect("the only global subscriber of this test binary");
+            log
+        })
+        .clone()
+    }
+
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_group_is_logged_and_a_fast_one_is_not() {
+        let log = captured();
+        let (w, _dir) = writer();
+        let slow_lines = || {
+            String::from_utf8_lossy(&log.lock().unwrap_or_else(|p| p.into_inner()))
+                .lines()
+                .filter(|l| l.contains("slow sqlite commit group"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let before = slow_lines().len();
+        let asked = Instant::now();
+        w.run(|c| {
+            Ok((
+                c.execute("INSERT INTO t (k, v) VALUES ('fast', 1)", [])?,
+                true,
+            ))
+        })
+        .await
+        .expect("fast job");
+        // (A disk that stalled the fast group past the limit logs it too.)
+        if asked.elapsed() < SLOW_GROUP {
+            assert_eq!(slow_lines().len(), before, "a fast group is not logged");
+        }
+        let before = slow_lines().len();
+        w.run(|c| {
+            std::thread::sleep(SLOW_GROUP + Duration::from_millis(20));
+            Ok((
+                c.execute("INSERT INTO t (k, v) VALUES ('slow', 1)", [])?,
+                true,
+            ))
+        })
+        .await
+        .expect("slow job");
+        let lines = slow_lines();
+        assert_eq!(lines.len(), before + 1, "{lines:?}");
+        assert!(lines[before].contains("units=1"), "{lines:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
