@@ -178,6 +178,7 @@ fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
                 // COMMIT writes the WAL (`fsync` with synchronous = full) and,
                 // every ~1000 pages, checkpoints it into the database file.
                 tracing::warn!(
+                    db = conn.path().unwrap_or(""),
                     units,
                     total_ms = took.as_millis(),
                     commit_ms = committing.elapsed().as_millis(),
@@ -286,11 +287,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_slow_group_is_logged_and_a_fast_one_is_not() {
         let log = captured();
-        let (w, _dir) = writer();
+        let (w, dir) = writer();
+        // Other tests' writers log into the same process: ours name our file.
+        let ours = dir.path().join("t.db").display().to_string();
         let slow_lines = || {
             String::from_utf8_lossy(&log.lock().unwrap_or_else(|p| p.into_inner()))
                 .lines()
-                .filter(|l| l.contains("slow sqlite commit group"))
+                .filter(|l| l.contains("slow sqlite commit group") && l.contains(&ours))
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         };
