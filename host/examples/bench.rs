@@ -128,6 +128,29 @@ struct Target {
     name: String,
     url: String,
     pid: u32,
+    /// The redis-server a host on Redis uses: its CPU counts with the host's.
+    redis_pid: Option<u32>,
+}
+
+impl Target {
+    /// Count the bench's redis-server's CPU with this host's.
+    fn on(mut self, redis: Option<&Redis>) -> Self {
+        self.redis_pid = redis.map(Redis::pid);
+        self
+    }
+
+    /// CPU seconds used so far by the server (and its redis-server).
+    fn cpu_seconds(&self) -> Option<f64> {
+        cpu_of(self.pid, self.redis_pid)
+    }
+}
+
+fn cpu_of(pid: u32, redis_pid: Option<u32>) -> Option<f64> {
+    let own = procs::cpu_seconds(pid)?;
+    match redis_pid {
+        Some(r) => Some(own + procs::cpu_seconds(r)?),
+        None => Some(own),
+    }
 }
 
 /// One wrk run's result with the target's RSS during it.
@@ -142,6 +165,27 @@ struct WrkRun {
     rss_samples: Vec<(f64, u64)>,
     /// Time the host's event backlog took to drain after this run.
     drained_after_s: Option<f64>,
+    /// CPU seconds the server used from the start of the run to its end,
+    /// or, for a host, until its backlog drained ([`note_drain`]).
+    cpu_s: Option<f64>,
+    /// The server's CPU time at the start of the run.
+    #[serde(skip)]
+    cpu_at_start: Option<f64>,
+    #[serde(skip)]
+    pid: u32,
+    #[serde(skip)]
+    redis_pid: Option<u32>,
+}
+
+impl WrkRun {
+    /// Server CPU per answered request, µs.
+    fn cpu_us_per_ok(&self) -> f64 {
+        let ok = self.wrk.ok() as f64;
+        match self.cpu_s {
+            Some(cpu) if ok >= 1.0 => cpu * 1e6 / ok,
+            _ => f64::NAN,
+        }
+    }
 }
 
 impl Ctx {
@@ -242,10 +286,16 @@ impl Ctx {
         std::fs::write(&script, wrk::script(load, &tag))
             .with_context(|| format!("failed to write {}", script.display()))?;
         let rss = RssSampler::start(target.pid, Duration::from_millis(200));
+        let cpu_at_start = target.cpu_seconds();
         let summary = wrk::run(&target.url, &script, self.args.clients, seconds).await;
+        let cpu_at_end = target.cpu_seconds();
         let rss_samples = rss.stop();
         let summary = summary?;
         let run = WrkRun {
+            cpu_s: cpu_at_start.zip(cpu_at_end).map(|(a, b)| b - a),
+            cpu_at_start,
+            pid: target.pid,
+            redis_pid: target.redis_pid,
             what: what.into(),
             system: target.name.clone(),
             round,
@@ -298,8 +348,25 @@ fn row(what: &str, system: &str, runs: &[WrkRun]) -> Row {
         non_2xx: mine.iter().map(|r| r.wrk.non_2xx_3xx).sum(),
         socket_errors: mine.iter().map(|r| r.wrk.socket_errors()).sum(),
         rss_max_mib: mine.iter().map(|r| r.rss_max_kib).max().unwrap_or(0) as f64 / 1024.0,
+        cpu_us_per_ok: median(mine.iter().map(|r| r.cpu_us_per_ok())),
         rounds: mine.len(),
     }
+}
+
+/// The server CPU per answered request of `host` against `bare`'s: how
+/// many times the work the host spends on one request (and its events).
+fn cpu_ratio(what: &str, host: Option<&Row>, bare: &Row) -> Option<Check> {
+    let host = host?;
+    let ratio = host.cpu_us_per_ok / bare.cpu_us_per_ok;
+    ratio.is_finite().then(|| {
+        Check::info(
+            format!("{what}: CPU per answer, {} / {}", host.system, bare.system),
+            format!(
+                "{:.0} / {:.0} µs = {ratio:.1}×",
+                host.cpu_us_per_ok, bare.cpu_us_per_ok
+            ),
+        )
+    })
 }
 
 fn pct(x: f64) -> String {
@@ -311,6 +378,7 @@ fn host_target(name: &str, host: &Host) -> Target {
         name: name.into(),
         url: host.url.clone(),
         pid: host.pid(),
+        redis_pid: None,
     }
 }
 
@@ -334,11 +402,12 @@ async fn get(ctx: &Ctx) -> Result<Scenario> {
             name: "bare hyper+sqlite".into(),
             url: bare.url.clone(),
             pid: bare.pid(),
+            redis_pid: None,
         },
     ];
     let mut admins = vec![sqlite.admin.as_str()];
     if let Some(r) = &redis {
-        targets.push(host_target("host redis", r));
+        targets.push(host_target("host redis", r).on(ctx.redis.as_ref()));
         admins.push(r.admin.as_str());
     }
     let load = Load::GetCafes { items: ITEMS };
@@ -373,6 +442,11 @@ async fn get(ctx: &Ctx) -> Result<Scenario> {
             ratio >= 0.4,
         ));
     }
+    for host in [0, 2] {
+        if let Some(check) = cpu_ratio(what, s.rows.get(host), &s.rows[1]) {
+            s.checks.push(check);
+        }
+    }
     s.runs = runs.iter().map(to_json).collect();
     Ok(s)
 }
@@ -385,6 +459,10 @@ fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
 async fn note_drain(ctx: &Ctx, run: &mut WrkRun, admin: &str) -> Result<()> {
     let d = api::wait_drained(&ctx.client, admin, DRAIN_LIMIT).await?;
     run.drained_after_s = Some(d.as_secs_f64());
+    // The run's events are part of what its requests cost.
+    if let (Some(start), Some(now)) = (run.cpu_at_start, cpu_of(run.pid, run.redis_pid)) {
+        run.cpu_s = Some(now - start);
+    }
     Ok(())
 }
 
@@ -412,13 +490,14 @@ async fn orders(ctx: &Ctx) -> Result<Scenario> {
                     name: "bare hyper+sqlite".into(),
                     url: bare.url.clone(),
                     pid: bare.pid(),
+                    redis_pid: None,
                 },
                 None,
             ),
         ];
         if let Some(r) = &redis {
             targets.push((
-                host_target("host redis (AOF everysec)", r),
+                host_target("host redis (AOF everysec)", r).on(ctx.redis.as_ref()),
                 Some(r.admin.clone()),
             ));
         }
@@ -476,6 +555,9 @@ async fn orders(ctx: &Ctx) -> Result<Scenario> {
                 format!("{label}: host / bare sync {sync} (ok/s)"),
                 pct(r.ok_per_s / bare_rps),
             ));
+            if let Some(check) = cpu_ratio(&label, Some(r), &rows[1]) {
+                s.checks.push(check);
+            }
         }
         let drains: Vec<String> = runs
             .iter()
@@ -559,6 +641,7 @@ async fn hot(ctx: &Ctx) -> Result<Scenario> {
                 name: "bare hyper+sqlite".into(),
                 url: bare.url.clone(),
                 pid: bare.pid(),
+                redis_pid: None,
             },
             None,
             true,
@@ -566,7 +649,7 @@ async fn hot(ctx: &Ctx) -> Result<Scenario> {
     ];
     if let Some(r) = &redis {
         targets.push((
-            host_target("host redis (AOF everysec)", r),
+            host_target("host redis (AOF everysec)", r).on(ctx.redis.as_ref()),
             Some(r.admin.clone()),
             false,
         ));
@@ -730,6 +813,7 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
             non_2xx: mine.iter().map(|r| r.2.refused_or_failed).sum(),
             socket_errors: 0,
             rss_max_mib: mine.iter().map(|r| r.3).max().unwrap_or(0) as f64 / 1024.0,
+            cpu_us_per_ok: f64::NAN,
             rounds: mine.len(),
         });
         let fmt = |f: &dyn Fn(&paced::Paced) -> stats::Percentiles| {

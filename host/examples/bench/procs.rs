@@ -393,6 +393,22 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time (user + system, all threads) `pid` has used so far, in seconds;
+/// None once the process is gone. `/proc` counts it in USER_HZ ticks, which
+/// the kernel fixes at 100 per second for user space.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after
+    // its last ')'; utime and stime are the 12th and 13th from there.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Samples VmRSS of one process on a thread until stopped.
 pub struct RssSampler {
     stop: Arc<AtomicBool>,

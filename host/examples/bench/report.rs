@@ -95,6 +95,10 @@ pub struct Row {
     pub non_2xx: u64,
     pub socket_errors: u64,
     pub rss_max_mib: f64,
+    /// CPU time of the server per answered request, in µs (hosts: until
+    /// the run's event backlog drained, so an order's events count too).
+    /// Steadier than ok/s on a shared machine. NaN where not measured.
+    pub cpu_us_per_ok: f64,
     pub rounds: usize,
 }
 
@@ -167,12 +171,12 @@ fn num(x: f64, digits: usize) -> String {
 /// The results table (markdown) of every scenario.
 pub fn rows_table(scenarios: &[Scenario]) -> String {
     let mut out = String::from(
-        "| scenario | system | ok/s | p50 ms | p99 ms | non-2xx | sock err | max RSS MiB |\n|---|---|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | system | ok/s | p50 ms | p99 ms | non-2xx | sock err | max RSS MiB | CPU µs/ok |\n|---|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for s in scenarios {
         for r in &s.rows {
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 r.what,
                 r.system,
                 num(r.ok_per_s, 0),
@@ -180,7 +184,8 @@ pub fn rows_table(scenarios: &[Scenario]) -> String {
                 num(r.p99_ms, 2),
                 r.non_2xx,
                 r.socket_errors,
-                num(r.rss_max_mib, 0)
+                num(r.rss_max_mib, 0),
+                num(r.cpu_us_per_ok, 0)
             ));
         }
     }
