@@ -141,15 +141,11 @@ impl Target {
 
     /// CPU seconds used so far by the server (and its redis-server).
     fn cpu_seconds(&self) -> Option<f64> {
-        cpu_of(self.pid, self.redis_pid)
-    }
-}
-
-fn cpu_of(pid: u32, redis_pid: Option<u32>) -> Option<f64> {
-    let own = procs::cpu_seconds(pid)?;
-    match redis_pid {
-        Some(r) => Some(own + procs::cpu_seconds(r)?),
-        None => Some(own),
+        let own = procs::cpu_seconds(self.pid)?;
+        match self.redis_pid {
+            Some(r) => Some(own + procs::cpu_seconds(r)?),
+            None => Some(own),
+        }
     }
 }
 
@@ -171,10 +167,6 @@ struct WrkRun {
     /// The server's CPU time at the start of the run.
     #[serde(skip)]
     cpu_at_start: Option<f64>,
-    #[serde(skip)]
-    pid: u32,
-    #[serde(skip)]
-    redis_pid: Option<u32>,
 }
 
 impl WrkRun {
@@ -294,8 +286,6 @@ impl Ctx {
         let run = WrkRun {
             cpu_s: cpu_at_start.zip(cpu_at_end).map(|(a, b)| b - a),
             cpu_at_start,
-            pid: target.pid,
-            redis_pid: target.redis_pid,
             what: what.into(),
             system: target.name.clone(),
             round,
@@ -455,12 +445,13 @@ fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
-/// After a host run: how long its event backlog took to drain.
-async fn note_drain(ctx: &Ctx, run: &mut WrkRun, admin: &str) -> Result<()> {
+/// After a run of `target` (a host): how long its event backlog took to
+/// drain.
+async fn note_drain(ctx: &Ctx, run: &mut WrkRun, target: &Target, admin: &str) -> Result<()> {
     let d = api::wait_drained(&ctx.client, admin, DRAIN_LIMIT).await?;
     run.drained_after_s = Some(d.as_secs_f64());
     // The run's events are part of what its requests cost.
-    if let (Some(start), Some(now)) = (run.cpu_at_start, cpu_of(run.pid, run.redis_pid)) {
+    if let (Some(start), Some(now)) = (run.cpu_at_start, target.cpu_seconds()) {
         run.cpu_s = Some(now - start);
     }
     Ok(())
@@ -514,7 +505,7 @@ async fn orders(ctx: &Ctx) -> Result<Scenario> {
                     .wrk(&what, t, load, round, ctx.args.seconds, &admins)
                     .await?;
                 if let Some(admin) = admin {
-                    note_drain(ctx, &mut run, admin).await?;
+                    note_drain(ctx, &mut run, t, admin).await?;
                 }
                 runs.push(run);
             }
@@ -683,7 +674,7 @@ async fn hot(ctx: &Ctx) -> Result<Scenario> {
                 )
                 .await?;
             if let Some(admin) = admin {
-                note_drain(ctx, &mut run, admin).await?;
+                note_drain(ctx, &mut run, t, admin).await?;
             }
             let (pcnt1, orders1, qty1) = hot_state(ctx, &t.url, item, *is_bare).await?;
             let accepted = run.wrk.ok();

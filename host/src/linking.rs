@@ -14,6 +14,7 @@ use crate::guard::{Admitted, Refusal};
 use crate::invoke::{self, Env, Failure, Invocation, Origin, within};
 use crate::pool::Retire;
 use crate::state::{HostState, Links};
+use crate::trace::{info_or_debug, micros};
 
 /// Deepest chain of synchronous calls (guards against link cycles).
 const MAX_DEPTH: u8 = 4;
@@ -143,14 +144,15 @@ impl HostState {
             Ok(Err(_)) => "refused",
             Err(_) => "failed",
         };
-        let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         // An answered call is detail of its request (`debug`); a failed one
         // gets its own line.
-        if label == "failed" {
-            tracing::info!(parent: &span, outcome = %label, us, "linked call finished");
-        } else {
-            tracing::debug!(parent: &span, outcome = %label, us, "linked call finished");
-        }
+        info_or_debug!(
+            label == "failed",
+            parent: &span,
+            outcome = %label,
+            us = micros(started),
+            "linked call finished"
+        );
         let metrics = &self.metrics;
         metrics
             .link_calls

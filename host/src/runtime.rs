@@ -18,13 +18,8 @@ use crate::invoke::{self, Env, Failure, Invocation, Origin, within};
 use crate::pool::Retire;
 use crate::registry::{LiveSet, Loaded, Registry};
 use crate::state::HostState;
-use crate::trace::TraceContext;
+use crate::trace::{TraceContext, info_or_debug, micros};
 use crate::uow::{Changes, UnitOfWork};
-
-/// Microseconds since `started`, for log lines.
-fn micros(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
-}
 
 /// How often idle reusable instances are looked at for expiry.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -300,14 +295,11 @@ impl Runtime {
             // The request line already says how it ended: the run that
             // answered, and re-runs after a conflict, are detail (`debug`);
             // a run that failed is worth a line of its own.
-            if matches!(
+            let routine = matches!(
                 outcome,
                 "committed" | "read_only" | "discarded" | "conflict"
-            ) {
-                tracing::debug!(parent: &span, outcome = %outcome, status, us = micros(started), "invocation finished");
-            } else {
-                tracing::info!(parent: &span, outcome = %outcome, status, us = micros(started), "invocation finished");
-            }
+            );
+            info_or_debug!(!routine, parent: &span, outcome = %outcome, status, us = micros(started), "invocation finished");
             match done {
                 Ok(Some(response)) => return Ok(response),
                 Ok(None) => continue,

@@ -14,7 +14,7 @@
 //! with `SKTARBUCKS_LOG_FORMAT=json`) and, when an endpoint is configured,
 //! span export over OTLP/HTTP (protobuf) in batches on the tokio runtime.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
@@ -27,6 +27,25 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::TracingConfig;
+
+/// Microseconds since `started`, for log lines.
+pub fn micros(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// One log event at `info` when `info` is true, else at `debug` (tracing
+/// levels are fixed per call site): for lines that only matter when
+/// something went wrong, or that are routine for one kind of request.
+macro_rules! info_or_debug {
+    ($info:expr, $($event:tt)+) => {
+        if $info {
+            tracing::info!($($event)+)
+        } else {
+            tracing::debug!($($event)+)
+        }
+    };
+}
+pub(crate) use info_or_debug;
 
 /// Where a unit of work's effects came from, carried by the events it
 /// publishes: the originating request's id and, when spans are exported,

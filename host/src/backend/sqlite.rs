@@ -637,20 +637,16 @@ impl Backend for SqliteBackend {
         acks: Vec<(Delivery, Changes)>,
     ) -> Result<Vec<Commit>> {
         let subscriber = sub.component.clone();
-        let staged: Vec<(Delivery, bool, Changes)> = acks
-            .into_iter()
-            .map(|(d, c)| (d, !c.events.is_empty(), c))
-            .collect();
         let (outcomes, appended) = self
             .write(move |tx| {
-                let mut outcomes = Vec::with_capacity(staged.len());
+                let mut outcomes = Vec::with_capacity(acks.len());
                 let mut appended = false;
                 // Offsets only move forward: a conflict ends the batch, the
                 // rest is delivered again after it. An ack that declines has
                 // written nothing, so the acks need no savepoints of their own.
-                for (d, has_events, changes) in &staged {
+                for (d, changes) in &acks {
                     if acknowledge(tx, &subscriber, &d.topic, &d.cursor, d.attempt, changes)? {
-                        appended |= *has_events;
+                        appended |= !changes.events.is_empty();
                         outcomes.push(Commit::Applied);
                     } else {
                         outcomes.push(Commit::Conflict);

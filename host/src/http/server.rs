@@ -217,13 +217,14 @@ pub async fn serve(
                 let started = std::time::Instant::now();
                 let mut response = app.handle(req, &id, &span).instrument(span.clone()).await;
                 let status = response.status().as_u16();
-                let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
                 // One line per request (health probes only at debug).
-                if probe {
-                    tracing::debug!(parent: &span, status, us, "request finished");
-                } else {
-                    tracing::info!(parent: &span, status, us, "request finished");
-                }
+                crate::trace::info_or_debug!(
+                    !probe,
+                    parent: &span,
+                    status,
+                    us = crate::trace::micros(started),
+                    "request finished"
+                );
                 if let Ok(v) = HeaderValue::from_str(&id) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, v);
                 }
