@@ -3,6 +3,7 @@
 //! guarantees, and the behavioural tests run against both.
 
 mod group_commit;
+mod id_blocks;
 pub mod redis;
 pub mod sqlite;
 
@@ -146,7 +147,9 @@ pub trait Backend: Send + Sync + 'static {
         limit: RangeLimit,
     ) -> Result<Range>;
 
-    /// Next number of a sequence; committed immediately, outside any unit.
+    /// Next number of a sequence, never handed out before (not even across
+    /// a crash), outside any unit. Ids increase within a process; a crash
+    /// may leave a gap (SQLite reserves blocks of them ahead).
     async fn next_id(&self, ns: &str, sequence: &str) -> Result<u64>;
 
     /// Make sure the sequence never hands out `value` or less again;

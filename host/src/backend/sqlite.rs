@@ -18,6 +18,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::Notify;
 
 use super::group_commit;
+use super::id_blocks::IdBlocks;
 use super::{
     Backend, Commit, Cursor, DeadLetter, Delivery, Deployment, Range, RangeLimit, Read,
     Subscription,
@@ -122,6 +123,8 @@ pub struct SqliteBackend {
     /// first delivery they see may be what killed it, so it is charged one
     /// attempt (a crash loop ends in the dead letters, not forever).
     suspects: Mutex<std::collections::HashSet<String>>,
+    /// Blocks of sequence numbers reserved ahead (`store.next-id`).
+    ids: IdBlocks,
 }
 
 fn now_ms() -> i64 {
@@ -184,6 +187,7 @@ impl SqliteBackend {
             retain: Duration::from_secs(24 * 3600),
             run: i64::from(rand::random::<u32>()) + 1,
             suspects: Mutex::default(),
+            ids: IdBlocks::default(),
         })
     }
 
@@ -488,32 +492,63 @@ impl Backend for SqliteBackend {
     }
 
     async fn next_id(&self, ns: &str, sequence: &str) -> Result<u64> {
-        let (ns, sequence) = (ns.to_owned(), sequence.to_owned());
-        self.write(move |tx| {
-            let id: u64 = tx
-                .prepare_cached(
-                    "INSERT INTO sequences (ns, name, value) VALUES (?1, ?2, 1)
-                     ON CONFLICT (ns, name) DO UPDATE SET value = value + 1 RETURNING value",
-                )?
-                .query_row(params![ns, sequence], |r| r.get(0))?;
-            Ok(id)
-        })
-        .await
+        self.ids
+            .next(ns, sequence, |n| {
+                let (ns, sequence) = (ns.to_owned(), sequence.to_owned());
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                self.write(move |tx| {
+                    let end: u64 = tx
+                        .prepare_cached(
+                            "INSERT INTO sequences (ns, name, value) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (ns, name) DO UPDATE SET value = value + ?3 RETURNING value",
+                        )?
+                        .query_row(params![ns, sequence, n], |r| r.get(0))?;
+                    Ok(end)
+                })
+            })
+            .await
     }
 
     async fn advance_sequence(&self, ns: &str, sequence: &str, value: u64) -> Result<()> {
-        // SQLite integers are i64: an id beyond that cannot be handed out anyway.
-        let value = i64::try_from(value).unwrap_or(i64::MAX);
-        if self.sequence_at_least(ns, sequence, value)? {
+        self.ids
+            .advance(ns, sequence, value, || async {
+                // SQLite integers are i64: an id beyond that cannot be handed out anyway.
+                let value = i64::try_from(value).unwrap_or(i64::MAX);
+                if self.sequence_at_least(ns, sequence, value)? {
+                    return Ok(());
+                }
+                let (ns, sequence) = (ns.to_owned(), sequence.to_owned());
+                self.write(move |tx| {
+                    tx.execute(
+                        "INSERT INTO sequences (ns, name, value) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (ns, name) DO UPDATE SET value = max(value, excluded.value)",
+                        params![ns, sequence, value],
+                    )?;
+                    Ok(())
+                })
+                .await
+            })
+            .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        // Give back what is left of every block of ids, unless something
+        // moved the sequence since: a clean stop leaves no gap.
+        let unused = self.ids.take_unused().await;
+        if unused.is_empty() {
             return Ok(());
         }
-        let (ns, sequence) = (ns.to_owned(), sequence.to_owned());
         self.write(move |tx| {
-            tx.execute(
-                "INSERT INTO sequences (ns, name, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (ns, name) DO UPDATE SET value = max(value, excluded.value)",
-                params![ns, sequence, value],
+            let mut give_back = tx.prepare_cached(
+                "UPDATE sequences SET value = ?3 WHERE ns = ?1 AND name = ?2 AND value = ?4",
             )?;
+            for (ns, sequence, block) in &unused {
+                let (last_used, end) = (
+                    i64::try_from(block.next - 1).unwrap_or(i64::MAX),
+                    i64::try_from(block.end).unwrap_or(i64::MAX),
+                );
+                give_back.execute(params![ns, sequence, last_used, end])?;
+            }
             Ok(())
         })
         .await
