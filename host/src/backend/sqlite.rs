@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::Notify;
 
-use super::group_commit;
 use super::id_blocks::IdBlocks;
 use super::{
     Backend, Commit, Cursor, DeadLetter, Delivery, Deployment, Range, RangeLimit, Read,
@@ -428,6 +427,47 @@ fn read_doc(conn: &Connection, key: &DocKey) -> Result<Read> {
     }))
 }
 
+/// Documents `keys` in one statement, in the order asked (a key may repeat).
+fn read_docs(conn: &Connection, keys: &[DocKey]) -> Result<Vec<Read>> {
+    let rows = vec!["(?, ?, ?, ?)"; keys.len()].join(", ");
+    let sql = format!(
+        "WITH k(i, ns, coll, key) AS (VALUES {rows})
+         SELECT k.i, d.value, d.version FROM k
+         LEFT JOIN docs d ON d.ns = k.ns AND d.coll = k.coll AND d.key = k.key"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(keys.len() * 4);
+    let positions: Vec<i64> = (0..keys.len())
+        .map(|i| i64::try_from(i).unwrap_or(i64::MAX))
+        .collect();
+    for (key, i) in keys.iter().zip(&positions) {
+        values.extend([
+            i as &dyn rusqlite::ToSql,
+            &key.ns,
+            &key.collection,
+            &key.key,
+        ]);
+    }
+    let mut read = vec![
+        Read {
+            value: None,
+            version: 0
+        };
+        keys.len()
+    ];
+    let mut rows = stmt.query(values.as_slice())?;
+    while let Some(row) = rows.next()? {
+        let i: usize = row.get(0)?;
+        if let (Some(slot), Some(version)) = (read.get_mut(i), row.get::<_, Option<u64>>(2)?) {
+            *slot = Read {
+                value: row.get(1)?,
+                version,
+            };
+        }
+    }
+    Ok(read)
+}
+
 #[async_trait]
 impl Backend for SqliteBackend {
     fn name(&self) -> &'static str {
@@ -445,18 +485,13 @@ impl Backend for SqliteBackend {
     }
 
     async fn get_many(&self, keys: &[DocKey]) -> Result<Vec<Read>> {
-        let conn = self.reader();
-        // One read transaction (one WAL read lock) for all of them, and one
-        // snapshot.
-        group_commit::exec(&conn, "BEGIN")?;
-        let read = keys
-            .iter()
-            .map(|key| read_doc(&conn, key))
-            .collect::<Result<Vec<Read>>>();
-        if group_commit::exec(&conn, "COMMIT").is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+        match keys {
+            [] => Ok(Vec::new()),
+            [key] => Ok(vec![read_doc(&self.reader(), key)?]),
+            // One statement: one snapshot and one WAL read lock for all of
+            // them, without a BEGIN and COMMIT of its own.
+            _ => read_docs(&self.reader(), keys),
         }
-        read
     }
 
     async fn range(
