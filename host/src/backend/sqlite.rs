@@ -143,6 +143,11 @@ fn open(path: &Path, synchronous: Synchronous) -> Result<Connection> {
     let conn = Connection::open(path)
         .with_context(|| format!("failed to open sqlite database {}", path.display()))?;
     conn.busy_timeout(Duration::from_secs(10))?;
+    // Room for every statement a connection runs (rusqlite keeps 16): the
+    // writer's and the readers' sets (`get_many` has one per key count, the
+    // lag query one per subscriber) stay prepared instead of evicting each
+    // other under mixed load.
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     let sync = match synchronous {
         Synchronous::Full => "FULL",
