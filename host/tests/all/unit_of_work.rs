@@ -240,7 +240,52 @@ async fn poll(
     got
 }
 
+/// Units that read the same version of a document and rewrite it commit
+/// at the same moment (on SQLite, mostly in one commit group, whose units
+/// share a commit version): exactly one of each round applies, and every
+/// round leaves the document at a version no earlier round had.
+async fn concurrent_rewrites_of_one_read_version_apply_exactly_once(kind: Kind) {
+    use sktarbucks::backend::Commit;
+    use sktarbucks::uow::{Changes, DocKey};
+
+    let h = Harness::start(kind).await;
+    let doc = DocKey::new("racer", "docs", "contended");
+    let write = |value: String, seen: u64| Changes {
+        reads: vec![(doc.clone(), seen)],
+        writes: vec![(doc.clone(), Some(value.into_bytes()))],
+        ..Changes::default()
+    };
+    let mut versions = Vec::new();
+    for round in 0..40 {
+        let seen = h.backend.get(&doc).await.expect("get").version;
+        versions.push(seen);
+        let commits = (0..8).map(|unit| {
+            let backend = Arc::clone(&h.backend);
+            let changes = write(format!("{round}-{unit}"), seen);
+            tokio::spawn(async move { backend.commit(changes).await.expect("commit") })
+        });
+        let mut applied = 0;
+        for commit in futures::future::join_all(commits).await {
+            if commit.expect("task") == Commit::Applied {
+                applied += 1;
+            }
+        }
+        assert_eq!(
+            applied, 1,
+            "round {round}: one of eight rewrites of version {seen} applies"
+        );
+    }
+    let last = h.backend.get(&doc).await.expect("get").version;
+    versions.push(last);
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]),
+        "every round moved the version on: {versions:?}"
+    );
+    h.stop().await;
+}
+
 crate::on_both_backends!(
+    concurrent_rewrites_of_one_read_version_apply_exactly_once,
     a_conflicting_ack_in_a_batch_keeps_nothing,
     a_trap_after_writing_persists_nothing_and_publishes_nothing,
     two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty,
