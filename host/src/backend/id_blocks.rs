@@ -27,10 +27,11 @@ pub(super) struct Block {
     pub end: u64,
 }
 
-/// The current block of every sequence this process has used.
+/// The current block of every sequence this process has used, by
+/// namespace then sequence (so a lookup borrows the names, no allocation).
 #[derive(Default)]
 pub(super) struct IdBlocks {
-    blocks: Mutex<HashMap<(String, String), Block>>,
+    blocks: Mutex<HashMap<String, HashMap<String, Block>>>,
 }
 
 impl IdBlocks {
@@ -44,16 +45,15 @@ impl IdBlocks {
         // Held across a reservation: callers wait for it (once per block)
         // rather than each reserving a block of their own.
         let mut blocks = self.blocks.lock().await;
-        let key = (ns.to_owned(), sequence.to_owned());
-        if let Some(block) = blocks.get_mut(&key).filter(|b| b.next <= b.end) {
+        if let Some(block) = current(&mut blocks, ns, sequence).filter(|b| b.next <= b.end) {
             let id = block.next;
             block.next += 1;
             return Ok(id);
         }
         let end = reserve(BLOCK).await?;
         let first = end.saturating_sub(BLOCK - 1).max(1);
-        blocks.insert(
-            key,
+        blocks.entry(ns.to_owned()).or_default().insert(
+            sequence.to_owned(),
             Block {
                 next: first + 1,
                 end,
@@ -77,7 +77,7 @@ impl IdBlocks {
         Fut: Future<Output = Result<()>>,
     {
         let mut blocks = self.blocks.lock().await;
-        if let Some(block) = blocks.get_mut(&(ns.to_owned(), sequence.to_owned())) {
+        if let Some(block) = current(&mut blocks, ns, sequence) {
             block.next = block.next.max(value.saturating_add(1));
         }
         persist().await
@@ -88,10 +88,23 @@ impl IdBlocks {
         let mut blocks = self.blocks.lock().await;
         blocks
             .drain()
-            .filter(|(_, b)| b.next <= b.end)
-            .map(|((ns, sequence), b)| (ns, sequence, b))
+            .flat_map(|(ns, sequences)| {
+                sequences
+                    .into_iter()
+                    .map(move |(sequence, b)| (ns.clone(), sequence, b))
+            })
+            .filter(|(_, _, b)| b.next <= b.end)
             .collect()
     }
+}
+
+/// The current block of `sequence` in `ns`, if this process has one.
+fn current<'a>(
+    blocks: &'a mut HashMap<String, HashMap<String, Block>>,
+    ns: &str,
+    sequence: &str,
+) -> Option<&'a mut Block> {
+    blocks.get_mut(ns)?.get_mut(sequence)
 }
 
 #[cfg(test)]

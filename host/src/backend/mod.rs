@@ -19,7 +19,7 @@ use crate::uow::{Changes, DocKey};
 /// A document as read: its value (`None` = absent or deleted) and the version
 /// of the commit that last wrote it (0 = never written). Deletes keep their
 /// version, so "absent" can be version-checked without ABA surprises.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Read {
     pub value: Option<Vec<u8>>,
     pub version: u64,

@@ -126,10 +126,16 @@ pub struct SqliteBackend {
     ids: IdBlocks,
 }
 
+/// `v` as an SQLite integer (an i64), saturating: nothing beyond it can be
+/// stored anyway.
+fn sql_int(v: impl TryInto<i64>) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map(|d| sql_int(d.as_millis()))
         .unwrap_or(0)
 }
 
@@ -426,41 +432,40 @@ fn read_doc(conn: &Connection, key: &DocKey) -> Result<Read> {
             })
         })
         .optional()?;
-    Ok(row.unwrap_or(Read {
-        value: None,
-        version: 0,
-    }))
+    Ok(row.unwrap_or_default())
+}
+
+/// The statement of [`read_docs`] for `n` keys, built once per count up to
+/// the most a `store.get-many` may ask for.
+fn read_docs_sql(n: usize) -> std::borrow::Cow<'static, str> {
+    static BUILT: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let build = |n: usize| {
+        let rows = vec!["(?, ?, ?, ?)"; n].join(", ");
+        format!(
+            "WITH k(i, ns, coll, key) AS (VALUES {rows})
+             SELECT k.i, d.value, d.version FROM k
+             LEFT JOIN docs d ON d.ns = k.ns AND d.coll = k.coll AND d.key = k.key"
+        )
+    };
+    let built = BUILT.get_or_init(|| (0..=crate::state::MAX_GET_MANY).map(build).collect());
+    match built.get(n) {
+        Some(sql) => std::borrow::Cow::Borrowed(sql.as_str()),
+        None => std::borrow::Cow::Owned(build(n)),
+    }
 }
 
 /// Documents `keys` in one statement, in the order asked (a key may repeat).
 fn read_docs(conn: &Connection, keys: &[DocKey]) -> Result<Vec<Read>> {
-    let rows = vec!["(?, ?, ?, ?)"; keys.len()].join(", ");
-    let sql = format!(
-        "WITH k(i, ns, coll, key) AS (VALUES {rows})
-         SELECT k.i, d.value, d.version FROM k
-         LEFT JOIN docs d ON d.ns = k.ns AND d.coll = k.coll AND d.key = k.key"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(keys.len() * 4);
-    let positions: Vec<i64> = (0..keys.len())
-        .map(|i| i64::try_from(i).unwrap_or(i64::MAX))
-        .collect();
-    for (key, i) in keys.iter().zip(&positions) {
-        values.extend([
-            i as &dyn rusqlite::ToSql,
-            &key.ns,
-            &key.collection,
-            &key.key,
-        ]);
+    let mut stmt = conn.prepare_cached(&read_docs_sql(keys.len()))?;
+    for (i, key) in keys.iter().enumerate() {
+        let first = i * 4 + 1;
+        stmt.raw_bind_parameter(first, sql_int(i))?;
+        stmt.raw_bind_parameter(first + 1, &key.ns)?;
+        stmt.raw_bind_parameter(first + 2, &key.collection)?;
+        stmt.raw_bind_parameter(first + 3, &key.key)?;
     }
-    let mut read = vec![
-        Read {
-            value: None,
-            version: 0
-        };
-        keys.len()
-    ];
-    let mut rows = stmt.query(values.as_slice())?;
+    let mut read = vec![Read::default(); keys.len()];
+    let mut rows = stmt.raw_query();
     while let Some(row) = rows.next()? {
         let i: usize = row.get(0)?;
         if let (Some(slot), Some(version)) = (read.get_mut(i), row.get::<_, Option<u64>>(2)?) {
@@ -513,7 +518,7 @@ impl Backend for SqliteBackend {
              ORDER BY key LIMIT ?4",
         )?;
         // One row beyond the limit tells whether more follow.
-        let fetch = i64::try_from(limit.entries.saturating_add(1)).unwrap_or(i64::MAX);
+        let fetch = sql_int(limit.entries.saturating_add(1));
         let mut rows = stmt.query(params![ns, collection, after.unwrap_or(""), fetch])?;
         let mut out = Range::default();
         let mut bytes = 0usize;
@@ -535,7 +540,7 @@ impl Backend for SqliteBackend {
         self.ids
             .next(ns, sequence, |n| {
                 let (ns, sequence) = (ns.to_owned(), sequence.to_owned());
-                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                let n = sql_int(n);
                 self.write(move |tx| {
                     let end: u64 = tx
                         .prepare_cached(
@@ -552,8 +557,7 @@ impl Backend for SqliteBackend {
     async fn advance_sequence(&self, ns: &str, sequence: &str, value: u64) -> Result<()> {
         self.ids
             .advance(ns, sequence, value, || async {
-                // SQLite integers are i64: an id beyond that cannot be handed out anyway.
-                let value = i64::try_from(value).unwrap_or(i64::MAX);
+                let value = sql_int(value);
                 if self.sequence_at_least(ns, sequence, value)? {
                     return Ok(());
                 }
@@ -583,10 +587,7 @@ impl Backend for SqliteBackend {
                 "UPDATE sequences SET value = ?3 WHERE ns = ?1 AND name = ?2 AND value = ?4",
             )?;
             for (ns, sequence, block) in &unused {
-                let (last_used, end) = (
-                    i64::try_from(block.next - 1).unwrap_or(i64::MAX),
-                    i64::try_from(block.end).unwrap_or(i64::MAX),
-                );
+                let (last_used, end) = (sql_int(block.next - 1), sql_int(block.end));
                 give_back.execute(params![ns, sequence, last_used, end])?;
             }
             Ok(())
@@ -835,8 +836,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn maintain(&self) -> Result<u64> {
-        let cutoff =
-            now_ms().saturating_sub(i64::try_from(self.retain.as_millis()).unwrap_or(i64::MAX));
+        let cutoff = now_ms().saturating_sub(sql_int(self.retain.as_millis()));
         self.write(move |tx| {
             // Gone only when every subscriber of its topic is past it, and no
             // dead letter or replay still points at it.
@@ -993,7 +993,7 @@ impl SqliteBackend {
     /// Replayed dead letters first, then the log after the subscriber's offset.
     fn pending(&self, sub: &Subscription, max: usize) -> Result<Vec<Delivery>> {
         let conn = self.reader();
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let limit = sql_int(max);
         let mut out = Vec::new();
         {
             let mut replays = conn.prepare_cached(

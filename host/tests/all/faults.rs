@@ -139,11 +139,7 @@ async fn an_event_that_keeps_killing_its_hosts_is_dead_lettered_without_running(
     .await;
     h.inject("test", "faulty.happened", "killer", json!("x"))
         .await;
-    let sub = sktarbucks::backend::Subscription {
-        component: "faulty".into(),
-        topics: vec!["faulty.happened".into()],
-    };
-    h.backend.subscribe(&sub).await.expect("subscribe");
+    let sub = h.subscribe("faulty", vec!["faulty.happened".into()]).await;
     // Three deliveries that ended without an outcome (max_attempts = 3).
     for _ in 0..3 {
         let got = h

@@ -250,11 +250,7 @@ async fn one_request_id_finds_the_whole_path_in_the_log(kind: Kind) {
 /// letter keeps them and its replay delivers them again.
 async fn events_store_the_trace_context(kind: Kind) {
     let h = Harness::start(kind).await;
-    let sub = Subscription {
-        component: "tracer".into(),
-        topics: vec!["trace.test".into()],
-    };
-    h.backend.subscribe(&sub).await.expect("subscribe");
+    let sub = h.subscribe("tracer", vec!["trace.test".into()]).await;
     let trace = TraceContext {
         request_id: Some("req-7".into()),
         traceparent: Some(format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")),

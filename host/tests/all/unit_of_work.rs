@@ -132,15 +132,11 @@ async fn concurrent_duplicate_cancels_restore_stock_exactly_once(kind: Kind) {
 /// Redis may go on), and whatever was not applied is delivered again, in
 /// order.
 async fn a_conflicting_ack_in_a_batch_keeps_nothing(kind: Kind) {
-    use sktarbucks::backend::{Commit, Subscription};
+    use sktarbucks::backend::Commit;
     use sktarbucks::uow::{Changes, DocKey, NewEvent};
 
     let h = Harness::start(kind).await;
-    let sub = Subscription {
-        component: "batcher".into(),
-        topics: vec!["batch.test".into()],
-    };
-    h.backend.subscribe(&sub).await.expect("subscribe");
+    let sub = h.subscribe("batcher", vec!["batch.test".into()]).await;
     let event = |topic: &str, key: &str| NewEvent {
         topic: topic.into(),
         key: key.into(),

@@ -329,10 +329,7 @@ impl RedisBackend {
 /// A document as read from its hash field (absent: never written).
 fn read_of(raw: Option<Vec<u8>>) -> Result<Read> {
     match raw {
-        None => Ok(Read {
-            value: None,
-            version: 0,
-        }),
+        None => Ok(Read::default()),
         Some(raw) => {
             let (version, value) = decode(&raw)?;
             Ok(Read { value, version })

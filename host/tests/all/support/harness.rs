@@ -109,6 +109,12 @@ impl Harness {
     pub async fn subscription(&self, component: &str) -> Subscription {
         let loaded = self.rt.registry.get(component).expect("component loaded");
         let topics = self.rt.subscriptions(&loaded).await.expect("subscriptions");
+        self.subscribe(component, topics).await
+    }
+
+    /// Subscribe `component` to `topics` on the backend directly: the test
+    /// polls and acknowledges itself (no dispatcher runs for it).
+    pub async fn subscribe(&self, component: &str, topics: Vec<String>) -> Subscription {
         let sub = Subscription {
             component: component.to_owned(),
             topics,
