@@ -991,12 +991,20 @@ impl SqliteBackend {
     }
 
     /// Replayed dead letters first, then the log after the subscriber's offset.
+    ///
+    /// The log is read topic by topic, each along `events_by_topic` from the
+    /// subscriber's offset for it (`max` at most each), and the lists are
+    /// merged by `seq` here: one query over every topic would have SQLite sort
+    /// the whole backlog of all of them in a temporary b-tree on every poll.
+    /// All of it runs in one read transaction, so the topics are read from
+    /// one snapshot and no event can slip in below one already taken.
     fn pending(&self, sub: &Subscription, max: usize) -> Result<Vec<Delivery>> {
-        let conn = self.reader();
+        let mut conn = self.reader();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         let limit = sql_int(max);
         let mut out = Vec::new();
         {
-            let mut replays = conn.prepare_cached(
+            let mut replays = tx.prepare_cached(
                 "SELECT e.seq, e.topic, e.key, e.payload, e.source,
                         coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = r.subscriber AND a.seq = r.seq), 0),
                         e.request_id, e.traceparent
@@ -1012,26 +1020,35 @@ impl SqliteBackend {
         if !out.is_empty() {
             return Ok(out);
         }
-        let sql = format!(
-            "SELECT e.seq, e.topic, e.key, e.payload, e.source,
-                    coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = ?1 AND a.seq = e.seq), 0),
-                    e.request_id, e.traceparent
-             FROM events e
-             JOIN topic_offsets o ON o.subscriber = ?1 AND o.topic = e.topic
-             WHERE e.seq > o.seq
-               AND e.topic IN ({})
-             ORDER BY e.seq LIMIT ?2",
-            topic_filter(&sub.topics)
-        );
-        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&sub.component, &limit];
-        for topic in &sub.topics {
-            values.push(topic);
+        {
+            // No offset row for a topic (not subscribed to it): nothing.
+            let mut topic_log = tx.prepare_cached(
+                "SELECT e.seq, e.topic, e.key, e.payload, e.source,
+                        coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = ?1 AND a.seq = e.seq), 0),
+                        e.request_id, e.traceparent
+                 FROM events e
+                 WHERE e.topic = ?2
+                   AND e.seq > (SELECT seq FROM topic_offsets WHERE subscriber = ?1 AND topic = ?2)
+                 ORDER BY e.seq LIMIT ?3",
+            )?;
+            for (i, topic) in sub.topics.iter().enumerate() {
+                if sub.topics[..i].contains(topic) {
+                    continue;
+                }
+                let rows = topic_log.query_map(params![sub.component, topic, limit], |r| {
+                    row_to_delivery(r, false)
+                })?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
         }
-        let mut stmt = conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(values.as_slice(), |r| row_to_delivery(r, false))?;
-        for row in rows {
-            out.push(row?);
-        }
+        tx.commit()?;
+        out.sort_unstable_by_key(|d| match d.cursor {
+            Cursor::Seq { seq, .. } => seq,
+            Cursor::Stream { .. } => i64::MAX,
+        });
+        out.truncate(max);
         Ok(out)
     }
 }

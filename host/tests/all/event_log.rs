@@ -107,3 +107,51 @@ async fn a_crash_charges_the_pending_event_an_attempt_and_a_clean_stop_does_not(
     let got = third.poll(&sub, 1, Duration::ZERO).await.expect("poll");
     assert_eq!(got[0].attempt, 2, "a clean stop charges nothing");
 }
+
+/// A subscriber of several topics gets its events in log order across them,
+/// `max` at a time: each wave holds the lowest pending sequence numbers of
+/// all its topics together (never a later one of one topic before an earlier
+/// one of another), a topic listed twice is delivered once, and events of
+/// topics it does not take are skipped.
+#[tokio::test(flavor = "multi_thread")]
+async fn waves_over_several_topics_follow_the_log_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = SqliteBackend::open(dir.path(), Synchronous::Normal).expect("open");
+    let sub = Subscription {
+        component: "s".into(),
+        topics: vec!["x".into(), "y".into(), "z".into(), "y".into()],
+    };
+    backend.subscribe(&sub).await.expect("subscribe");
+    // Runs of one topic longer than a wave, and topics interleaved.
+    let order = "xxxxxxyzyzwwxyzzzzzzzxwyyyyyyxz";
+    let mut expected = Vec::new();
+    for (i, topic) in order.chars().enumerate() {
+        let key = format!("{topic}{i}");
+        backend
+            .commit(event(&topic.to_string(), &key))
+            .await
+            .expect("commit");
+        if topic != 'w' {
+            expected.push(key);
+        }
+    }
+    let mut delivered = Vec::new();
+    let mut mixed_waves = 0;
+    loop {
+        let wave = backend.poll(&sub, 4, Duration::ZERO).await.expect("poll");
+        if wave.is_empty() {
+            break;
+        }
+        assert!(wave.len() <= 4, "a wave of {} (max 4)", wave.len());
+        if wave.iter().any(|d| d.topic != wave[0].topic) {
+            mixed_waves += 1;
+        }
+        for d in &wave {
+            delivered.push(d.key.clone());
+            backend.ack(&sub, d, Changes::default()).await.expect("ack");
+        }
+    }
+    assert!(mixed_waves >= 2, "the merge across topics was exercised");
+    assert_eq!(delivered, expected);
+    assert_eq!(backend.lag(&sub).await.expect("lag"), 0);
+}
