@@ -236,20 +236,23 @@ impl SqliteBackend {
     }
 
     /// A transaction that commits iff `f` returns true (false: a conflict).
+    /// `f` makes every check before its first write (see `apply`), so it
+    /// runs without a savepoint of its own.
     async fn write_checked<F>(&self, f: F) -> Result<Commit>
     where
         F: FnOnce(&Connection) -> Result<bool> + Send + 'static,
     {
-        self.transact(move |tx| {
-            let applied = f(tx)?;
-            let outcome = if applied {
-                Commit::Applied
-            } else {
-                Commit::Conflict
-            };
-            Ok((outcome, applied))
-        })
-        .await
+        self.writer
+            .run_checks_first(move |tx| {
+                let applied = f(tx)?;
+                let outcome = if applied {
+                    Commit::Applied
+                } else {
+                    Commit::Conflict
+                };
+                Ok((outcome, applied))
+            })
+            .await
     }
 }
 
@@ -713,8 +716,11 @@ impl Backend for SqliteBackend {
         acks: Vec<(Delivery, Changes)>,
     ) -> Result<Vec<Commit>> {
         let subscriber = sub.component.clone();
+        // Every ack checks before it writes and the batch keeps what it
+        // applied, so it needs no savepoint either.
         let (outcomes, appended) = self
-            .write(move |tx| {
+            .writer
+            .run_checks_first(move |tx| {
                 let mut outcomes = Vec::with_capacity(acks.len());
                 let mut appended = false;
                 // Offsets only move forward: a conflict ends the batch, the
@@ -729,7 +735,7 @@ impl Backend for SqliteBackend {
                         break;
                     }
                 }
-                Ok((outcomes, appended))
+                Ok(((outcomes, appended), true))
             })
             .await?;
         if appended {
