@@ -270,6 +270,31 @@ mod tests {
             .expect("count")
     }
 
+    /// Jobs `i` answered by `i % 3`: 0 kept (its row is there), 1 declined,
+    /// 2 failed with an error mentioning `failure`; only kept rows remain.
+    async fn assert_thirds(
+        tasks: Vec<tokio::task::JoinHandle<Result<usize>>>,
+        dir: &tempfile::TempDir,
+        failure: &str,
+    ) {
+        let mut kept = 0;
+        for (i, task) in tasks.into_iter().enumerate() {
+            let result = task.await.expect("task");
+            match i % 3 {
+                0 => {
+                    assert_eq!(result.expect("kept job"), i);
+                    kept += 1;
+                }
+                1 => assert_eq!(result.expect("declined job answers"), i),
+                _ => {
+                    let error = result.expect_err("failed job");
+                    assert!(error.to_string().contains(failure), "{error:#}");
+                }
+            }
+        }
+        assert_eq!(count(dir), kept);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_declined_or_failed_job_leaves_nothing_and_others_commit() {
         let (w, dir) = writer();
@@ -289,19 +314,7 @@ mod tests {
                 .await
             }));
         }
-        let mut kept = 0;
-        for (i, task) in tasks.into_iter().enumerate() {
-            let result = task.await.expect("task");
-            match i % 3 {
-                0 => {
-                    assert_eq!(result.expect("kept job"), i);
-                    kept += 1;
-                }
-                1 => assert_eq!(result.expect("declined job answers"), i),
-                _ => assert!(result.is_err()),
-            }
-        }
-        assert_eq!(count(&dir), kept);
+        assert_thirds(tasks, &dir, "failed after writing").await;
     }
 
     /// Jobs that check first and decline or fail before writing run without
@@ -331,24 +344,7 @@ mod tests {
                 .await
             }));
         }
-        let mut kept = 0;
-        for (i, task) in tasks.into_iter().enumerate() {
-            let result = task.await.expect("task");
-            match i % 3 {
-                0 => {
-                    assert_eq!(result.expect("kept job"), i);
-                    kept += 1;
-                }
-                1 => assert_eq!(result.expect("declined job answers"), i),
-                _ => assert!(
-                    result
-                        .expect_err("failed job")
-                        .to_string()
-                        .contains("its check")
-                ),
-            }
-        }
-        assert_eq!(count(&dir), kept);
+        assert_thirds(tasks, &dir, "failed its check").await;
     }
 
     /// A job without a savepoint that fails after writing takes its whole

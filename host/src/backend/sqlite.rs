@@ -314,10 +314,12 @@ fn write(tx: &Connection, changes: &Changes, added: Added<'_>) -> Result<()> {
     if changes.is_write_free() {
         return Ok(());
     }
+    // Two statements rather than `UPDATE … RETURNING`: SQLite buffers
+    // returned rows in a temporary b-tree, built and torn down per call.
+    tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE name = 'commit_version'")?
+        .execute([])?;
     let version: u64 = tx
-        .prepare_cached(
-            "UPDATE meta SET value = value + 1 WHERE name = 'commit_version' RETURNING value",
-        )?
+        .prepare_cached("SELECT value FROM meta WHERE name = 'commit_version'")?
         .query_row([], |r| r.get(0))?;
     {
         let mut upsert = tx.prepare_cached(
