@@ -115,7 +115,7 @@ async fn open_provider(
             let failure = inv.retire(failure);
             component.finish(false);
             link.finish(false);
-            tracing::info!(parent: &span, outcome = %"failed", "linked call finished");
+            tracing::info!(parent: &span, outcome = %"failed", ran = invoke::unspanned(&provider.name, &provider.digest), "linked call finished");
             Err(unavailable(&provider.name, &failure))
         }
     }
@@ -146,11 +146,16 @@ impl HostState {
         };
         // An answered call is detail of its request (`debug`); a failed one
         // gets its own line.
+        let ran = {
+            let identity = &provider.inv.store.data().identity;
+            invoke::unspanned(&identity.name, &identity.digest)
+        };
         info_or_debug!(
             label == "failed",
             parent: &span,
             outcome = %label,
             us = micros(started),
+            ran,
             "linked call finished"
         );
         let metrics = &self.metrics;

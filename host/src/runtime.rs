@@ -299,7 +299,7 @@ impl Runtime {
                 outcome,
                 "committed" | "read_only" | "discarded" | "conflict"
             );
-            info_or_debug!(!routine, parent: &span, outcome = %outcome, status, us = micros(started), "invocation finished");
+            info_or_debug!(!routine, parent: &span, outcome = %outcome, status, us = micros(started), ran = invoke::unspanned(&loaded.name, &loaded.digest), "invocation finished");
             match done {
                 Ok(Some(response)) => return Ok(response),
                 Ok(None) => continue,
@@ -471,7 +471,7 @@ impl Runtime {
                 ("failed", EventOutcome::Faulted(failure.to_string()))
             }
         };
-        tracing::info!(parent: &span, outcome = %label, us = micros(started), "invocation finished");
+        tracing::info!(parent: &span, outcome = %label, us = micros(started), ran = invoke::unspanned(&loaded.name, &loaded.digest), "invocation finished");
         outcome
     }
 

@@ -28,6 +28,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::TracingConfig;
 
+/// Set once the subscriber exports spans (see [`exporting`]).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether this process exports spans over OTLP: then every span counts,
+/// even one no log line would show.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Microseconds since `started`, for log lines.
 pub fn micros(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
@@ -259,6 +268,7 @@ pub fn init(config: &TracingConfig, export: bool) -> Result<Telemetry> {
         .try_init()
         .context("a tracing subscriber is already installed")?;
     if let Some(url) = endpoint {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(endpoint = %url, "exporting spans over OTLP/HTTP");
     }
     Ok(Telemetry {

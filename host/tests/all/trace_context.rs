@@ -397,6 +397,22 @@ async fn json_logs_carry_the_request_id() {
         "only the request line and one per delivery:\n{}",
         dump()
     );
+    // At this level invocations run in their parent's span; a delivery's
+    // line names what ran itself.
+    for v in ours.iter().filter(|v| root(v)["name"] == "event") {
+        assert!(
+            scope(v).iter().all(|s| s["name"] != "invocation"),
+            "no invocation span at the default level:\n{}",
+            dump()
+        );
+        let ran = v["fields"]["ran"].as_str().unwrap_or_default();
+        let event = root(v);
+        let component = event["component"].as_str().unwrap_or_default();
+        assert!(
+            ran.starts_with(&format!("{component}@")) && ran.len() == component.len() + 13,
+            "`ran` is component@digest: {v}"
+        );
+    }
 }
 
 /// A database from before trace contexts (no `request_id`/`traceparent`
