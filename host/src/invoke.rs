@@ -62,16 +62,29 @@ pub fn own_spans() -> bool {
     crate::trace::exporting() || tracing::enabled!(target: "sktarbucks", tracing::Level::DEBUG)
 }
 
-/// For the line of an invocation of `loaded` without a span of its own:
-/// `component@digest` (its parent's span may name another component, the
-/// caller of a linked call); nothing when it has a span that says so.
-pub fn unspanned(loaded_name: &str, digest: &str) -> Option<tracing::field::DisplayValue<String>> {
-    (!own_spans()).then(|| {
-        tracing::field::display(format!(
-            "{loaded_name}@{}",
-            digest.get(..12).unwrap_or(digest)
-        ))
-    })
+/// What ran, shown as `component@digest` (the digest's first 12 hex
+/// digits), formatted only if the line is written.
+pub struct Ran<'a> {
+    name: &'a str,
+    digest: &'a str,
+}
+
+impl fmt::Display for Ran<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let short = self.digest.get(..12).unwrap_or(self.digest);
+        write!(f, "{}@{short}", self.name)
+    }
+}
+
+/// The `ran` field of a line of an invocation of component `name` at
+/// version `digest` that has no span of its own (its parent's span may
+/// name another component: the caller of a linked call); nothing when it
+/// has a span that says so.
+pub fn unspanned<'a>(
+    name: &'a str,
+    digest: &'a str,
+) -> Option<tracing::field::DisplayValue<Ran<'a>>> {
+    (!own_spans()).then(|| tracing::field::display(Ran { name, digest }))
 }
 
 /// The span of one invocation of `loaded` under `parent`, carrying what

@@ -146,16 +146,13 @@ impl HostState {
         };
         // An answered call is detail of its request (`debug`); a failed one
         // gets its own line.
-        let ran = {
-            let identity = &provider.inv.store.data().identity;
-            invoke::unspanned(&identity.name, &identity.digest)
-        };
+        let identity = &provider.inv.store.data().identity;
         info_or_debug!(
             label == "failed",
             parent: &span,
             outcome = %label,
             us = micros(started),
-            ran,
+            ran = invoke::unspanned(&identity.name, &identity.digest),
             "linked call finished"
         );
         let metrics = &self.metrics;
