@@ -99,8 +99,13 @@ pub struct GroupWriter {
 }
 
 impl GroupWriter {
-    /// Hand `conn` (already configured) to a new writer thread.
-    pub fn start(conn: Connection) -> Result<Self> {
+    /// Hand `conn` (already configured) to a new writer thread, which runs
+    /// `begin` first in every group's transaction, outside any job's
+    /// savepoint (a group that cannot run it runs none of its jobs).
+    pub fn start(
+        conn: Connection,
+        begin: impl Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
+    ) -> Result<Self> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -113,7 +118,7 @@ impl GroupWriter {
                             Err(_) => break,
                         }
                     }
-                    run_group(&conn, group);
+                    run_group(&conn, &begin, group);
                 }
             })
             .context("failed to start the sqlite writer thread")?;
@@ -173,11 +178,23 @@ pub(super) fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 const SLOW_GROUP: Duration = Duration::from_millis(100);
 
 /// One transaction for the whole group; a savepoint per guarded job.
-fn run_group(conn: &Connection, group: Vec<Box<dyn Job>>) {
+fn run_group(
+    conn: &Connection,
+    begin: &dyn Fn(&Connection) -> rusqlite::Result<()>,
+    group: Vec<Box<dyn Job>>,
+) {
     let started = Instant::now();
     let units = group.len();
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
+        for job in group {
+            job.abort(reason.clone());
+        }
+        return;
+    }
+    if let Err(e) = begin(conn) {
+        let reason = e.to_string();
+        let _ = conn.execute_batch("ROLLBACK");
         for job in group {
             job.abort(reason.clone());
         }
@@ -261,7 +278,7 @@ mod tests {
         let conn = Connection::open(dir.path().join("t.db")).expect("open");
         conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             .expect("schema");
-        (GroupWriter::start(conn).expect("start"), dir)
+        (GroupWriter::start(conn, |_| Ok(())).expect("start"), dir)
     }
 
     fn count(dir: &tempfile::TempDir) -> i64 {
@@ -426,6 +443,59 @@ mod tests {
         .await
         .expect("a later group commits");
         assert_eq!(count(&dir), 2);
+    }
+
+    /// `begin` runs once per group, outside the jobs' savepoints (a job
+    /// rolled back to its savepoint does not undo it); if it fails, the
+    /// group's jobs get its error and nothing of them is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_begin_step_runs_once_per_group_outside_the_savepoints() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let conn = Connection::open(dir.path().join("t.db")).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+             CREATE TABLE groups (n INTEGER NOT NULL); INSERT INTO groups VALUES (0);",
+        )
+        .expect("schema");
+        let w = GroupWriter::start(conn, |c| {
+            let n: i64 = c.query_row("SELECT n FROM groups", [], |r| r.get(0))?;
+            if n == 3 {
+                return Err(rusqlite::Error::InvalidQuery);
+            }
+            c.execute("UPDATE groups SET n = n + 1", [])?;
+            Ok(())
+        })
+        .expect("start");
+        for (i, keep) in [true, false, true].into_iter().enumerate() {
+            // One at a time: each job is a group of its own.
+            let got = w
+                .run(move |c| {
+                    c.execute("INSERT INTO t (k, v) VALUES (?1, 1)", [format!("k{i}")])?;
+                    Ok((i, keep))
+                })
+                .await
+                .expect("answer");
+            assert_eq!(got, i);
+        }
+        let refused = w
+            .run(|c| {
+                Ok((
+                    c.execute("INSERT INTO t (k, v) VALUES ('late', 1)", [])?,
+                    true,
+                ))
+            })
+            .await
+            .expect_err("the fourth group's begin step fails");
+        assert!(
+            refused.to_string().contains("sqlite transaction failed"),
+            "{refused:#}"
+        );
+        let conn = Connection::open(dir.path().join("t.db")).expect("open");
+        let n: i64 = conn
+            .query_row("SELECT n FROM groups", [], |r| r.get(0))
+            .expect("n");
+        assert_eq!(n, 3, "three groups ran, the declined job's included");
+        assert_eq!(count(&dir), 2, "k0 and k2; k1 declined, late refused");
     }
 
     /// Log lines of the whole test process (the writer logs from its own

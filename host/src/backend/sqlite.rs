@@ -4,9 +4,10 @@
 //! Writes go through one writer connection on its own thread (SQLite has a
 //! single writer anyway), which commits the units waiting for it together:
 //! one transaction and one `fsync` per group (`group_commit`). Reads use a
-//! small pool of reader connections, which WAL lets run beside the writer. Every commit bumps a global version counter
-//! and stamps the documents it writes with it: that is what optimistic reads
-//! are checked against.
+//! small pool of reader connections, which WAL lets run beside the writer.
+//! Every commit group bumps a global version counter and its units stamp
+//! the documents they write with it: that is what optimistic reads are
+//! checked against.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -191,7 +192,14 @@ impl SqliteBackend {
             .map(|_| open(&path, synchronous).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            writer: super::group_commit::GroupWriter::start(writer)?,
+            // One commit version per group, taken as it begins: the
+            // group's units stamp what they write with it.
+            writer: super::group_commit::GroupWriter::start(writer, |tx| {
+                super::group_commit::exec(
+                    tx,
+                    "UPDATE meta SET value = value + 1 WHERE name = 'commit_version'",
+                )
+            })?,
             readers,
             appended: Arc::new(Notify::new()),
             retain: Duration::from_secs(24 * 3600),
@@ -314,10 +322,11 @@ fn write(tx: &Connection, changes: &Changes, added: Added<'_>) -> Result<()> {
     if changes.is_write_free() {
         return Ok(());
     }
-    // Two statements rather than `UPDATE … RETURNING`: SQLite buffers
-    // returned rows in a temporary b-tree, built and torn down per call.
-    tx.prepare_cached("UPDATE meta SET value = value + 1 WHERE name = 'commit_version'")?
-        .execute([])?;
+    // The group's version (see `SqliteBackend::open`): units of one group
+    // share it. A unit that read a document before the group began saw an
+    // older version, so an earlier unit of the group rewriting it is still
+    // a conflict; and nothing outside sees the version before the group
+    // commits (a group rolled back hands it out again, unseen).
     let version: u64 = tx
         .prepare_cached("SELECT value FROM meta WHERE name = 'commit_version'")?
         .query_row([], |r| r.get(0))?;
