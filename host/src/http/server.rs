@@ -436,10 +436,12 @@ impl App {
         };
         let started = std::time::Instant::now();
         let route = crate::metrics::route_template(&request.path);
-        let served = self
-            .rt
-            .serve_http(&loaded, request, crate::trace::TraceContext::request(id))
-            .await;
+        let served = Box::pin(self.rt.serve_http(
+            &loaded,
+            request,
+            crate::trace::TraceContext::request(id),
+        ))
+        .await;
         let outcome = match &served {
             Ok(r) if r.status >= 500 => "error_5xx",
             Ok(_) => "ok",
