@@ -185,16 +185,14 @@ fn run_group(
 ) {
     let started = Instant::now();
     let units = group.len();
-    if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
+    // The transaction and the group's own first step, or none of its jobs.
+    let opened = exec(conn, "BEGIN IMMEDIATE").and_then(|()| {
+        begin(conn).inspect_err(|_| {
+            let _ = conn.execute_batch("ROLLBACK");
+        })
+    });
+    if let Err(e) = opened {
         let reason = e.to_string();
-        for job in group {
-            job.abort(reason.clone());
-        }
-        return;
-    }
-    if let Err(e) = begin(conn) {
-        let reason = e.to_string();
-        let _ = conn.execute_batch("ROLLBACK");
         for job in group {
             job.abort(reason.clone());
         }
