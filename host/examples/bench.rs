@@ -924,6 +924,17 @@ async fn backlog(ctx: &Ctx) -> Result<Scenario> {
 
         let host = ctx.host_in(&dir, backend, "normal", &ALL)?;
         let listening = host.spawned.elapsed().as_secs_f64();
+        let redis_pid = match backend {
+            Backend::Redis => ctx.redis.as_ref().map(procs::Redis::pid),
+            Backend::Sqlite => None,
+        };
+        let cpu = || {
+            (
+                procs::cpu_seconds(host.pid()),
+                redis_pid.and_then(procs::cpu_seconds),
+            )
+        };
+        let cpu_at_start = cpu();
         let rss = RssSampler::start(host.pid(), Duration::from_millis(200));
         // Per subscriber: when its lag was last seen above 0, and the first
         // sample after that with 0.
@@ -963,7 +974,28 @@ async fn backlog(ctx: &Ctx) -> Result<Scenario> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let cpu_at_end = cpu();
         let rss_max = rss.stop().iter().map(|s| s.1).max().unwrap_or(0);
+        // CPU per delivered event over the drain, beside its rate: the
+        // rate moves with whatever else this machine runs, CPU much less.
+        let delivered: u64 = handled.values().sum();
+        let per_event = |start: Option<f64>, end: Option<f64>| match (start, end) {
+            (Some(a), Some(b)) if delivered > 0 => Some((b - a) * 1e6 / delivered as f64),
+            _ => None,
+        };
+        let host_us = per_event(cpu_at_start.0, cpu_at_end.0);
+        let redis_us = per_event(cpu_at_start.1, cpu_at_end.1);
+        let mut measured = format!(
+            "{delivered} deliveries: host {} µs",
+            host_us.map_or("?".into(), |u| format!("{u:.0}"))
+        );
+        if let Some(r) = redis_us {
+            measured.push_str(&format!(", redis-server {r:.0} µs"));
+        }
+        s.checks.push(Check::info(
+            format!("{name}: backlog drain, CPU per delivered event"),
+            measured,
+        ));
         s.notes.push(format!(
             "{name}: {placed} orders placed while production and mypage were absent; \
              on restart with them, production handled {} order.requested events (new \
@@ -992,7 +1024,8 @@ async fn backlog(ctx: &Ctx) -> Result<Scenario> {
         }
         s.runs.push(serde_json::json!({
             "system": name, "placed": placed, "listening_s": listening,
-            "rss_max_kib": rss_max, "subscribers": runs,
+            "rss_max_kib": rss_max, "subscribers": runs, "delivered": delivered,
+            "host_cpu_us_per_event": host_us, "redis_cpu_us_per_event": redis_us,
         }));
     }
     Ok(s)
