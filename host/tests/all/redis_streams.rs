@@ -318,6 +318,70 @@ async fn a_dead_consumers_entries_are_taken_over_at_once_and_a_live_ones_never()
     assert_eq!((taken[0].key.as_str(), taken[0].attempt), ("k0", 2));
 }
 
+/// A retried delivery's failed-attempt record goes with its acknowledgement
+/// (a first attempt's acknowledgement skips the delete: it has none).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acknowledged_retry_leaves_no_failed_attempt_record() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (backend, sub) = subscribed(&redis, "retried", Duration::from_secs(60)).await;
+    backend_commit(&backend, 2).await;
+    let first = backend.poll(&sub, 2, Duration::ZERO).await.expect("poll");
+    assert_eq!(first.len(), 2);
+    assert!(first.iter().all(|d| d.attempt == 1), "{first:?}");
+    // The first fails once; the second is acknowledged at its first attempt.
+    backend
+        .fail(&sub, &first[0], "boom", false)
+        .await
+        .expect("fail");
+    assert_eq!(
+        backend
+            .ack(&sub, &first[1], handled("b"))
+            .await
+            .expect("ack"),
+        Commit::Applied
+    );
+    let mut conn = redis.conn().await;
+    let recorded: Vec<String> = redis::cmd("HKEYS")
+        .arg("retried:attempts:c")
+        .query_async(&mut conn)
+        .await
+        .expect("hkeys");
+    assert_eq!(
+        recorded,
+        vec![first[0].id.clone()],
+        "premise: only the failure is recorded"
+    );
+    let again = backend.poll(&sub, 2, Duration::ZERO).await.expect("poll");
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        (again[0].id.as_str(), again[0].attempt),
+        (first[0].id.as_str(), 2)
+    );
+    assert_eq!(
+        backend
+            .ack(&sub, &again[0], handled("a"))
+            .await
+            .expect("ack"),
+        Commit::Applied
+    );
+    let left: i64 = redis::cmd("HLEN")
+        .arg("retried:attempts:c")
+        .query_async(&mut conn)
+        .await
+        .expect("hlen");
+    assert_eq!(left, 0, "the record went with the retry's acknowledgement");
+    assert!(
+        backend
+            .poll(&sub, 2, Duration::ZERO)
+            .await
+            .expect("poll")
+            .is_empty()
+    );
+}
+
 /// Two hosts' backends on one Redis (`prefix`), both consuming topic `t`
 /// as component `c`, taking over entries idle longer than `claim_idle`.
 async fn two_hosts(

@@ -31,7 +31,12 @@ impl RedisBackend {
                     .arg(&sub.component)
                     .arg(entry)
                     .arg(&self.consumer)
-                    .arg(self.attempts_key(&sub.component))
+                    // A first attempt has no failed-attempt record to delete.
+                    .arg(if delivery.attempt > 1 {
+                        self.attempts_key(&sub.component)
+                    } else {
+                        String::new()
+                    })
                     .arg(&delivery.id);
             }
             None => {

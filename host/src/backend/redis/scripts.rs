@@ -5,93 +5,83 @@
 /// One unit of work's commit: version checks of what it read, counter
 /// additions against their floors, writes stamped with a new version, the
 /// events it published, and for an event handler the acknowledgement of its
-/// delivery (only while the entry is still pending with its consumer).
-/// Returns `ok`, `conflict`, `duplicate` or `not-a-counter:{key}`.
+/// delivery (only while the entry is still pending with its consumer; its
+/// failed-attempt record is deleted when the attempts key is not empty,
+/// which a first attempt cannot have). Returns `ok`, `conflict`,
+/// `duplicate` or `not-a-counter:{key}`.
+///
+/// Arguments are read in order by an index into `ARGV` (no helper call per
+/// argument: this script runs once per unit and its Lua is a quarter of
+/// what Redis spends on an order).
 pub(super) const COMMIT_LUA: &str = r#"
-local i = 1
-local function take() local v = ARGV[i]; i = i + 1; return v end
-local nreads = tonumber(take())
-for _ = 1, nreads do
-  local h = take()
-  local f = take()
-  local want = tonumber(take())
-  local cur = redis.call('HGET', h, f)
+local a = ARGV
+local i = 2
+for _ = 1, tonumber(a[1]) do
+  local cur = redis.call('HGET', a[i], a[i + 1])
   local seen = 0
   if cur then seen = tonumber(string.sub(cur, 1, 20)) end
-  if seen ~= want then return 'conflict' end
+  if seen ~= tonumber(a[i + 2]) then return 'conflict' end
+  i = i + 3
 end
 local ack = nil
-if take() == '1' then
-  ack = {}
-  ack.stream = take()
-  ack.group = take()
-  ack.entry = take()
-  ack.consumer = take()
-  ack.attempts = take()
-  ack.id = take()
-  local mine = redis.call('XPENDING', ack.stream, ack.group, ack.entry, ack.entry, 1, ack.consumer)
+if a[i] == '1' then
+  ack = i + 1
+  local mine = redis.call('XPENDING', a[i + 1], a[i + 2], a[i + 3], a[i + 3], 1, a[i + 4])
   if #mine == 0 then return 'duplicate' end
+  i = i + 7
+else
+  i = i + 1
 end
-local nadds = tonumber(take())
+local nadds = tonumber(a[i])
+i = i + 1
 local adds = {}
 for n = 1, nadds do
-  local h = take()
-  local z = take()
-  local f = take()
-  local delta = tonumber(take())
-  local floor = tonumber(take())
-  local cur = redis.call('HGET', h, f)
+  local cur = redis.call('HGET', a[i], a[i + 2])
   local value = 0
   if cur and string.sub(cur, 21, 21) == '1' then
     value = tonumber(string.sub(cur, 22))
-    if value == nil then return 'not-a-counter:' .. f end
+    if value == nil then return 'not-a-counter:' .. a[i + 2] end
   end
-  local next = value + delta
-  if next < floor then return 'conflict' end
-  adds[n] = {h, z, f, next}
+  local next = value + tonumber(a[i + 3])
+  if next < tonumber(a[i + 4]) then return 'conflict' end
+  adds[n] = {i, next}
+  i = i + 5
 end
-local version_key = take()
-local nwrites = tonumber(take())
+local version_key = a[i]
+local nwrites = tonumber(a[i + 1])
+i = i + 2
 if nwrites > 0 or nadds > 0 then
-  local version = redis.call('INCR', version_key)
-  local stamp = string.format('%020d', version)
+  local stamp = string.format('%020d', redis.call('INCR', version_key))
   for _, add in ipairs(adds) do
-    redis.call('HSET', add[1], add[3], stamp .. '1' .. string.format('%d', add[4]))
-    redis.call('ZADD', add[2], 0, add[3])
+    local at = add[1]
+    redis.call('HSET', a[at], a[at + 2], stamp .. '1' .. string.format('%d', add[2]))
+    redis.call('ZADD', a[at + 1], 0, a[at + 2])
   end
   for _ = 1, nwrites do
-    local h = take()
-    local z = take()
-    local f = take()
-    local flag = take()
-    local value = take()
-    redis.call('HSET', h, f, stamp .. flag .. value)
-    if flag == '1' then redis.call('ZADD', z, 0, f) else redis.call('ZREM', z, f) end
+    local flag = a[i + 3]
+    redis.call('HSET', a[i], a[i + 2], stamp .. flag .. a[i + 4])
+    if flag == '1' then redis.call('ZADD', a[i + 1], 0, a[i + 2]) else redis.call('ZREM', a[i + 1], a[i + 2]) end
+    i = i + 5
   end
 end
-local nevents = tonumber(take())
+local nevents = tonumber(a[i])
+i = i + 1
 for _ = 1, nevents do
-  local stream = take()
-  local topic = take()
-  local key = take()
-  local payload = take()
-  local source = take()
-  local request_id = take()
-  local traceparent = take()
-  local fields = {'topic', topic, 'key', key, 'payload', payload, 'source', source}
-  if request_id ~= '' then
+  local fields = {'topic', a[i + 1], 'key', a[i + 2], 'payload', a[i + 3], 'source', a[i + 4]}
+  if a[i + 5] ~= '' then
     fields[#fields + 1] = 'request_id'
-    fields[#fields + 1] = request_id
+    fields[#fields + 1] = a[i + 5]
   end
-  if traceparent ~= '' then
+  if a[i + 6] ~= '' then
     fields[#fields + 1] = 'traceparent'
-    fields[#fields + 1] = traceparent
+    fields[#fields + 1] = a[i + 6]
   end
-  redis.call('XADD', stream, '*', unpack(fields))
+  redis.call('XADD', a[i], '*', unpack(fields))
+  i = i + 7
 end
 if ack then
-  redis.call('XACK', ack.stream, ack.group, ack.entry)
-  redis.call('HDEL', ack.attempts, ack.id)
+  redis.call('XACK', a[ack], a[ack + 1], a[ack + 2])
+  if a[ack + 4] ~= '' then redis.call('HDEL', a[ack + 4], a[ack + 5]) end
 end
 return 'ok'
 "#;
