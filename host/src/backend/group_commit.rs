@@ -27,6 +27,8 @@ use anyhow::{Context, Result, anyhow};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::read_anchor::ReadAnchor;
+
 /// Most jobs committed together: bounds the time one group holds the lock
 /// and the answers it holds back.
 const MAX_GROUP: usize = 256;
@@ -101,15 +103,20 @@ pub struct GroupWriter {
 impl GroupWriter {
     /// Hand `conn` (already configured) to a new writer thread, which runs
     /// `begin` first in every group's transaction, outside any job's
-    /// savepoint (a group that cannot run it runs none of its jobs).
+    /// savepoint (a group that cannot run it runs none of its jobs). With
+    /// an `anchor`, the thread holds it between groups (see `read_anchor`).
     pub fn start(
         conn: Connection,
+        mut anchor: Option<ReadAnchor>,
         begin: impl Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<Self> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
+                if let Some(anchor) = anchor.as_mut() {
+                    anchor.hold();
+                }
                 while let Ok(first) = queue.recv() {
                     let mut group = vec![first];
                     while group.len() < MAX_GROUP {
@@ -118,7 +125,13 @@ impl GroupWriter {
                             Err(_) => break,
                         }
                     }
+                    if let Some(anchor) = anchor.as_mut() {
+                        anchor.release();
+                    }
                     run_group(&conn, &begin, group);
+                    if let Some(anchor) = anchor.as_mut() {
+                        anchor.hold();
+                    }
                 }
             })
             .context("failed to start the sqlite writer thread")?;
@@ -276,7 +289,10 @@ mod tests {
         let conn = Connection::open(dir.path().join("t.db")).expect("open");
         conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             .expect("schema");
-        (GroupWriter::start(conn, |_| Ok(())).expect("start"), dir)
+        (
+            GroupWriter::start(conn, None, |_| Ok(())).expect("start"),
+            dir,
+        )
     }
 
     fn count(dir: &tempfile::TempDir) -> i64 {
@@ -455,7 +471,7 @@ mod tests {
              CREATE TABLE groups (n INTEGER NOT NULL); INSERT INTO groups VALUES (0);",
         )
         .expect("schema");
-        let w = GroupWriter::start(conn, |c| {
+        let w = GroupWriter::start(conn, None, |c| {
             let n: i64 = c.query_row("SELECT n FROM groups", [], |r| r.get(0))?;
             if n == 3 {
                 return Err(rusqlite::Error::InvalidQuery);

@@ -4,6 +4,7 @@
 
 mod group_commit;
 mod id_blocks;
+mod read_anchor;
 pub mod redis;
 pub mod sqlite;
 

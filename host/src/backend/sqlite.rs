@@ -191,10 +191,11 @@ impl SqliteBackend {
         let readers = (0..READERS)
             .map(|_| open(&path, synchronous).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
+        let anchor = super::read_anchor::ReadAnchor::new(open(&path, synchronous)?);
         Ok(Self {
             // One commit version per group, taken as it begins: the
             // group's units stamp what they write with it.
-            writer: super::group_commit::GroupWriter::start(writer, |tx| {
+            writer: super::group_commit::GroupWriter::start(writer, Some(anchor), |tx| {
                 super::group_commit::exec(
                     tx,
                     "UPDATE meta SET value = value + 1 WHERE name = 'commit_version'",
