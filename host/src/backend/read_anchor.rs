@@ -18,6 +18,8 @@
 
 use rusqlite::Connection;
 
+use super::group_commit::exec;
+
 /// The writer's anchor connection and whether it holds a snapshot now.
 pub(super) struct ReadAnchor {
     conn: Connection,
@@ -36,7 +38,9 @@ impl ReadAnchor {
         if self.held {
             return;
         }
-        let began = self.conn.execute_batch("BEGIN").and_then(|()| {
+        // Through the statement cache, like the writer's own BEGIN and
+        // COMMIT: this runs around every commit group.
+        let began = exec(&self.conn, "BEGIN").and_then(|()| {
             // A table read starts the read transaction (BEGIN alone does not).
             self.conn
                 .prepare_cached("SELECT 1 FROM sqlite_master LIMIT 1")?
@@ -47,15 +51,15 @@ impl ReadAnchor {
             Ok(()) => self.held = true,
             Err(e) => {
                 tracing::debug!(error = %e, "sqlite read anchor not taken");
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = exec(&self.conn, "ROLLBACK");
             }
         }
     }
 
     /// Let go of the snapshot (before a group commits).
     pub(super) fn release(&mut self) {
-        if std::mem::take(&mut self.held) && self.conn.execute_batch("COMMIT").is_err() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+        if std::mem::take(&mut self.held) && exec(&self.conn, "COMMIT").is_err() {
+            let _ = exec(&self.conn, "ROLLBACK");
         }
     }
 
