@@ -97,7 +97,8 @@ mod tests {
         let mut anchor = ReadAnchor::new(open(&path));
         anchor.hold();
         assert!(anchor.held(), "premise: the anchor takes a snapshot");
-        let w = GroupWriter::start(writer, Some(anchor), |_| Ok(())).expect("start");
+        let w = GroupWriter::start(writer, Some(anchor), std::time::Duration::ZERO, |_| Ok(()))
+            .expect("start");
         let reader = open(&path);
         for i in 0..3000_i64 {
             w.run(move |c| {

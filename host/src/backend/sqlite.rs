@@ -146,6 +146,10 @@ fn lock(conn: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// How long a commit group waits for more units under concurrent load when
+/// commits do not `fsync` (see `group_commit::gather`).
+const COMMIT_WINDOW: Duration = Duration::from_micros(300);
+
 fn open(path: &Path, synchronous: Synchronous) -> Result<Connection> {
     let conn = Connection::open(path)
         .with_context(|| format!("failed to open sqlite database {}", path.display()))?;
@@ -192,10 +196,15 @@ impl SqliteBackend {
             .map(|_| open(&path, synchronous).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
         let anchor = super::read_anchor::ReadAnchor::new(open(&path, synchronous)?);
+        // With `fsync` per commit the wait for it gathers the next group.
+        let window = match synchronous {
+            Synchronous::Full => Duration::ZERO,
+            Synchronous::Normal => COMMIT_WINDOW,
+        };
         Ok(Self {
             // One commit version per group, taken as it begins: the
             // group's units stamp what they write with it.
-            writer: super::group_commit::GroupWriter::start(writer, Some(anchor), |tx| {
+            writer: super::group_commit::GroupWriter::start(writer, Some(anchor), window, |tx| {
                 super::group_commit::exec(
                     tx,
                     "UPDATE meta SET value = value + 1 WHERE name = 'commit_version'",
