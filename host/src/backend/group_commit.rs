@@ -551,29 +551,20 @@ mod tests {
             2,
             "premise: the queued jobs committed together"
         );
-        // Busy: a job and another one `gap` later share one group.
-        let first = job(&w, Duration::ZERO);
-        tokio::time::sleep(gap).await;
-        let second = job(&w, Duration::ZERO);
-        first.await.expect("task").expect("first");
-        second.await.expect("task").expect("second");
-        assert_eq!(
-            groups.load(Ordering::SeqCst),
-            3,
-            "the window gathered the later job"
-        );
-        // That group had two jobs, too few to wait after: jobs `gap` apart
-        // now commit one by one.
-        let first = job(&w, Duration::ZERO);
-        tokio::time::sleep(gap).await;
-        let second = job(&w, Duration::ZERO);
-        first.await.expect("task").expect("first");
-        second.await.expect("task").expect("second");
-        assert_eq!(
-            groups.load(Ordering::SeqCst),
-            5,
-            "after a small group: no wait"
-        );
+        // Two jobs `gap` apart; how many groups there have been once both
+        // are answered.
+        let two_apart = || async {
+            let first = job(&w, Duration::ZERO);
+            tokio::time::sleep(gap).await;
+            let second = job(&w, Duration::ZERO);
+            first.await.expect("task").expect("first");
+            second.await.expect("task").expect("second");
+            groups.load(Ordering::SeqCst)
+        };
+        // Busy: the later job joins the earlier one's group.
+        assert_eq!(two_apart().await, 3, "the window gathered the later job");
+        // That group had two jobs, too few to wait after: one group each.
+        assert_eq!(two_apart().await, 5, "after a small group: no wait");
     }
 
     /// `begin` runs once per group, outside the jobs' savepoints (a job
