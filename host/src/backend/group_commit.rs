@@ -191,10 +191,10 @@ impl GroupWriter {
 /// subscribers' offsets). Without an `fsync` per commit (`synchronous =
 /// "normal"`) a commit is quicker than the units that feed it, so groups
 /// stay small and every unit pays nearly a whole commit: with 32 clients
-/// placing orders as fast as they can, 62 % of the groups were of one job.
+/// placing orders as fast as they can, 63 % of the groups were of one job.
 /// The writer therefore waits up to `window` for more, but only after a
 /// group of at least [`BUSY_GROUP`] jobs, a sign of heavy load (3 % of the
-/// groups at a steady 1 000 orders/s, 27 % flat out); a lone unit on an
+/// groups at a steady 1 000 orders/s, 26 % flat out); a lone unit on an
 /// idle host, and most at moderate load, commit at once. With `"full"` the
 /// `fsync` is the window already. Measured (`bench --only orders --no-redis
 /// --rounds 1`, two pairs): spread orders with `"normal"` 5 336 / 4 951 →
