@@ -31,6 +31,14 @@ async fn xlen(redis: &RedisServer, stream: &str) -> usize {
         .expect("xlen")
 }
 
+/// The fields of hash `key` (a subscriber's failed-attempt records).
+async fn hkeys(redis: &RedisServer, key: &str) -> Vec<String> {
+    let mut conn = redis.conn().await;
+    redis::AsyncCommands::hkeys(&mut conn, key)
+        .await
+        .expect("hkeys")
+}
+
 /// Trimming (retention 0) keeps every entry a group has pending or not yet read.
 #[tokio::test(flavor = "multi_thread")]
 async fn trimming_never_drops_entries_a_group_still_needs() {
@@ -343,14 +351,8 @@ async fn an_acknowledged_retry_leaves_no_failed_attempt_record() {
             .expect("ack"),
         Commit::Applied
     );
-    let mut conn = redis.conn().await;
-    let recorded: Vec<String> = redis::cmd("HKEYS")
-        .arg("retried:attempts:c")
-        .query_async(&mut conn)
-        .await
-        .expect("hkeys");
     assert_eq!(
-        recorded,
+        hkeys(&redis, "retried:attempts:c").await,
         vec![first[0].id.clone()],
         "premise: only the failure is recorded"
     );
@@ -367,12 +369,11 @@ async fn an_acknowledged_retry_leaves_no_failed_attempt_record() {
             .expect("ack"),
         Commit::Applied
     );
-    let left: i64 = redis::cmd("HLEN")
-        .arg("retried:attempts:c")
-        .query_async(&mut conn)
-        .await
-        .expect("hlen");
-    assert_eq!(left, 0, "the record went with the retry's acknowledgement");
+    assert_eq!(
+        hkeys(&redis, "retried:attempts:c").await,
+        Vec::<String>::new(),
+        "the record went with the retry's acknowledgement"
+    );
     assert!(
         backend
             .poll(&sub, 2, Duration::ZERO)
