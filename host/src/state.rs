@@ -395,6 +395,7 @@ impl store::Host for HostState {
         if let Some(buffered) = self.uow.buffered(&doc) {
             return Ok(buffered.map(<[u8]>::to_vec));
         }
+        tracing::trace!(ns = %doc.ns, collection = %doc.collection, key = %doc.key, "store.get");
         let read = self.backend.get(&doc).await.map_err(backend_error)?;
         self.observed(doc, read)
     }
@@ -421,6 +422,7 @@ impl store::Host for HostState {
             .filter(|d| self.uow.buffered(d).is_none())
             .cloned()
             .collect();
+        tracing::trace!(keys = ?unbuffered, "store.get-many");
         let mut reads = if unbuffered.is_empty() {
             Vec::new()
         } else {
