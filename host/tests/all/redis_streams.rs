@@ -31,6 +31,19 @@ async fn xlen(redis: &RedisServer, stream: &str) -> usize {
         .expect("xlen")
 }
 
+/// How many entries of `stream` group `group` has pending (`XPENDING`'s
+/// summary).
+async fn pending_count(redis: &RedisServer, stream: &str, group: &str) -> u64 {
+    let mut conn = redis.conn().await;
+    let (count, ..): (u64, redis::Value, redis::Value, redis::Value) = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(group)
+        .query_async(&mut conn)
+        .await
+        .expect("xpending");
+    count
+}
+
 /// The fields of hash `key` (a subscriber's failed-attempt records).
 async fn hkeys(redis: &RedisServer, key: &str) -> Vec<String> {
     let mut conn = redis.conn().await;
@@ -380,6 +393,95 @@ async fn an_acknowledged_retry_leaves_no_failed_attempt_record() {
             .await
             .expect("poll")
             .is_empty()
+    );
+}
+
+/// An entry deleted from its stream while it sat in this consumer's pending
+/// list comes back from Redis as an id without fields: the poll
+/// acknowledges it and hands nothing out.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_deleted_while_pending_is_acknowledged_and_skipped() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (backend, sub) = subscribed(&redis, "deleted", Duration::from_secs(60)).await;
+    backend_commit(&backend, 2).await;
+    let first = backend.poll(&sub, 2, Duration::ZERO).await.expect("poll");
+    assert_eq!(first.len(), 2, "{first:?}");
+    backend
+        .fail(&sub, &first[0], "boom", false)
+        .await
+        .expect("fail");
+    assert_eq!(
+        backend
+            .ack(&sub, &first[1], handled("b"))
+            .await
+            .expect("ack"),
+        Commit::Applied
+    );
+    // A Redis delivery's id is `{topic}@{stream entry id}`.
+    let (_, entry) = first[0].id.split_once('@').expect("a stream delivery id");
+    let stream = "deleted:stream:t";
+    let mut conn = redis.conn().await;
+    assert_eq!(
+        pending_count(&redis, stream, "c").await,
+        1,
+        "premise: the failed entry is pending"
+    );
+    let deleted: u64 = redis::AsyncCommands::xdel(&mut conn, stream, &[entry])
+        .await
+        .expect("xdel");
+    assert_eq!(deleted, 1, "premise: the entry was in the stream");
+    let again = backend.poll(&sub, 2, Duration::ZERO).await.expect("poll");
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(
+        pending_count(&redis, stream, "c").await,
+        0,
+        "the deleted entry was acknowledged"
+    );
+}
+
+/// Scripts Redis has cached (`INFO memory`'s `number_of_cached_scripts`).
+async fn cached_scripts(redis: &RedisServer) -> u64 {
+    let mut conn = redis.conn().await;
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .expect("info");
+    info.lines()
+        .find_map(|l| l.strip_prefix("number_of_cached_scripts:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("number_of_cached_scripts in INFO memory")
+}
+
+/// A Redis that lost its script cache (restarted, or `SCRIPT FLUSH`) gets
+/// the commit script again at the next commit, which then applies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_after_the_script_cache_is_flushed_loads_the_script_again() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (backend, _sub) = subscribed(&redis, "flushed", Duration::from_secs(60)).await;
+    backend_commit(&backend, 1).await;
+    let mut conn = redis.conn().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await
+        .expect("script flush");
+    assert_eq!(
+        cached_scripts(&redis).await,
+        0,
+        "premise: the cache is empty"
+    );
+    backend_commit(&backend, 1).await;
+    assert_eq!(xlen(&redis, "flushed:stream:t").await, 2);
+    assert!(
+        cached_scripts(&redis).await >= 1,
+        "the script was loaded again"
     );
 }
 

@@ -1,6 +1,7 @@
 //! A unit of work's commit, as one run of the commit script.
 
 use anyhow::{Context, Result, bail};
+use redis::{ErrorKind, ServerErrorKind};
 
 use super::RedisBackend;
 use crate::backend::{Commit, Cursor, Delivery, Subscription};
@@ -12,7 +13,11 @@ impl RedisBackend {
         changes: &Changes,
         ack: Option<(&Subscription, &Delivery)>,
     ) -> Result<Commit> {
-        let mut invocation = self.commit.prepare_invoke();
+        // `EVALSHA` built as one command: its arguments go into a single
+        // buffer (a `ScriptInvocation` allocates one per argument, then
+        // copies them all into the command).
+        let mut invocation = redis::cmd("EVALSHA");
+        invocation.arg(self.commit.get_hash()).arg(0);
         invocation.arg(changes.reads.len());
         for (key, version) in &changes.reads {
             invocation
@@ -79,10 +84,18 @@ impl RedisBackend {
         if ack.is_none() {
             crate::crash::point(crate::crash::BEFORE_COMMIT);
         }
-        let outcome: String = invocation
-            .invoke_async(&mut conn)
-            .await
-            .context("redis commit script failed")?;
+        let outcome: String = match invocation.query_async(&mut conn).await {
+            // A Redis restarted (or flushed) since the script was loaded.
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.commit
+                    .load_async(&mut conn)
+                    .await
+                    .context("redis SCRIPT LOAD of the commit script failed")?;
+                invocation.query_async(&mut conn).await
+            }
+            answered => answered,
+        }
+        .context("redis commit script failed")?;
         crate::crash::point(crate::crash::REDIS_REPLY);
         if let (Some((sub, delivery)), "ok" | "duplicate") = (ack, outcome.as_str()) {
             // Acknowledged, by this commit or already: no longer ours.

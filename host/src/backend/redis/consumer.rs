@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamId, StreamReadReply};
+use redis::streams::StreamId;
 use redis::{AsyncCommands, Value};
 
+use super::stream_reply;
 use super::{DEAD_CLAIM_BATCH, DEAD_SCAN_EVERY, Held, RedisBackend, manager_config, now_ms};
 use crate::backend::{Cursor, Delivery, Subscription};
 
@@ -297,14 +298,19 @@ impl RedisBackend {
     }
 
     fn delivery_id(&self, stream: &str, entry: &StreamId) -> String {
-        let original = text(entry, "event_id");
+        self.delivery_id_of(stream, &entry.id, text(entry, "event_id"))
+    }
+
+    /// A delivery's id: the `event_id` a replayed entry carries (`original`),
+    /// else `{topic}@{entry id}`.
+    fn delivery_id_of(&self, stream: &str, entry_id: &str, original: String) -> String {
         if !original.is_empty() {
             return original;
         }
         let topic = stream
             .strip_prefix(&format!("{}:stream:", self.prefix))
             .unwrap_or(stream);
-        format!("{topic}@{}", entry.id)
+        format!("{topic}@{entry_id}")
     }
 
     /// The deliveries of a read. `new` entries (read with `>`) were never
@@ -313,20 +319,21 @@ impl RedisBackend {
     async fn to_deliveries(
         &self,
         sub: &Subscription,
-        reply: StreamReadReply,
+        reply: Value,
         new: bool,
     ) -> Result<Vec<Delivery>> {
         let mut conn = self.conn.clone();
         let mut live = Vec::new();
-        for key in reply.keys {
-            for entry in key.ids {
-                if entry.map.is_empty() {
+        for (stream, entries) in stream_reply::parse(reply)? {
+            for mut entry in entries {
+                if entry.fields.as_ref().is_none_or(Vec::is_empty) {
                     // Deleted while pending (trimmed): acknowledge and skip.
-                    let _: i64 = conn.xack(&key.key, &sub.component, &[&entry.id]).await?;
+                    let _: i64 = conn.xack(&stream, &sub.component, &[&entry.id]).await?;
                     continue;
                 }
-                let id = self.delivery_id(&key.key, &entry);
-                live.push((key.key.clone(), entry, id));
+                let original = entry.take_text("event_id");
+                let id = self.delivery_id_of(&stream, &entry.id, original);
+                live.push((stream.clone(), entry, id));
             }
         }
         if live.is_empty() {
@@ -345,21 +352,21 @@ impl RedisBackend {
                 .context("redis HMGET of attempts failed")?
         };
         let mut out = Vec::with_capacity(live.len());
-        for ((stream, entry, id), failures) in live.into_iter().zip(failures) {
+        for ((stream, mut entry, id), failures) in live.into_iter().zip(failures) {
             out.push(Delivery {
                 id,
-                topic: text(&entry, "topic"),
-                key: text(&entry, "key"),
-                payload: field(&entry, "payload"),
-                source: text(&entry, "source"),
+                topic: entry.take_text("topic"),
+                key: entry.take_text("key"),
+                payload: entry.take("payload"),
+                source: entry.take_text("source"),
                 attempt: failures.unwrap_or(0).saturating_add(1),
                 trace: crate::trace::TraceContext {
-                    request_id: optional_text(&entry, "request_id"),
-                    traceparent: optional_text(&entry, "traceparent"),
+                    request_id: entry.take_optional("request_id"),
+                    traceparent: entry.take_optional("traceparent"),
                 },
                 cursor: Cursor::Stream {
                     stream,
-                    entry: entry.id.clone(),
+                    entry: entry.id,
                 },
             });
         }
@@ -373,7 +380,7 @@ impl RedisBackend {
         from: &str,
         count: usize,
         block: Option<Duration>,
-    ) -> redis::RedisResult<StreamReadReply> {
+    ) -> redis::RedisResult<Value> {
         let streams = self.streams_of(sub);
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
@@ -389,8 +396,7 @@ impl RedisBackend {
         for _ in &streams {
             cmd.arg(from);
         }
-        let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
-        Ok(reply.unwrap_or_default())
+        cmd.query_async(conn).await
     }
 
     /// Run `f` on `sub`'s [`Held`] record.

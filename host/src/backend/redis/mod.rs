@@ -55,6 +55,7 @@ use crate::uow::{Changes, DocKey};
 mod commit;
 mod consumer;
 mod scripts;
+mod stream_reply;
 
 use consumer::{StreamPos, infos, is_nogroup, optional_text, text};
 use scripts::{
