@@ -6,13 +6,16 @@
 use anyhow::{Result, bail};
 use redis::Value;
 
+/// An entry's fields as (name, value) pairs, in the order Redis keeps them.
+pub(super) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One entry of a stream read: its id, and its fields in the order Redis
 /// keeps them (`None`: the entry was trimmed while it sat in a pending
 /// list, which Redis answers with a nil in its place).
 #[derive(Debug, PartialEq)]
 pub(super) struct Entry {
     pub id: String,
-    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub fields: Option<Fields>,
 }
 
 impl Entry {
@@ -110,7 +113,7 @@ fn parse_entries(entries: Value) -> Result<Vec<Entry>> {
         .collect()
 }
 
-fn parse_fields(fields: Value) -> Result<Option<Vec<(Vec<u8>, Vec<u8>)>>> {
+fn parse_fields(fields: Value) -> Result<Option<Fields>> {
     let pairs: Vec<(Value, Value)> = match fields {
         Value::Nil => return Ok(None),
         Value::Map(pairs) => pairs,
