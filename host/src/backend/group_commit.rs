@@ -121,20 +121,14 @@ impl GroupWriter {
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                if let Some(anchor) = anchor.as_mut() {
-                    anchor.hold();
-                }
+                anchor.iter_mut().for_each(ReadAnchor::hold);
                 let mut busy = false;
                 while let Ok(first) = queue.recv() {
                     let group = gather(&queue, first, if busy { window } else { Duration::ZERO });
                     busy = group.len() >= BUSY_GROUP;
-                    if let Some(anchor) = anchor.as_mut() {
-                        anchor.release();
-                    }
+                    anchor.iter_mut().for_each(ReadAnchor::release);
                     run_group(&conn, &begin, group);
-                    if let Some(anchor) = anchor.as_mut() {
-                        anchor.hold();
-                    }
+                    anchor.iter_mut().for_each(ReadAnchor::hold);
                 }
             })
             .context("failed to start the sqlite writer thread")?;
