@@ -190,6 +190,31 @@ pub fn load_doc(p: &impl Platform, id: u64) -> Result<Option<Doc>, StoreError> {
     Ok(p.get_json::<Stored>(CAFES, &key(id))?.map(Doc))
 }
 
+/// The item document of `id` (counts not read) and the reservation of
+/// `order_id`, in one read: what `stock.reserve` needs before it decides.
+pub fn load_doc_and_reservation(
+    p: &impl Platform,
+    id: u64,
+    order_id: &str,
+) -> Result<(Option<Doc>, Option<Reservation>), StoreError> {
+    let k = key(id);
+    let mut found = p
+        .get_many(&[(CAFES, &k), (RESERVATIONS, order_id)])
+        .into_iter();
+    let doc = found
+        .next()
+        .flatten()
+        .map(|bytes| kit::platform::decode::<Stored>(CAFES, &k, &bytes))
+        .transpose()?
+        .map(Doc);
+    let reservation = found
+        .next()
+        .flatten()
+        .map(|bytes| kit::platform::decode(RESERVATIONS, order_id, &bytes))
+        .transpose()?;
+    Ok((doc, reservation))
+}
+
 /// The item as clients see it, from its stored bytes (a `range` entry):
 /// reads the `pcnt` counter (version-checked, like any read).
 pub fn cafe_of(p: &impl Platform, id: u64, bytes: &[u8]) -> Result<Cafe, StoreError> {

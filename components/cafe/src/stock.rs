@@ -12,7 +12,7 @@ pub use kit::stock::{Reserved, StockFailure};
 
 use crate::model::{
     DELETED, Doc, HELD, MAX_QTY, RESERVATIONS, Reservation, STOCK, StockReleased, event_key, key,
-    load, load_doc, save,
+    load, load_doc, load_doc_and_reservation, save,
 };
 
 /// Take `qty` units of `cafe_id` for `order_id`; repeated calls for the same
@@ -32,9 +32,9 @@ pub fn reserve(
     // The item document is version-checked: a concurrent update or
     // deletion re-runs this order. The counts are not: other orders of the
     // item take from them concurrently, checked at commit.
-    let doc = load_doc(p, cafe_id)?;
+    let (doc, reservation) = load_doc_and_reservation(p, cafe_id, order_id)?;
 
-    if let Some(r) = p.get_json::<Reservation>(RESERVATIONS, order_id)? {
+    if let Some(r) = reservation {
         if r.cafe_id != cafe_id || r.qty != qty {
             return Err(StockFailure::Invalid(format!(
                 "order {order_id} already holds a reservation of {} from cafe {}, not {qty} from cafe {cafe_id}",
