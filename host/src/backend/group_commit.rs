@@ -190,10 +190,10 @@ impl GroupWriter {
 /// group of at least [`BUSY_GROUP`] jobs, a sign of heavy load (3 % of the
 /// groups at a steady 1 000 orders/s, 26 % flat out); a lone unit on an
 /// idle host, and most at moderate load, commit at once. With `"full"` the
-/// `fsync` is the window already. Measured (`bench --only orders --no-redis
-/// --rounds 1`, two pairs): spread orders with `"normal"` 5 336 / 4 951 →
-/// 5 780 / 6 271 per second, host CPU 261 / 280 → 250 / 221 µs per order,
-/// with a 300 µs window after any group of two or more.
+/// `fsync` is the window already. Measured (`bench --only orders,pipeline
+/// --no-redis --rounds 1`, alternating builds): spread orders with
+/// `"normal"` 4 466 / 4 388 per second without a window, 6 081 / 4 924 with
+/// a 300 µs window after groups of 3+ (README, Benchmarks).
 fn gather(
     queue: &mpsc::Receiver<Box<dyn Job>>,
     first: Box<dyn Job>,

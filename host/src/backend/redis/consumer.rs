@@ -16,22 +16,23 @@ use crate::backend::{Cursor, Delivery, Subscription};
 
 /// A field of a stream entry as bytes (empty when absent).
 fn field(entry: &StreamId, name: &str) -> Vec<u8> {
-    match entry.map.get(name) {
-        Some(Value::BulkString(bytes)) => bytes.clone(),
-        Some(Value::SimpleString(s)) => s.clone().into_bytes(),
-        _ => Vec::new(),
-    }
+    entry
+        .map
+        .get(name)
+        .cloned()
+        .and_then(stream_reply::bytes)
+        .unwrap_or_default()
 }
 
 /// A field of a stream entry as text (lossy; empty when absent).
 pub(super) fn text(entry: &StreamId, name: &str) -> String {
-    String::from_utf8_lossy(&field(entry, name)).into_owned()
+    stream_reply::text(field(entry, name))
 }
 
 /// A field that may be absent (entries written before it existed): `None`
 /// when missing or empty.
 pub(super) fn optional_text(entry: &StreamId, name: &str) -> Option<String> {
-    Some(text(entry, name)).filter(|t| !t.is_empty())
+    stream_reply::non_empty(text(entry, name))
 }
 
 /// The stream or its consumer group is gone (Redis lost its data).

@@ -37,17 +37,23 @@ impl Entry {
     /// Field `name` as text, `None` when missing or empty (entries written
     /// before the field existed).
     pub(super) fn take_optional(&mut self, name: &str) -> Option<String> {
-        Some(self.take_text(name)).filter(|t| !t.is_empty())
+        non_empty(self.take_text(name))
     }
 }
 
-/// Bytes as text, without a copy when they are UTF-8 (they always are when
-/// this host wrote them).
-fn text(bytes: Vec<u8>) -> String {
+/// Bytes as text (lossy), without a copy when they are UTF-8 (they always
+/// are when this host wrote them).
+pub(super) fn text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn bytes(v: Value) -> Option<Vec<u8>> {
+/// An optional field's text: an empty one counts as absent.
+pub(super) fn non_empty(text: String) -> Option<String> {
+    Some(text).filter(|t| !t.is_empty())
+}
+
+/// A string-like RESP value's bytes (`None` for any other kind).
+pub(super) fn bytes(v: Value) -> Option<Vec<u8>> {
     match v {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.into_bytes()),
