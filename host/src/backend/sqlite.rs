@@ -125,6 +125,8 @@ pub struct SqliteBackend {
     suspects: Mutex<std::collections::HashSet<String>>,
     /// Blocks of sequence numbers reserved ahead (`store.next-id`).
     ids: IdBlocks,
+    /// Syncs the WAL ahead of the checkpoints (`"normal"` only).
+    _wal_sync: Option<super::wal_sync::WalSync>,
 }
 
 /// `v` as an SQLite integer (an i64), saturating: nothing beyond it can be
@@ -201,6 +203,11 @@ impl SqliteBackend {
             Synchronous::Full => Duration::ZERO,
             Synchronous::Normal => COMMIT_WINDOW,
         };
+        // With `fsync` per commit the WAL is synced already.
+        let wal_sync = match synchronous {
+            Synchronous::Full => None,
+            Synchronous::Normal => Some(super::wal_sync::WalSync::start(&path)?),
+        };
         Ok(Self {
             // One commit version per group, taken as it begins: the
             // group's units stamp what they write with it.
@@ -216,6 +223,7 @@ impl SqliteBackend {
             run: i64::from(rand::random::<u32>()) + 1,
             suspects: Mutex::default(),
             ids: IdBlocks::default(),
+            _wal_sync: wal_sync,
         })
     }
 
