@@ -740,6 +740,18 @@ async fn hot(ctx: &Ctx) -> Result<Scenario> {
     Ok(s)
 }
 
+/// One paced run of one system.
+struct PacedRun {
+    system: String,
+    round: usize,
+    paced: paced::Paced,
+    rss_max: u64,
+    drained_s: f64,
+    /// Host CPU (with its redis-server's) per accepted order, from the
+    /// first order to the drained log.
+    cpu_us: f64,
+}
+
 /// Orders paced at a fixed rate; time until ORDERED on order and on mypage.
 async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
     let mut s = Scenario {
@@ -757,10 +769,22 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
         ));
     }
     let admins: Vec<&str> = hosts.iter().map(|(_, h)| h.admin.as_str()).collect();
-    let mut results: Vec<(String, usize, paced::Paced, u64, f64)> = Vec::new();
+    let mut results: Vec<PacedRun> = Vec::new();
     for round in 1..=ctx.args.rounds {
         for (name, host) in &hosts {
             ctx.drain(&admins).await?;
+            // The host's CPU (and its redis-server's) from the first order
+            // to the drained log, watchers' reads included.
+            let redis_pid = ctx
+                .redis
+                .as_ref()
+                .filter(|_| name.contains("redis"))
+                .map(Redis::pid);
+            let cpu = |pid: u32| {
+                procs::cpu_seconds(pid).unwrap_or(f64::NAN)
+                    + redis_pid.and_then(procs::cpu_seconds).unwrap_or(0.0)
+            };
+            let cpu_before = cpu(host.pid());
             let rss = RssSampler::start(host.pid(), Duration::from_millis(200));
             let p = paced::run(
                 &ctx.client,
@@ -775,8 +799,9 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
             let rss_max = rss.stop().iter().map(|s| s.1).max().unwrap_or(0);
             let p = p?;
             let drained = api::wait_drained(&ctx.client, &host.admin, DRAIN_LIMIT).await?;
+            let cpu_us = (cpu(host.pid()) - cpu_before) * 1e6 / p.accepted.max(1) as f64;
             eprintln!(
-                "  paced {:.0}/s {name:<26} round {round}: accepted {}  ORDERED p50 {:.1} p99 {:.1} max {:.1} ms  mypage p50 {:.1} p99 {:.1} max {:.1} ms  polls {:.0}/s",
+                "  paced {:.0}/s {name:<26} round {round}: accepted {}  ORDERED p50 {:.1} p99 {:.1} max {:.1} ms  mypage p50 {:.1} p99 {:.1} max {:.1} ms  polls {:.0}/s  CPU {cpu_us:.0} µs/order",
                 ctx.args.rate,
                 p.accepted,
                 p.ordered_ms.p50,
@@ -787,13 +812,19 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
                 p.mypage_ms.max,
                 p.poll_reads_per_s
             );
-            results.push(((*name).into(), round, p, rss_max, drained.as_secs_f64()));
+            results.push(PacedRun {
+                system: (*name).into(),
+                round,
+                paced: p,
+                rss_max,
+                drained_s: drained.as_secs_f64(),
+                cpu_us,
+            });
         }
     }
     for (name, _) in &hosts {
-        let mine: Vec<&(String, usize, paced::Paced, u64, f64)> =
-            results.iter().filter(|r| r.0 == *name).collect();
-        let med = |f: &dyn Fn(&paced::Paced) -> f64| median(mine.iter().map(|r| f(&r.2)));
+        let mine: Vec<&PacedRun> = results.iter().filter(|r| r.system == *name).collect();
+        let med = |f: &dyn Fn(&paced::Paced) -> f64| median(mine.iter().map(|r| f(&r.paced)));
         let what = format!("POST /orders paced {:.0}/s", ctx.args.rate);
         s.rows.push(Row {
             what: what.clone(),
@@ -801,22 +832,25 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
             ok_per_s: med(&|p| p.accepted as f64 / p.seconds),
             p50_ms: med(&|p| p.post_ms.p50),
             p99_ms: med(&|p| p.post_ms.p99),
-            non_2xx: mine.iter().map(|r| r.2.refused_or_failed).sum(),
+            non_2xx: mine.iter().map(|r| r.paced.refused_or_failed).sum(),
             socket_errors: 0,
-            rss_max_mib: mine.iter().map(|r| r.3).max().unwrap_or(0) as f64 / 1024.0,
-            cpu_us_per_ok: f64::NAN,
+            rss_max_mib: mine.iter().map(|r| r.rss_max).max().unwrap_or(0) as f64 / 1024.0,
+            cpu_us_per_ok: median(mine.iter().map(|r| r.cpu_us)),
             rounds: mine.len(),
         });
         let fmt = |f: &dyn Fn(&paced::Paced) -> stats::Percentiles| {
-            let p50 = median(mine.iter().map(|r| f(&r.2).p50));
-            let p99 = median(mine.iter().map(|r| f(&r.2).p99));
-            let max = mine.iter().map(|r| f(&r.2).max).fold(f64::NAN, f64::max);
+            let p50 = median(mine.iter().map(|r| f(&r.paced).p50));
+            let p99 = median(mine.iter().map(|r| f(&r.paced).p99));
+            let max = mine
+                .iter()
+                .map(|r| f(&r.paced).max)
+                .fold(f64::NAN, f64::max);
             (
                 p99,
                 format!("p50 {p50:.1} / p99 {p99:.1} / max {max:.1} ms"),
             )
         };
-        let never: u64 = mine.iter().map(|r| r.2.never_ordered).sum();
+        let never: u64 = mine.iter().map(|r| r.paced.never_ordered).sum();
         let (p99, text) = fmt(&|p| p.ordered_ms);
         s.checks.push(Check::new(
             format!("{name}: placed → ORDERED (GET /orders/{{id}})"),
@@ -824,7 +858,7 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
             "p99 ≤ 10 ms",
             p99 <= 10.0 && never == 0,
         ));
-        let never: u64 = mine.iter().map(|r| r.2.never_on_mypage).sum();
+        let never: u64 = mine.iter().map(|r| r.paced.never_on_mypage).sum();
         let (p99, text) = fmt(&|p| p.mypage_ms);
         s.checks.push(Check::new(
             format!("{name}: placed → mypage ORDERED (GET /myPages/{{id}})"),
@@ -838,25 +872,27 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
         let mut bounded = true;
         let mut texts = Vec::new();
         for r in &mine {
-            let half = r.2.seconds / 2.0;
-            let first =
-                r.2.lag_samples
-                    .iter()
-                    .filter(|s| s.0 < half)
-                    .map(|s| s.1)
-                    .max()
-                    .unwrap_or(0);
-            let second =
-                r.2.lag_samples
-                    .iter()
-                    .filter(|s| s.0 >= half)
-                    .map(|s| s.1)
-                    .max()
-                    .unwrap_or(0);
+            let half = r.paced.seconds / 2.0;
+            let first = r
+                .paced
+                .lag_samples
+                .iter()
+                .filter(|s| s.0 < half)
+                .map(|s| s.1)
+                .max()
+                .unwrap_or(0);
+            let second = r
+                .paced
+                .lag_samples
+                .iter()
+                .filter(|s| s.0 >= half)
+                .map(|s| s.1)
+                .max()
+                .unwrap_or(0);
             bounded &= second <= 2 * first + 100;
             texts.push(format!(
                 "max lag 1st half {first}, 2nd half {second}, drained {:.2} s after",
-                r.4
+                r.drained_s
             ));
         }
         s.checks.push(Check::new(
@@ -867,7 +903,7 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
         ));
         let mut failures: std::collections::BTreeMap<&str, u64> = Default::default();
         for r in &mine {
-            for (k, v) in &r.2.failures {
+            for (k, v) in &r.paced.failures {
                 *failures.entry(k.as_str()).or_default() += v;
             }
         }
@@ -875,19 +911,21 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
             s.notes
                 .push(format!("{name}: paced POSTs not accepted: {failures:?}"));
         }
-        let polls = median(mine.iter().map(|r| r.2.poll_reads_per_s));
+        let polls = median(mine.iter().map(|r| r.paced.poll_reads_per_s));
         s.notes.push(format!(
             "{name}: the watching client added about {polls:.0} GET/s of read load (each order in \
              flight polled on /orders/{{id}} and /myPages/{{id}} every ~1 ms, at most {} polls in \
              flight at once; latencies are from the POST's answer to the first poll that saw \
-             ORDERED, so they include up to one poll round trip)",
+             ORDERED, so they include up to one poll round trip); its CPU µs/ok is the host's \
+             (with its redis-server's) from the first order until the log drained, per accepted \
+             order, those reads included",
             ctx.args.poll_slots
         ));
     }
     s.runs = results
         .iter()
-        .map(|(name, round, p, rss, drained)| {
-            serde_json::json!({"system": name, "round": round, "paced": to_json(p), "rss_max_kib": rss, "drained_after_s": drained})
+        .map(|r| {
+            serde_json::json!({"system": r.system, "round": r.round, "paced": to_json(&r.paced), "rss_max_kib": r.rss_max, "drained_after_s": r.drained_s, "cpu_us_per_order": r.cpu_us})
         })
         .collect();
     Ok(s)

@@ -7,6 +7,7 @@ mod id_blocks;
 mod read_anchor;
 pub mod redis;
 pub mod sqlite;
+mod wakeups;
 mod wal_sync;
 
 use std::sync::Arc;

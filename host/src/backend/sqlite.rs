@@ -10,13 +10,12 @@
 //! checked against.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::Notify;
 
 use super::id_blocks::IdBlocks;
 use super::{
@@ -113,8 +112,8 @@ pub struct SqliteBackend {
     /// Readers are used inline: a read of cached pages takes microseconds,
     /// less than a hop to the blocking pool would.
     readers: Vec<Mutex<Connection>>,
-    /// Woken after every commit that appended events, so dispatchers don't poll.
-    appended: Arc<Notify>,
+    /// Wake the subscribers of what a commit appended, so dispatchers don't poll.
+    wakeups: super::wakeups::Wakeups,
     /// Acknowledged events older than this are pruned by `maintain`.
     retain: Duration,
     /// Identifies this process in the `running` table.
@@ -127,6 +126,12 @@ pub struct SqliteBackend {
     ids: IdBlocks,
     /// Syncs the WAL ahead of the checkpoints (`"normal"` only).
     _wal_sync: Option<super::wal_sync::WalSync>,
+}
+
+/// The topics `changes` append to: their subscribers are woken once it
+/// commits.
+fn appended_topics(changes: &Changes) -> Vec<String> {
+    changes.events.iter().map(|e| e.topic.clone()).collect()
 }
 
 /// `v` as an SQLite integer (an i64), saturating: nothing beyond it can be
@@ -218,7 +223,7 @@ impl SqliteBackend {
                 )
             })?,
             readers,
-            appended: Arc::new(Notify::new()),
+            wakeups: super::wakeups::Wakeups::default(),
             retain: Duration::from_secs(24 * 3600),
             run: i64::from(rand::random::<u32>()) + 1,
             suspects: Mutex::default(),
@@ -628,7 +633,7 @@ impl Backend for SqliteBackend {
     }
 
     async fn commit(&self, changes: Changes) -> Result<Commit> {
-        let has_events = !changes.events.is_empty();
+        let topics = appended_topics(&changes);
         let outcome = self
             .write_checked(move |tx| {
                 let applied = apply(tx, &changes)?;
@@ -638,8 +643,8 @@ impl Backend for SqliteBackend {
                 Ok(applied)
             })
             .await?;
-        if has_events && outcome == Commit::Applied {
-            self.appended.notify_waiters();
+        if outcome == Commit::Applied {
+            self.wakeups.appended(topics.iter().map(String::as_str));
         }
         Ok(outcome)
     }
@@ -700,7 +705,8 @@ impl Backend for SqliteBackend {
             tokio::time::sleep(wait).await;
             return Ok(Vec::new());
         }
-        let notified = self.appended.notified();
+        let waiter = self.wakeups.waiter(&sub.component, &sub.topics);
+        let notified = waiter.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let found = self.pending(sub, max)?;
@@ -723,7 +729,7 @@ impl Backend for SqliteBackend {
         delivery: &Delivery,
         changes: Changes,
     ) -> Result<Commit> {
-        let has_events = !changes.events.is_empty();
+        let topics = appended_topics(&changes);
         let subscriber = sub.component.clone();
         let topic = delivery.topic.clone();
         let cursor = delivery.cursor.clone();
@@ -733,8 +739,8 @@ impl Backend for SqliteBackend {
                 acknowledge(tx, &subscriber, &topic, &cursor, attempt, &changes)
             })
             .await?;
-        if has_events && outcome == Commit::Applied {
-            self.appended.notify_waiters();
+        if outcome == Commit::Applied {
+            self.wakeups.appended(topics.iter().map(String::as_str));
         }
         Ok(outcome)
     }
@@ -747,29 +753,27 @@ impl Backend for SqliteBackend {
         let subscriber = sub.component.clone();
         // Every ack checks before it writes and the batch keeps what it
         // applied, so it needs no savepoint either.
-        let (outcomes, appended) = self
+        let (outcomes, topics) = self
             .writer
             .run_checks_first(move |tx| {
                 let mut outcomes = Vec::with_capacity(acks.len());
-                let mut appended = false;
+                let mut topics: Vec<String> = Vec::new();
                 // Offsets only move forward: a conflict ends the batch, the
                 // rest is delivered again after it. An ack that declines has
                 // written nothing, so the acks need no savepoints of their own.
                 for (d, changes) in &acks {
                     if acknowledge(tx, &subscriber, &d.topic, &d.cursor, d.attempt, changes)? {
-                        appended |= !changes.events.is_empty();
+                        topics.extend(changes.events.iter().map(|e| e.topic.clone()));
                         outcomes.push(Commit::Applied);
                     } else {
                         outcomes.push(Commit::Conflict);
                         break;
                     }
                 }
-                Ok(((outcomes, appended), true))
+                Ok(((outcomes, topics), true))
             })
             .await?;
-        if appended {
-            self.appended.notify_waiters();
-        }
+        self.wakeups.appended(topics.iter().map(String::as_str));
         Ok(outcomes)
     }
 
@@ -851,7 +855,7 @@ impl Backend for SqliteBackend {
                     )
                     .optional()?;
                 let Some((subscriber, seq)) = row else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 tx.execute(
                     "UPDATE dead_letters SET replayed = 1 WHERE id = ?1",
@@ -861,13 +865,13 @@ impl Backend for SqliteBackend {
                     "INSERT OR IGNORE INTO replays (subscriber, seq) VALUES (?1, ?2)",
                     params![subscriber, seq],
                 )?;
-                Ok(true)
+                Ok(Some(subscriber))
             })
             .await?;
-        if replayed {
-            self.appended.notify_waiters();
+        if let Some(subscriber) = &replayed {
+            self.wakeups.wake(subscriber);
         }
-        Ok(replayed)
+        Ok(replayed.is_some())
     }
 
     async fn maintain(&self) -> Result<u64> {
