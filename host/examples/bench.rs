@@ -253,13 +253,21 @@ impl Ctx {
         )
     }
 
-    /// Wait until every host in `admins` has no event backlog.
-    async fn drain(&self, admins: &[&str]) -> Result<Duration> {
-        let started = std::time::Instant::now();
+    /// Wait until every host in `admins` has no event backlog, then write
+    /// out the file system's dirty pages, so that no run pays for the last
+    /// one's events or for the write-back of its files (a run that follows
+    /// 10 s of orders otherwise starts with hundreds of MiB queued for the
+    /// disk, and its `fsync`s wait behind them).
+    async fn drain(&self, admins: &[&str]) -> Result<()> {
         for admin in admins {
             api::wait_drained(&self.client, admin, DRAIN_LIMIT).await?;
         }
-        Ok(started.elapsed())
+        let synced = tokio::process::Command::new("sync")
+            .status()
+            .await
+            .context("failed to run sync")?;
+        anyhow::ensure!(synced.success(), "sync failed: {synced}");
+        Ok(())
     }
 
     /// One wrk run against `target`, after every host's backlog drained.
