@@ -87,6 +87,8 @@ pub struct Metrics {
     pub link_seconds: Family<ComponentLabels, Histogram, fn() -> Histogram>,
     pub deliveries: Family<OutcomeLabels, Counter>,
     pub handle_to_ack_seconds: Family<ComponentLabels, Histogram, fn() -> Histogram>,
+    /// From an event's append to the log to its acknowledgement.
+    pub event_age_seconds: Family<ComponentLabels, Histogram, fn() -> Histogram>,
     /// Instances created for invocations (fresh or for a reuse pool).
     pub instances_created: Family<ComponentLabels, Counter>,
     /// Invocations served by an instance taken from a reuse pool.
@@ -126,6 +128,7 @@ impl Metrics {
             link_seconds: Family::new_with_constructor(latency),
             deliveries: Family::default(),
             handle_to_ack_seconds: Family::new_with_constructor(latency),
+            event_age_seconds: Family::new_with_constructor(latency),
             instances_created: Family::default(),
             instances_reused: Family::default(),
             instances_retired: Family::default(),
@@ -191,6 +194,11 @@ impl Metrics {
             "sktarbucks_event_handle_to_ack_seconds",
             "From handing an event to its handler to its acknowledgement",
             m.handle_to_ack_seconds.clone(),
+        );
+        r.register(
+            "sktarbucks_event_age_seconds",
+            "From an event's append to the log to its acknowledgement by this subscriber: the pipeline's latency to it (the appending backend's clock: on Redis, the server's)",
+            m.event_age_seconds.clone(),
         );
         r.register(
             "sktarbucks_instances_created",

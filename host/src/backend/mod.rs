@@ -74,6 +74,11 @@ pub struct Delivery {
     /// Where the event's chain started (stored with it); handed on to the
     /// events its handler publishes.
     pub trace: crate::trace::TraceContext,
+    /// When the event was appended to the log (ms since the epoch, by the
+    /// clock of the backend that appended it: the host's on SQLite, the
+    /// Redis server's on Redis), so its age at acknowledgement is the
+    /// pipeline's latency to this subscriber.
+    pub appended_ms: u64,
     /// Backend bookkeeping needed to acknowledge this delivery.
     pub(crate) cursor: Cursor,
 }

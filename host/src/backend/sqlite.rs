@@ -1049,7 +1049,7 @@ impl SqliteBackend {
             let mut replays = tx.prepare_cached(
                 "SELECT e.seq, e.topic, e.key, e.payload, e.source,
                         coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = r.subscriber AND a.seq = r.seq), 0),
-                        e.request_id, e.traceparent
+                        e.request_id, e.traceparent, e.created_ms
                  FROM replays r JOIN events e ON e.seq = r.seq
                  WHERE r.subscriber = ?1 ORDER BY r.seq LIMIT ?2",
             )?;
@@ -1067,7 +1067,7 @@ impl SqliteBackend {
             let mut topic_log = tx.prepare_cached(
                 "SELECT e.seq, e.topic, e.key, e.payload, e.source,
                         coalesce((SELECT attempts FROM attempts a WHERE a.subscriber = ?1 AND a.seq = e.seq), 0),
-                        e.request_id, e.traceparent
+                        e.request_id, e.traceparent, e.created_ms
                  FROM events e
                  WHERE e.topic = ?2
                    AND e.seq > (SELECT seq FROM topic_offsets WHERE subscriber = ?1 AND topic = ?2)
@@ -1126,6 +1126,7 @@ fn row_to_delivery(r: &rusqlite::Row<'_>, replay: bool) -> rusqlite::Result<Deli
             request_id: r.get(6)?,
             traceparent: r.get(7)?,
         },
+        appended_ms: u64::try_from(r.get::<_, i64>(8)?).unwrap_or(0),
         cursor: Cursor::Seq { seq, replay },
     })
 }

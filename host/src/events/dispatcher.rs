@@ -184,6 +184,15 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
     }
 }
 
+/// Seconds from `appended_ms` to `now`; 0 when the clocks disagree (the
+/// Redis server's clock stamped it, and it is ahead of this host's).
+fn age_seconds(appended_ms: u64, now: std::time::SystemTime) -> f64 {
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+    ((now_ms - appended_ms as f64) / 1000.0).max(0.0)
+}
+
 /// How many deliveries at the head of `pending` form the next wave: first
 /// deliveries with pairwise different keys, at most [`BATCH`]. A retry, or
 /// one delivered more often than allowed, goes alone (one is always taken,
@@ -430,6 +439,15 @@ async fn settle_ack(
                     component: sub.component.clone(),
                 })
                 .observe(started.elapsed().as_secs_f64());
+            metrics
+                .event_age_seconds
+                .get_or_create(&crate::metrics::ComponentLabels {
+                    component: sub.component.clone(),
+                })
+                .observe(age_seconds(
+                    delivery.appended_ms,
+                    std::time::SystemTime::now(),
+                ));
             true
         }
         Ok(Commit::Conflict) => {
@@ -569,8 +587,16 @@ mod tests {
             source: "s".into(),
             attempt,
             trace: crate::trace::TraceContext::default(),
+            appended_ms: 0,
             cursor: Cursor::Seq { seq, replay: false },
         }
+    }
+
+    #[test]
+    fn an_events_age_is_measured_from_its_append() {
+        let at = std::time::UNIX_EPOCH + Duration::from_millis(1_000_250);
+        assert!((age_seconds(1_000_000, at) - 0.25).abs() < 1e-9);
+        assert_eq!(age_seconds(1_000_300, at), 0.0, "a clock ahead reads 0");
     }
 
     #[test]

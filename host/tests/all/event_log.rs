@@ -20,6 +20,13 @@ fn event(topic: &str, key: &str) -> Changes {
     }
 }
 
+/// Milliseconds since the epoch, as the backends stamp appends.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn count(dir: &std::path::Path) -> i64 {
     let conn = rusqlite::Connection::open(dir.join("sktarbucks.db")).expect("db");
     conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
@@ -154,4 +161,26 @@ async fn waves_over_several_topics_follow_the_log_order() {
     assert!(mixed_waves >= 2, "the merge across topics was exercised");
     assert_eq!(delivered, expected);
     assert_eq!(backend.lag(&sub).await.expect("lag"), 0);
+}
+
+/// A delivery carries when its event was appended: the pipeline's latency
+/// to a subscriber (`sktarbucks_event_age_seconds`) is counted from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_carries_when_its_event_was_appended() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = SqliteBackend::open(dir.path(), Synchronous::Normal).expect("open");
+    let sub = Subscription {
+        component: "a".into(),
+        topics: vec!["x".into()],
+    };
+    backend.subscribe(&sub).await.expect("subscribe");
+    let before = now_ms();
+    backend.commit(event("x", "k")).await.expect("commit");
+    let after = now_ms();
+    let got = backend.poll(&sub, 1, Duration::ZERO).await.expect("poll");
+    let appended = got.first().map(|d| d.appended_ms).expect("one delivery");
+    assert!(
+        (before..=after).contains(&appended),
+        "appended at {appended}, committed between {before} and {after}"
+    );
 }

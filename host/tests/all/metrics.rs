@@ -155,6 +155,30 @@ async fn metrics_follow_the_traffic() {
         get(&after, "sktarbucks_breaker_state", &[("guard", "cafe")]),
         0.0
     );
+    // The pipeline's latency per subscriber: one age per acknowledged
+    // delivery, each counted from the event's append (so it covers the
+    // handling, counted from the handler's start).
+    for sub in ["production", "mypage"] {
+        let labels = [("component", sub)];
+        let ages = get(&after, "sktarbucks_event_age_seconds_count", &labels);
+        let acked = get(
+            &after,
+            "sktarbucks_event_deliveries_total",
+            &[("component", sub), ("outcome", "ok")],
+        );
+        assert!(acked >= 1.0, "premise: {sub} acknowledged a delivery");
+        assert_eq!(ages, acked, "{sub}: one age per acknowledged delivery");
+        let age = get(&after, "sktarbucks_event_age_seconds_sum", &labels);
+        let handling = get(
+            &after,
+            "sktarbucks_event_handle_to_ack_seconds_sum",
+            &labels,
+        );
+        assert!(
+            age > handling && age < 30.0,
+            "{sub}: ages {age} s in all, handling {handling} s"
+        );
+    }
     // The admin routes still need the token.
     let status = reqwest::get(format!("{admin}/admin/components"))
         .await

@@ -695,3 +695,34 @@ async fn a_poll_reads_the_pending_list_only_when_something_can_be_there() {
         .expect("ack");
     assert!(poll().await.is_empty());
 }
+
+/// A delivery carries when its entry was appended (the server's clock at
+/// `XADD`, from the entry id): the pipeline's latency to a subscriber is
+/// counted from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_carries_when_its_entry_was_appended() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let backend = RedisBackend::connect(&redis.url, "age", Duration::from_secs(60), Duration::ZERO)
+        .await
+        .expect("connect");
+    let sub = Subscription {
+        component: "a".into(),
+        topics: vec!["t".into()],
+    };
+    backend.subscribe(&sub).await.expect("subscribe");
+    let before = crate::event_log::now_ms();
+    assert_eq!(
+        backend.commit(events(1)).await.expect("commit"),
+        Commit::Applied
+    );
+    let after = crate::event_log::now_ms();
+    let got = backend.poll(&sub, 1, Duration::ZERO).await.expect("poll");
+    let appended = got.first().map(|d| d.appended_ms).expect("one delivery");
+    assert!(
+        (before..=after).contains(&appended),
+        "appended at {appended}, committed between {before} and {after}"
+    );
+}

@@ -365,6 +365,8 @@ impl RedisBackend {
                     request_id: entry.take_optional("request_id"),
                     traceparent: entry.take_optional("traceparent"),
                 },
+                // An entry id's first part is the server's clock at XADD.
+                appended_ms: StreamPos::parse(&entry.id).map_or(0, |p| p.0),
                 cursor: Cursor::Stream {
                     stream,
                     entry: entry.id,
