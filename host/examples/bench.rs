@@ -758,6 +758,9 @@ struct PacedRun {
     /// Host CPU (with its redis-server's) per accepted order, from the
     /// first order to the drained log.
     cpu_us: f64,
+    /// Per subscriber, p50 and p99 of the event ages at acknowledgement
+    /// (`sktarbucks_event_age_seconds`, bucket upper bounds, ms).
+    ages: std::collections::BTreeMap<String, (f64, f64)>,
 }
 
 /// Orders paced at a fixed rate; time until ORDERED on order and on mypage.
@@ -793,6 +796,7 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
                     + redis_pid.and_then(procs::cpu_seconds).unwrap_or(0.0)
             };
             let cpu_before = cpu(host.pid());
+            let ages_before = api::age_buckets(&api::metrics(&ctx.client, &host.admin).await?);
             let rss = RssSampler::start(host.pid(), Duration::from_millis(200));
             let p = paced::run(
                 &ctx.client,
@@ -808,6 +812,17 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
             let p = p?;
             let drained = api::wait_drained(&ctx.client, &host.admin, DRAIN_LIMIT).await?;
             let cpu_us = (cpu(host.pid()) - cpu_before) * 1e6 / p.accepted.max(1) as f64;
+            // The host's own view of each hop: p50 / p99 of the event ages
+            // at acknowledgement during this run (bucket upper bounds, ms).
+            let ages_after = api::age_buckets(&api::metrics(&ctx.client, &host.admin).await?);
+            let ages: std::collections::BTreeMap<String, (f64, f64)> = ages_after
+                .iter()
+                .filter_map(|(sub, after)| {
+                    let before = ages_before.get(sub).map_or(&[][..], Vec::as_slice);
+                    let q = |q| api::bucket_quantile(before, after, q).map(|s| s * 1000.0);
+                    Some((sub.clone(), (q(0.5)?, q(0.99)?)))
+                })
+                .collect();
             eprintln!(
                 "  paced {:.0}/s {name:<26} round {round}: accepted {}  ORDERED p50 {:.1} p99 {:.1} max {:.1} ms  mypage p50 {:.1} p99 {:.1} max {:.1} ms  polls {:.0}/s  CPU {cpu_us:.0} µs/order",
                 ctx.args.rate,
@@ -827,6 +842,7 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
                 rss_max,
                 drained_s: drained.as_secs_f64(),
                 cpu_us,
+                ages,
             });
         }
     }
@@ -919,6 +935,23 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
             s.notes
                 .push(format!("{name}: paced POSTs not accepted: {failures:?}"));
         }
+        let ages: Vec<String> = mine
+            .iter()
+            .map(|r| {
+                let each: Vec<String> = r
+                    .ages
+                    .iter()
+                    .map(|(sub, (p50, p99))| format!("{sub} ≤ {p50:.1} / ≤ {p99:.1}"))
+                    .collect();
+                format!("round {}: {}", r.round, each.join(", "))
+            })
+            .collect();
+        s.notes.push(format!(
+            "{name}: the host's event ages at acknowledgement during the paced runs \
+             (`sktarbucks_event_age_seconds`, from an event's append to its subscriber's \
+             acknowledgement; p50 / p99 as histogram bucket bounds, ms): {}",
+            ages.join("; ")
+        ));
         let polls = median(mine.iter().map(|r| r.paced.poll_reads_per_s));
         s.notes.push(format!(
             "{name}: the watching client added about {polls:.0} GET/s of read load (each order in \
@@ -933,7 +966,7 @@ async fn pipeline(ctx: &Ctx) -> Result<Scenario> {
     s.runs = results
         .iter()
         .map(|r| {
-            serde_json::json!({"system": r.system, "round": r.round, "paced": to_json(&r.paced), "rss_max_kib": r.rss_max, "drained_after_s": r.drained_s, "cpu_us_per_order": r.cpu_us})
+            serde_json::json!({"system": r.system, "round": r.round, "paced": to_json(&r.paced), "rss_max_kib": r.rss_max, "drained_after_s": r.drained_s, "cpu_us_per_order": r.cpu_us, "event_age_ms_p50_p99": r.ages})
         })
         .collect();
     Ok(s)

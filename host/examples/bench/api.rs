@@ -110,6 +110,47 @@ pub fn deliveries(m: &BTreeMap<String, f64>, outcome: &str) -> BTreeMap<String, 
         .collect()
 }
 
+/// `sktarbucks_event_age_seconds` per subscriber: its buckets as (upper
+/// bound in seconds, cumulative count), lowest bound first.
+pub fn age_buckets(m: &BTreeMap<String, f64>) -> BTreeMap<String, Vec<(f64, f64)>> {
+    let mut out: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for (s, v) in m
+        .iter()
+        .filter(|(s, _)| s.starts_with("sktarbucks_event_age_seconds_bucket{"))
+    {
+        let (Some(component), Some(le)) = (label(s, "component"), label(s, "le")) else {
+            continue;
+        };
+        let le = if le == "+Inf" {
+            f64::INFINITY
+        } else {
+            match le.parse() {
+                Ok(le) => le,
+                Err(_) => continue,
+            }
+        };
+        out.entry(component.to_owned()).or_default().push((le, *v));
+    }
+    for buckets in out.values_mut() {
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    out
+}
+
+/// The upper bound of the bucket that holds quantile `q` of what was
+/// observed between two scrapes of one histogram (`None`: nothing was).
+pub fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let earlier = |le: f64| before.iter().find(|b| b.0 == le).map_or(0.0, |b| b.1);
+    let total = after.last()?.1 - before.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return None;
+    }
+    after
+        .iter()
+        .find(|(le, count)| count - earlier(*le) >= q * total)
+        .map(|(le, _)| *le)
+}
+
 /// Wait until every subscriber's lag is 0; returns how long that took.
 pub async fn wait_drained(
     client: &reqwest::Client,
@@ -171,4 +212,30 @@ pub async fn orders_of(client: &reqwest::Client, url: &str, id: u32) -> Result<(
         }
     }
     Ok((count, qty))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quantile_is_read_from_the_buckets_filled_between_two_scrapes() {
+        let before = [
+            (0.001, 10.0),
+            (0.002, 10.0),
+            (0.004, 10.0),
+            (f64::INFINITY, 10.0),
+        ];
+        // 100 more: 50 under 1 ms, 45 more under 2 ms, 5 more under 4 ms.
+        let after = [
+            (0.001, 60.0),
+            (0.002, 105.0),
+            (0.004, 110.0),
+            (f64::INFINITY, 110.0),
+        ];
+        assert_eq!(bucket_quantile(&before, &after, 0.5), Some(0.001));
+        assert_eq!(bucket_quantile(&before, &after, 0.9), Some(0.002));
+        assert_eq!(bucket_quantile(&before, &after, 0.99), Some(0.004));
+        assert_eq!(bucket_quantile(&before, &before, 0.5), None);
+    }
 }
