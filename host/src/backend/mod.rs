@@ -77,7 +77,8 @@ pub struct Delivery {
     /// When the event was appended to the log (ms since the epoch, by the
     /// clock of the backend that appended it: the host's on SQLite, the
     /// Redis server's on Redis), so its age at acknowledgement is the
-    /// pipeline's latency to this subscriber.
+    /// pipeline's latency to this subscriber (a replayed dead letter's
+    /// counts from its first append). 0: not known.
     pub appended_ms: u64,
     /// Backend bookkeeping needed to acknowledge this delivery.
     pub(crate) cursor: Cursor,

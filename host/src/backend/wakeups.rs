@@ -53,6 +53,9 @@ impl Wakeups {
 
     /// Wake the subscribers of any of `topics` that wait now.
     pub(super) fn appended<'a>(&self, topics: impl IntoIterator<Item = &'a str> + Clone) {
+        if topics.clone().into_iter().next().is_none() {
+            return;
+        }
         let waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         for w in waiters.values() {
             if topics

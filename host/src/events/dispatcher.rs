@@ -185,12 +185,16 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
 }
 
 /// Seconds from `appended_ms` to `now`; 0 when the clocks disagree (the
-/// Redis server's clock stamped it, and it is ahead of this host's).
-fn age_seconds(appended_ms: u64, now: std::time::SystemTime) -> f64 {
+/// Redis server's clock stamped it, and it is ahead of this host's), none
+/// when the backend gave no time.
+fn age_seconds(appended_ms: u64, now: std::time::SystemTime) -> Option<f64> {
+    if appended_ms == 0 {
+        return None;
+    }
     let now_ms = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    ((now_ms - appended_ms as f64) / 1000.0).max(0.0)
+    Some(((now_ms - appended_ms as f64) / 1000.0).max(0.0))
 }
 
 /// How many deliveries at the head of `pending` form the next wave: first
@@ -439,15 +443,14 @@ async fn settle_ack(
                     component: sub.component.clone(),
                 })
                 .observe(started.elapsed().as_secs_f64());
-            metrics
-                .event_age_seconds
-                .get_or_create(&crate::metrics::ComponentLabels {
-                    component: sub.component.clone(),
-                })
-                .observe(age_seconds(
-                    delivery.appended_ms,
-                    std::time::SystemTime::now(),
-                ));
+            if let Some(age) = age_seconds(delivery.appended_ms, std::time::SystemTime::now()) {
+                metrics
+                    .event_age_seconds
+                    .get_or_create(&crate::metrics::ComponentLabels {
+                        component: sub.component.clone(),
+                    })
+                    .observe(age);
+            }
             true
         }
         Ok(Commit::Conflict) => {
@@ -595,8 +598,14 @@ mod tests {
     #[test]
     fn an_events_age_is_measured_from_its_append() {
         let at = std::time::UNIX_EPOCH + Duration::from_millis(1_000_250);
-        assert!((age_seconds(1_000_000, at) - 0.25).abs() < 1e-9);
-        assert_eq!(age_seconds(1_000_300, at), 0.0, "a clock ahead reads 0");
+        let age = age_seconds(1_000_000, at).expect("an age");
+        assert!((age - 0.25).abs() < 1e-9, "{age}");
+        assert_eq!(
+            age_seconds(1_000_300, at),
+            Some(0.0),
+            "a clock ahead reads 0"
+        );
+        assert_eq!(age_seconds(0, at), None, "no time given: no age");
     }
 
     #[test]
