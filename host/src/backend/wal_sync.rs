@@ -22,8 +22,12 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 
-/// How often the WAL is looked at (and synced when it was written).
+/// How often the WAL is looked at (and synced when it was written) while
+/// it is being written.
 const EVERY: Duration = Duration::from_millis(5);
+/// The longest pause between looks once it stopped being written: an idle
+/// host wakes this thread a few times a second, not 200.
+const IDLE_EVERY: Duration = Duration::from_millis(200);
 
 /// The syncing thread; it stops when this is dropped.
 pub(super) struct WalSync {
@@ -42,9 +46,18 @@ impl WalSync {
         let thread = std::thread::Builder::new()
             .name("sqlite-wal-sync".into())
             .spawn(move || {
+                let mut pause = EVERY;
                 while !stopped.load(Ordering::Relaxed) {
-                    std::thread::sleep(EVERY);
-                    wal.sync_if_written();
+                    // Unparked by the drop, so stopping does not wait out a pause.
+                    std::thread::park_timeout(pause);
+                    if stopped.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    pause = if wal.sync_if_written() {
+                        EVERY
+                    } else {
+                        (pause * 2).min(IDLE_EVERY)
+                    };
                 }
             })
             .context("failed to start the sqlite WAL sync thread")?;
@@ -59,6 +72,7 @@ impl Drop for WalSync {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
