@@ -253,14 +253,19 @@ impl Ctx {
         )
     }
 
-    /// Wait until every host in `admins` has no event backlog, then write
-    /// out the file system's dirty pages, so that no run pays for the last
-    /// one's events or for the write-back of its files (a run that follows
-    /// 10 s of orders otherwise starts with hundreds of MiB queued for the
-    /// disk, and its `fsync`s wait behind them).
+    /// Wait until every host in `admins` has no event backlog, let the
+    /// bench's redis-server rewrite its AOF, then write out the file
+    /// system's dirty pages, so that no run pays for the last one's events,
+    /// for an AOF rewrite its writes triggered, or for the write-back of its
+    /// files (a run that follows 10 s of orders otherwise starts with
+    /// hundreds of MiB queued for the disk, and its `fsync`s wait behind
+    /// them).
     async fn drain(&self, admins: &[&str]) -> Result<()> {
         for admin in admins {
             api::wait_drained(&self.client, admin, DRAIN_LIMIT).await?;
+        }
+        if let Some(redis) = &self.redis {
+            redis.rewrite_aof().await?;
         }
         let synced = tokio::process::Command::new("sync")
             .status()

@@ -371,6 +371,43 @@ impl Redis {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Rewrite the AOF now (`BGREWRITEAOF`) and wait for it to finish.
+    /// Redis rewrites its AOF by itself each time the file doubled; run
+    /// after run of orders, that came every 15–20 s and landed inside
+    /// measured runs (a fork, then a core and the disk busy for a second):
+    /// done between runs, the next automatic one is far off.
+    pub async fn rewrite_aof(&self) -> Result<()> {
+        let client = redis::Client::open(self.url.as_str()).context("bad redis url")?;
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .context("failed to connect to the bench's redis-server")?;
+        let asked: redis::RedisResult<String> =
+            redis::cmd("BGREWRITEAOF").query_async(&mut conn).await;
+        if let Err(e) = asked {
+            // One already running (or scheduled) is waited for below.
+            eprintln!("   note: BGREWRITEAOF: {e}");
+        }
+        let started = Instant::now();
+        loop {
+            let info: String = redis::cmd("INFO")
+                .arg("persistence")
+                .query_async(&mut conn)
+                .await
+                .context("redis INFO persistence failed")?;
+            let busy = info.lines().any(|l| {
+                l.trim() == "aof_rewrite_in_progress:1" || l.trim() == "aof_rewrite_scheduled:1"
+            });
+            if !busy {
+                return Ok(());
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("the bench's redis-server did not finish rewriting its AOF in 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn ping(port: u16) -> bool {
