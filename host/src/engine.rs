@@ -3,11 +3,9 @@
 //! for every store; no timer per request.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::background::Background;
 use anyhow::{Context, Result};
 use wasmtime::{
     Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy,
@@ -76,37 +74,17 @@ pub fn build(max_memory: u64, cache_dir: Option<&Path>) -> Result<Engine> {
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
 pub struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl EpochTicker {
     /// Start the one ticker of `engine`.
     pub fn start(engine: &Engine) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
         let engine = engine.clone();
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("epoch-ticker".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })
-            .context("failed to start the epoch ticker")?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        let thread = Background::start("epoch-ticker", EPOCH_TICK, move || {
+            engine.increment_epoch();
+            EPOCH_TICK
+        })?;
+        Ok(Self { _thread: thread })
     }
 }

@@ -26,6 +26,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod background;
 pub mod bindings;
 pub mod config;
 pub mod crash;

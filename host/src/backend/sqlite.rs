@@ -751,29 +751,35 @@ impl Backend for SqliteBackend {
         acks: Vec<(Delivery, Changes)>,
     ) -> Result<Vec<Commit>> {
         let subscriber = sub.component.clone();
+        // Gathered here, not on the writer thread: each ack's topics, for
+        // the wake-up once it applied.
+        let topics: Vec<Vec<String>> = acks.iter().map(|(_, c)| appended_topics(c)).collect();
         // Every ack checks before it writes and the batch keeps what it
         // applied, so it needs no savepoint either.
-        let (outcomes, topics) = self
+        let outcomes = self
             .writer
             .run_checks_first(move |tx| {
                 let mut outcomes = Vec::with_capacity(acks.len());
-                let mut topics: Vec<String> = Vec::new();
                 // Offsets only move forward: a conflict ends the batch, the
                 // rest is delivered again after it. An ack that declines has
                 // written nothing, so the acks need no savepoints of their own.
                 for (d, changes) in &acks {
                     if acknowledge(tx, &subscriber, &d.topic, &d.cursor, d.attempt, changes)? {
-                        topics.extend(changes.events.iter().map(|e| e.topic.clone()));
                         outcomes.push(Commit::Applied);
                     } else {
                         outcomes.push(Commit::Conflict);
                         break;
                     }
                 }
-                Ok(((outcomes, topics), true))
+                Ok((outcomes, true))
             })
             .await?;
-        self.wakeups.appended(topics.iter().map(String::as_str));
+        let applied = outcomes
+            .iter()
+            .take_while(|o| **o == Commit::Applied)
+            .count();
+        self.wakeups
+            .appended(topics[..applied].iter().flatten().map(String::as_str));
         Ok(outcomes)
     }
 

@@ -16,11 +16,11 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+
+use crate::background::Background;
 
 /// How often the WAL is looked at (and synced when it was written) while
 /// it is being written.
@@ -31,8 +31,7 @@ const IDLE_EVERY: Duration = Duration::from_millis(200);
 
 /// The syncing thread; it stops when this is dropped.
 pub(super) struct WalSync {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: Background,
 }
 
 impl WalSync {
@@ -41,40 +40,16 @@ impl WalSync {
         let mut wal = db.as_os_str().to_owned();
         wal.push("-wal");
         let mut wal = Wal::new(PathBuf::from(wal));
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("sqlite-wal-sync".into())
-            .spawn(move || {
-                let mut pause = EVERY;
-                while !stopped.load(Ordering::Relaxed) {
-                    // Unparked by the drop, so stopping does not wait out a pause.
-                    std::thread::park_timeout(pause);
-                    if stopped.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    pause = if wal.sync_if_written() {
-                        EVERY
-                    } else {
-                        (pause * 2).min(IDLE_EVERY)
-                    };
-                }
-            })
-            .context("failed to start the sqlite WAL sync thread")?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for WalSync {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            thread.thread().unpark();
-            let _ = thread.join();
-        }
+        let mut pause = EVERY;
+        let thread = Background::start("sqlite-wal-sync", EVERY, move || {
+            pause = if wal.sync_if_written() {
+                EVERY
+            } else {
+                (pause * 2).min(IDLE_EVERY)
+            };
+            pause
+        })?;
+        Ok(Self { _thread: thread })
     }
 }
 

@@ -442,15 +442,20 @@ async fn an_entry_deleted_while_pending_is_acknowledged_and_skipped() {
     );
 }
 
+/// One section of `INFO`.
+async fn info(conn: &mut redis::aio::MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .expect("info")
+}
+
 /// Scripts Redis has cached (`INFO memory`'s `number_of_cached_scripts`).
 async fn cached_scripts(redis: &RedisServer) -> u64 {
-    let mut conn = redis.conn().await;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
+    info(&mut redis.conn().await, "memory")
         .await
-        .expect("info");
-    info.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("number_of_cached_scripts:"))
         .and_then(|n| n.trim().parse().ok())
         .expect("number_of_cached_scripts in INFO memory")
@@ -621,13 +626,10 @@ async fn only_the_consumer_holding_an_entry_commits_its_effect() {
 
 /// Calls of `command` since the last `CONFIG RESETSTAT`.
 async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("info");
     let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
+    info(conn, "commandstats")
+        .await
+        .lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().expect("calls"))
@@ -705,19 +707,9 @@ async fn a_delivery_carries_when_its_entry_was_appended() {
         return;
     }
     let redis = RedisServer::start();
-    let backend = RedisBackend::connect(&redis.url, "age", Duration::from_secs(60), Duration::ZERO)
-        .await
-        .expect("connect");
-    let sub = Subscription {
-        component: "a".into(),
-        topics: vec!["t".into()],
-    };
-    backend.subscribe(&sub).await.expect("subscribe");
+    let (backend, sub) = subscribed(&redis, "age", Duration::from_secs(60)).await;
     let before = crate::event_log::now_ms();
-    assert_eq!(
-        backend.commit(events(1)).await.expect("commit"),
-        Commit::Applied
-    );
+    backend_commit(&backend, 1).await;
     let after = crate::event_log::now_ms();
     let got = backend.poll(&sub, 1, Duration::ZERO).await.expect("poll");
     let appended = got.first().map(|d| d.appended_ms).expect("one delivery");
