@@ -226,14 +226,18 @@ impl SqliteBackend {
             .execute_batch(SCHEMA)
             .context("failed to create the sqlite schema")?;
         migrate(&mut writer).context("failed to migrate the sqlite schema")?;
-        let slow = slow_build(&compile_options(&writer)?);
-        if !slow.is_empty() {
-            tracing::warn!(
+        // A diagnosis only: not being able to read the options stops nothing.
+        match compile_options(&writer).map(|options| slow_build(&options)) {
+            Ok(slow) if !slow.is_empty() => tracing::warn!(
                 with = ?slow,
                 "the bundled SQLite was built without this checkout's .cargo/config.toml \
                  (LIBSQLITE3_FLAGS): every connection takes a process-wide mutex, and \
                  writes and reads wait for each other"
-            );
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "could not read sqlite compile options")
+            }
         }
         let readers = (0..READERS)
             .map(|_| open(&path, synchronous).map(Mutex::new))
