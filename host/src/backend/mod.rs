@@ -187,6 +187,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `max` deliveries for `sub`, waiting at most `wait` for the first.
     async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 
+    /// Up to `max` deliveries never handed out before, without waiting,
+    /// read while deliveries handed out by earlier polls are still being
+    /// committed, so a dispatcher draining a backlog handles its next wave
+    /// during the last one's commit. `None`: this backend can only read
+    /// past deliveries once they are acknowledged (a per-topic offset).
+    async fn poll_ahead(&self, _sub: &Subscription, _max: usize) -> Result<Option<Vec<Delivery>>> {
+        Ok(None)
+    }
+
     /// Called right before a delivery is handled: restarts its idle clock so
     /// it is not taken over while it waited behind others. False if it is no
     /// longer ours to handle (already acknowledged).

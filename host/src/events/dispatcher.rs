@@ -61,6 +61,19 @@ const BATCH: usize = 32;
 const FRESH: Duration = Duration::from_secs(1);
 /// Longest wait for new events before polling again (covers other processes).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
+/// Waves handled during the last one's commit stop this long after the
+/// last ordinary poll, so that one comes at least this often while a
+/// backlog drains: it is the poll that takes over what dead or stalled
+/// consumers held and reads back what this one did not acknowledge.
+const ORDINARY_POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// A batch read while the last wave committed, its first `outcomes.len()`
+/// deliveries handled already (a wave whose keys differ from that one's).
+struct Ahead {
+    batch: Vec<Delivery>,
+    outcomes: Vec<Option<EventOutcome>>,
+    polled_at: std::time::Instant,
+}
 
 /// Start a dispatcher for every loaded component that subscribes to
 /// something and has none yet (at start, and after a reload added one).
@@ -125,6 +138,8 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
     let mut streak = Streak::default();
     let mut sub = sub.clone();
     let mut version = rt.registry.get(&sub.component).map(|l| l.digest.clone());
+    let mut ahead: Option<Ahead> = None;
+    let mut ordinary_poll = std::time::Instant::now();
     while !*shutdown.borrow() {
         // A swap or reload may change what this component consumes: follow
         // it at the next poll (the old version finished its delivery).
@@ -143,45 +158,87 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
             }
         }
         let sub = &sub;
-        // Not cancelled on shutdown: a blocking read that already took
-        // entries must hand them over, or they would sit pending until
-        // reclaimed. The wait is bounded by IDLE_WAIT.
-        let polled = rt.backend.poll(sub, BATCH, IDLE_WAIT).await;
-        let deliveries = match polled {
-            Ok(d) => {
-                backoff = Duration::from_millis(100);
-                d
-            }
-            Err(e) => {
-                tracing::warn!(component = %sub.component, error = %format!("{e:#}"), "event poll failed; retrying");
-                sleep_or_shutdown(backoff, &mut shutdown).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
+        let (deliveries, polled_at, mut handled) = match ahead.take() {
+            Some(a) => (
+                a.batch,
+                a.polled_at,
+                Some(a.outcomes).filter(|o| !o.is_empty()),
+            ),
+            None => {
+                // Not cancelled on shutdown: a blocking read that already
+                // took entries must hand them over, or they would sit
+                // pending until reclaimed. The wait is bounded by IDLE_WAIT.
+                let polled = rt.backend.poll(sub, BATCH, IDLE_WAIT).await;
+                ordinary_poll = std::time::Instant::now();
+                match polled {
+                    Ok(d) => {
+                        backoff = Duration::from_millis(100);
+                        (d, std::time::Instant::now(), None)
+                    }
+                    Err(e) => {
+                        tracing::warn!(component = %sub.component, error = %format!("{e:#}"), "event poll failed; retrying");
+                        sleep_or_shutdown(backoff, &mut shutdown).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
             }
         };
-        let polled_at = std::time::Instant::now();
+        // A full batch is a backlog: its last wave commits while the next
+        // one is read and handled (where the backend can read past it).
+        let overlap = deliveries.len() >= BATCH && ordinary_poll.elapsed() < ORDINARY_POLL_EVERY;
         let max = rt.config().events.max_attempts;
         let mut rest = deliveries.as_slice();
         while !rest.is_empty() {
             if *shutdown.borrow() {
                 return;
             }
-            let (wave, after) = rest.split_at(wave_len(rest, max));
-            let all_acked = match wave {
-                [one] => deliver(rt, sub, one, &mut shutdown, &mut streak).await,
-                _ => {
+            // Handled during the last commit: exactly that prefix is the wave.
+            let len = handled
+                .as_ref()
+                .map_or_else(|| wave_len(rest, max), Vec::len);
+            let (wave, after) = rest.split_at(len);
+            let next = (overlap && after.is_empty()).then_some(&mut ahead);
+            let all_acked = match (wave, handled.take()) {
+                // Alone, and any retry (it may be due for the dead letters).
+                ([one], None) if next.is_none() || one.attempt > 1 => {
+                    deliver(rt, sub, one, &mut shutdown, &mut streak).await
+                }
+                (_, outcomes) => {
                     let fresh = polled_at.elapsed() < FRESH;
-                    deliver_wave(rt, sub, wave, fresh, &mut shutdown, &mut streak).await
+                    let run = Wave {
+                        deliveries: wave,
+                        fresh,
+                        outcomes,
+                        next,
+                    };
+                    deliver_wave(rt, sub, run, &mut shutdown, &mut streak).await
                 }
             };
             if !all_acked {
                 // Failed, conflicted or backend trouble: poll again so the
-                // next attempt sees fresh state and attempt counts.
+                // next attempt sees fresh state and attempt counts (a batch
+                // read ahead is read back from this consumer's own list).
+                ahead = None;
                 break;
             }
             rest = after;
         }
     }
+}
+
+/// How many deliveries at the head of `batch` can be handled while a wave
+/// with `busy` keys commits: first attempts, keys pairwise different and
+/// none of `busy`, at most [`BATCH`].
+fn overlap_len(batch: &[Delivery], busy: &std::collections::HashSet<&str>) -> usize {
+    let mut keys = std::collections::HashSet::new();
+    batch
+        .iter()
+        .take(BATCH)
+        .take_while(|d| {
+            d.attempt == 1 && !busy.contains(d.key.as_str()) && keys.insert(d.key.as_str())
+        })
+        .count()
 }
 
 /// Seconds from `appended_ms` to `now`; 0 when the clocks disagree (the
@@ -288,24 +345,30 @@ fn delivery_span(sub: &Subscription, delivery: &Delivery) -> tracing::Span {
     span
 }
 
-/// Deliver a wave (first deliveries, pairwise different keys) at once:
-/// handlers run concurrently, then the handled prefix is acknowledged in
-/// log order in one commit. True when all were acknowledged.
-async fn deliver_wave(
+/// A wave to deliver, and how.
+struct Wave<'a, 'b> {
+    /// First deliveries with pairwise different keys.
+    deliveries: &'a [Delivery],
+    /// Just polled: no need to restart the deliveries' idle clocks.
+    fresh: bool,
+    /// Handled already (during the last wave's commit).
+    outcomes: Option<Vec<Option<EventOutcome>>>,
+    /// Where to put the next batch, read and partly handled during this
+    /// wave's commit (when the backend can read past it).
+    next: Option<&'b mut Option<Ahead>>,
+}
+
+/// Run `sub`'s handlers on `wave` at once (`fresh`: skip `touch`); `None`
+/// for a delivery not taken (acknowledged elsewhere, or the backend down).
+async fn handle_wave(
     rt: &Arc<Runtime>,
     sub: &Subscription,
+    loaded: &Arc<crate::registry::Loaded>,
     wave: &[Delivery],
     fresh: bool,
-    shutdown: &mut watch::Receiver<bool>,
-    streak: &mut Streak,
-) -> bool {
-    let Some(loaded) = live_version(rt, sub, shutdown).await else {
-        return false;
-    };
-    let spans: Vec<tracing::Span> = wave.iter().map(|d| delivery_span(sub, d)).collect();
-    let started = std::time::Instant::now();
-    let runs = wave.iter().zip(&spans).map(|(delivery, span)| {
-        let loaded = Arc::clone(&loaded);
+) -> Vec<Option<EventOutcome>> {
+    let runs = wave.iter().map(|delivery| {
+        let loaded = Arc::clone(loaded);
         async move {
             let ours = if fresh {
                 Ok(true)
@@ -319,9 +382,62 @@ async fn deliver_wave(
                 Ok(false) | Err(_) => None,
             }
         }
-        .instrument(span.clone())
+        .instrument(delivery_span(sub, delivery))
     });
-    let outcomes = futures::future::join_all(runs).await;
+    futures::future::join_all(runs).await
+}
+
+/// Read the next batch while `busy` commits and handle its head: the
+/// deliveries whose keys `busy` does not hold (per key, events stay in log
+/// order: none is handled before an earlier one of its key committed).
+async fn read_and_handle_ahead(
+    rt: &Arc<Runtime>,
+    sub: &Subscription,
+    busy: &[Delivery],
+) -> Option<Ahead> {
+    let batch = match rt.backend.poll_ahead(sub, BATCH).await {
+        Ok(Some(batch)) if !batch.is_empty() => batch,
+        Ok(_) => return None,
+        Err(e) => {
+            // Whatever it took is read back by the next ordinary poll.
+            tracing::debug!(component = %sub.component, error = %format!("{e:#}"), "reading ahead failed");
+            return None;
+        }
+    };
+    let polled_at = std::time::Instant::now();
+    let keys = busy.iter().map(|d| d.key.as_str()).collect();
+    let n = overlap_len(&batch, &keys);
+    let outcomes = match rt.registry.get(&sub.component) {
+        Some(loaded) if n > 0 => handle_wave(rt, sub, &loaded, &batch[..n], true).await,
+        _ => Vec::new(),
+    };
+    Some(Ahead {
+        batch,
+        outcomes,
+        polled_at,
+    })
+}
+
+/// Deliver a wave (first deliveries, pairwise different keys) at once:
+/// handlers run concurrently, then the handled prefix is acknowledged in
+/// log order in one commit. True when all were acknowledged.
+async fn deliver_wave(
+    rt: &Arc<Runtime>,
+    sub: &Subscription,
+    run: Wave<'_, '_>,
+    shutdown: &mut watch::Receiver<bool>,
+    streak: &mut Streak,
+) -> bool {
+    let wave = run.deliveries;
+    let Some(loaded) = live_version(rt, sub, shutdown).await else {
+        return false;
+    };
+    let spans: Vec<tracing::Span> = wave.iter().map(|d| delivery_span(sub, d)).collect();
+    let started = std::time::Instant::now();
+    let outcomes = match run.outcomes {
+        Some(outcomes) => outcomes,
+        None => handle_wave(rt, sub, &loaded, wave, run.fresh).await,
+    };
     // The handled prefix commits; the first other outcome is settled on
     // its own; everything after it is delivered again.
     let mut acks = Vec::new();
@@ -340,7 +456,17 @@ async fn deliver_wave(
         for _ in 0..handled {
             crate::crash::point(crate::crash::AFTER_HANDLER);
         }
-        let committed = rt.backend.ack_batch(sub, acks).await;
+        let commit = rt.backend.ack_batch(sub, acks);
+        // At shutdown nothing more is taken: it would wait for a takeover.
+        let committed = match run.next.filter(|_| !*shutdown.borrow()) {
+            Some(slot) => {
+                let (committed, next) = tokio::join!(commit, read_and_handle_ahead(rt, sub, wave));
+                // Kept only if every acknowledgement applies (below).
+                *slot = next;
+                committed
+            }
+            None => commit.await,
+        };
         match committed {
             Ok(commits) => {
                 for (i, commit) in commits.iter().enumerate() {
@@ -629,6 +755,31 @@ mod tests {
         let overdue = [delivery(1, "a", 9)];
         assert_eq!(wave_len(&overdue, 5), 1);
         assert_eq!(wave_len(&[], 5), 0);
+    }
+
+    #[test]
+    fn a_wave_handled_during_a_commit_avoids_its_keys_and_retries() {
+        let busy: std::collections::HashSet<&str> = ["a", "b"].into_iter().collect();
+        let next = [
+            delivery(5, "c", 1),
+            delivery(6, "d", 1),
+            delivery(7, "a", 1),
+        ];
+        assert_eq!(
+            overlap_len(&next, &busy),
+            2,
+            "stops at a key still committing"
+        );
+        let repeat = [delivery(5, "c", 1), delivery(6, "c", 1)];
+        assert_eq!(overlap_len(&repeat, &busy), 1, "stops at a repeated key");
+        let retry = [delivery(5, "c", 1), delivery(6, "d", 2)];
+        assert_eq!(overlap_len(&retry, &busy), 1, "stops at a retry");
+        let first_busy = [delivery(5, "b", 1), delivery(6, "d", 1)];
+        assert_eq!(overlap_len(&first_busy, &busy), 0, "nothing before it");
+        let many: Vec<Delivery> = (0..2 * BATCH)
+            .map(|i| delivery(i as i64, &format!("k{i}"), 1))
+            .collect();
+        assert_eq!(overlap_len(&many, &busy), BATCH);
     }
 
     #[test]

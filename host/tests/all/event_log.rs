@@ -183,4 +183,15 @@ async fn a_delivery_carries_when_its_event_was_appended() {
         (before..=after).contains(&appended),
         "appended at {appended}, committed between {before} and {after}"
     );
+    // The log's offsets move only when a delivery is acknowledged: it does
+    // not read past one in flight (its dispatcher polls after the commit).
+    backend.commit(event("x", "k2")).await.expect("commit");
+    assert!(
+        backend
+            .poll_ahead(&sub, 10)
+            .await
+            .expect("poll ahead")
+            .is_none(),
+        "the SQLite log read ahead"
+    );
 }

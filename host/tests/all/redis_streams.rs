@@ -718,3 +718,47 @@ async fn a_delivery_carries_when_its_entry_was_appended() {
         "appended at {appended}, committed between {before} and {after}"
     );
 }
+
+/// Reading ahead (while the deliveries of the last poll are committed) takes
+/// only entries never handed out, never one in flight; what was read ahead
+/// and then dropped (a commit before it failed) comes back from this
+/// consumer's own list at the next poll, still a first attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn reading_ahead_takes_only_new_entries_and_a_dropped_one_comes_back() {
+    if !available() {
+        return;
+    }
+    let redis = RedisServer::start();
+    let (backend, sub) = subscribed(&redis, "ahead", Duration::from_secs(600)).await;
+    backend_commit(&backend, 4).await;
+    let keys = |d: &[sktarbucks::backend::Delivery]| {
+        d.iter()
+            .map(|d| (d.key.clone(), d.attempt))
+            .collect::<Vec<_>>()
+    };
+    let in_flight = backend.poll(&sub, 2, Duration::ZERO).await.expect("poll");
+    assert_eq!(keys(&in_flight), [("k0".into(), 1), ("k1".into(), 1)]);
+    let ahead = backend.poll_ahead(&sub, 10).await.expect("poll ahead");
+    let ahead = ahead.expect("Redis reads ahead");
+    assert_eq!(keys(&ahead), [("k2".into(), 1), ("k3".into(), 1)]);
+    let again = backend.poll_ahead(&sub, 10).await.expect("poll ahead");
+    assert_eq!(again.map(|d| d.len()), Some(0), "nothing new: nothing read");
+    for d in &in_flight {
+        backend.ack(&sub, d, Changes::default()).await.expect("ack");
+    }
+    // The batch read ahead is dropped unhandled: the next poll hands it out
+    // again, from the pending list.
+    let back = backend.poll(&sub, 10, Duration::ZERO).await.expect("poll");
+    assert_eq!(keys(&back), [("k2".into(), 1), ("k3".into(), 1)]);
+    for d in &back {
+        backend.ack(&sub, d, Changes::default()).await.expect("ack");
+    }
+    assert!(
+        backend
+            .poll(&sub, 10, Duration::ZERO)
+            .await
+            .expect("poll")
+            .is_empty()
+    );
+    assert_eq!(pending_count(&redis, "ahead:stream:t", "c").await, 0);
+}

@@ -469,6 +469,29 @@ impl RedisBackend {
             self.read_group(&mut blocking, sub, ">", max, Some(wait))
                 .await?
         };
+        self.handed_out(sub, reply).await
+    }
+
+    /// Entries never handed out, without waiting, recorded as handed out:
+    /// read while earlier ones are committed (`Backend::poll_ahead`). No
+    /// takeovers and no look at our own pending list: the ordinary poll
+    /// that follows an unacknowledged delivery does those.
+    pub(super) async fn poll_new(&self, sub: &Subscription, max: usize) -> Result<Vec<Delivery>> {
+        let mut conn = self.conn.clone();
+        let read = match self.read_group(&mut conn, sub, ">", max, None).await {
+            Ok(reply) => self.handed_out(sub, reply).await,
+            Err(e) => Err(e.into()),
+        };
+        if read.is_err() {
+            // A read may have taken entries whose reply was lost.
+            self.held(&sub.component, |h| h.unknown = true);
+        }
+        read
+    }
+
+    /// The deliveries of a read of new entries, recorded as handed out
+    /// until acknowledged (while any is, polls look at our pending list).
+    async fn handed_out(&self, sub: &Subscription, reply: Value) -> Result<Vec<Delivery>> {
         let new = self.to_deliveries(sub, reply, true).await?;
         self.held(&sub.component, |h| {
             for d in &new {

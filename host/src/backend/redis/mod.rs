@@ -482,6 +482,21 @@ impl Backend for RedisBackend {
         }
     }
 
+    async fn poll_ahead(&self, sub: &Subscription, max: usize) -> Result<Option<Vec<Delivery>>> {
+        // Only new entries (`>`): they were never handed out, so none of
+        // them can be one still in flight.
+        match self.poll_new(sub, max).await {
+            Err(e)
+                if e.downcast_ref::<redis::RedisError>()
+                    .is_some_and(is_nogroup) =>
+            {
+                // Left to the next ordinary poll, which recreates the group.
+                Ok(Some(Vec::new()))
+            }
+            other => other.map(Some),
+        }
+    }
+
     async fn touch(&self, sub: &Subscription, delivery: &Delivery) -> Result<bool> {
         let Cursor::Stream { stream, entry } = &delivery.cursor else {
             bail!("not a redis delivery");
