@@ -73,6 +73,8 @@ struct Ahead {
     batch: Vec<Delivery>,
     outcomes: Vec<Option<EventOutcome>>,
     polled_at: std::time::Instant,
+    /// When their handling started (what handling-to-ack is measured from).
+    handled_at: std::time::Instant,
 }
 
 /// Start a dispatcher for every loaded component that subscribes to
@@ -162,7 +164,7 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
             Some(a) => (
                 a.batch,
                 a.polled_at,
-                Some(a.outcomes).filter(|o| !o.is_empty()),
+                Some((a.outcomes, a.handled_at)).filter(|(o, _)| !o.is_empty()),
             ),
             None => {
                 // Not cancelled on shutdown: a blocking read that already
@@ -196,7 +198,7 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
             // Handled during the last commit: exactly that prefix is the wave.
             let len = handled
                 .as_ref()
-                .map_or_else(|| wave_len(rest, max), Vec::len);
+                .map_or_else(|| wave_len(rest, max), |(o, _)| o.len());
             let (wave, after) = rest.split_at(len);
             let next = (overlap && after.is_empty()).then_some(&mut ahead);
             let all_acked = match (wave, handled.take()) {
@@ -351,8 +353,8 @@ struct Wave<'a, 'b> {
     deliveries: &'a [Delivery],
     /// Just polled: no need to restart the deliveries' idle clocks.
     fresh: bool,
-    /// Handled already (during the last wave's commit).
-    outcomes: Option<Vec<Option<EventOutcome>>>,
+    /// Handled already (during the last wave's commit), and from when.
+    outcomes: Option<(Vec<Option<EventOutcome>>, std::time::Instant)>,
     /// Where to put the next batch, read and partly handled during this
     /// wave's commit (when the backend can read past it).
     next: Option<&'b mut Option<Ahead>>,
@@ -405,6 +407,7 @@ async fn read_and_handle_ahead(
         }
     };
     let polled_at = std::time::Instant::now();
+    let handled_at = std::time::Instant::now();
     let keys = busy.iter().map(|d| d.key.as_str()).collect();
     let n = overlap_len(&batch, &keys);
     let outcomes = match rt.registry.get(&sub.component) {
@@ -415,6 +418,7 @@ async fn read_and_handle_ahead(
         batch,
         outcomes,
         polled_at,
+        handled_at,
     })
 }
 
@@ -433,10 +437,15 @@ async fn deliver_wave(
         return false;
     };
     let spans: Vec<tracing::Span> = wave.iter().map(|d| delivery_span(sub, d)).collect();
-    let started = std::time::Instant::now();
-    let outcomes = match run.outcomes {
-        Some(outcomes) => outcomes,
-        None => handle_wave(rt, sub, &loaded, wave, run.fresh).await,
+    let (outcomes, started) = match run.outcomes {
+        Some(handled) => handled,
+        None => {
+            let started = std::time::Instant::now();
+            (
+                handle_wave(rt, sub, &loaded, wave, run.fresh).await,
+                started,
+            )
+        }
     };
     // The handled prefix commits; the first other outcome is settled on
     // its own; everything after it is delivered again.
