@@ -187,13 +187,20 @@ pub trait Backend: Send + Sync + 'static {
     /// Up to `max` deliveries for `sub`, waiting at most `wait` for the first.
     async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
 
+    /// Whether [`Backend::poll_ahead`] can read past deliveries still in
+    /// flight. Not so where an offset per topic moves only when a delivery
+    /// is acknowledged (the SQLite log): its dispatcher polls after each
+    /// commit.
+    fn reads_ahead(&self) -> bool {
+        false
+    }
+
     /// Up to `max` deliveries never handed out before, without waiting,
     /// read while deliveries handed out by earlier polls are still being
     /// committed, so a dispatcher draining a backlog handles its next wave
-    /// during the last one's commit. `None`: this backend can only read
-    /// past deliveries once they are acknowledged (a per-topic offset).
-    async fn poll_ahead(&self, _sub: &Subscription, _max: usize) -> Result<Option<Vec<Delivery>>> {
-        Ok(None)
+    /// during the last one's commit. Only where [`Backend::reads_ahead`].
+    async fn poll_ahead(&self, _sub: &Subscription, _max: usize) -> Result<Vec<Delivery>> {
+        anyhow::bail!("this backend does not read ahead")
     }
 
     /// Called right before a delivery is handled: restarts its idle clock so

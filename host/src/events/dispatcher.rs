@@ -72,9 +72,9 @@ const ORDINARY_POLL_EVERY: Duration = Duration::from_millis(100);
 struct Ahead {
     batch: Vec<Delivery>,
     outcomes: Vec<Option<EventOutcome>>,
+    /// When it was read, and its head's handling started (what
+    /// handling-to-ack is measured from).
     polled_at: std::time::Instant,
-    /// When their handling started (what handling-to-ack is measured from).
-    handled_at: std::time::Instant,
 }
 
 /// Start a dispatcher for every loaded component that subscribes to
@@ -164,7 +164,7 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
             Some(a) => (
                 a.batch,
                 a.polled_at,
-                Some((a.outcomes, a.handled_at)).filter(|(o, _)| !o.is_empty()),
+                Some((a.outcomes, a.polled_at)).filter(|(o, _)| !o.is_empty()),
             ),
             None => {
                 // Not cancelled on shutdown: a blocking read that already
@@ -188,7 +188,9 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
         };
         // A full batch is a backlog: its last wave commits while the next
         // one is read and handled (where the backend can read past it).
-        let overlap = deliveries.len() >= BATCH && ordinary_poll.elapsed() < ORDINARY_POLL_EVERY;
+        let overlap = rt.backend.reads_ahead()
+            && deliveries.len() >= BATCH
+            && ordinary_poll.elapsed() < ORDINARY_POLL_EVERY;
         let max = rt.config().events.max_attempts;
         let mut rest = deliveries.as_slice();
         while !rest.is_empty() {
@@ -202,8 +204,9 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
             let (wave, after) = rest.split_at(len);
             let next = (overlap && after.is_empty()).then_some(&mut ahead);
             let all_acked = match (wave, handled.take()) {
-                // Alone, and any retry (it may be due for the dead letters).
-                ([one], None) if next.is_none() || one.attempt > 1 => {
+                // Alone, and any that goes alone (it may be due for the
+                // dead letters, which `deliver` checks).
+                ([one], None) if next.is_none() || goes_alone(one, max) => {
                     deliver(rt, sub, one, &mut shutdown, &mut streak).await
                 }
                 (_, outcomes) => {
@@ -229,20 +232,6 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
     }
 }
 
-/// How many deliveries at the head of `batch` can be handled while a wave
-/// with `busy` keys commits: first attempts, keys pairwise different and
-/// none of `busy`, at most [`BATCH`].
-fn overlap_len(batch: &[Delivery], busy: &std::collections::HashSet<&str>) -> usize {
-    let mut keys = std::collections::HashSet::new();
-    batch
-        .iter()
-        .take(BATCH)
-        .take_while(|d| {
-            d.attempt == 1 && !busy.contains(d.key.as_str()) && keys.insert(d.key.as_str())
-        })
-        .count()
-}
-
 /// Seconds from `appended_ms` to `now`; 0 when the clocks disagree (the
 /// Redis server's clock stamped it, and it is ahead of this host's), none
 /// when the backend gave no time.
@@ -261,14 +250,48 @@ fn age_seconds(appended_ms: u64, now: std::time::SystemTime) -> Option<f64> {
 /// one delivered more often than allowed, goes alone (one is always taken,
 /// unless none is pending).
 fn wave_len(pending: &[Delivery], max_attempts: u32) -> usize {
+    head_len(
+        pending,
+        &std::collections::HashSet::new(),
+        max_attempts,
+        true,
+    )
+}
+
+/// How many deliveries at the head of `batch` can be handled while a wave
+/// with `busy` keys commits: as [`wave_len`], but none of `busy` and none
+/// that goes alone.
+fn overlap_len(
+    batch: &[Delivery],
+    busy: &std::collections::HashSet<&str>,
+    max_attempts: u32,
+) -> usize {
+    head_len(batch, busy, max_attempts, false)
+}
+
+/// A retry, or one delivered more often than allowed: handled by itself
+/// (and, when overdue, dead-lettered instead).
+fn goes_alone(delivery: &Delivery, max_attempts: u32) -> bool {
+    delivery.attempt > 1 || delivery.attempt > max_attempts
+}
+
+/// The deliveries at the head of `pending` with pairwise different keys,
+/// none of `busy`, at most [`BATCH`]; one that [`goes_alone`] only first
+/// and by itself, and only when `alone_too`.
+fn head_len(
+    pending: &[Delivery],
+    busy: &std::collections::HashSet<&str>,
+    max_attempts: u32,
+    alone_too: bool,
+) -> usize {
     let mut keys = std::collections::HashSet::new();
     let mut n = 0;
     for delivery in pending.iter().take(BATCH) {
-        let alone = delivery.attempt > 1 || delivery.attempt > max_attempts;
-        if n > 0 && (alone || keys.contains(delivery.key.as_str())) {
+        let key = delivery.key.as_str();
+        let alone = goes_alone(delivery, max_attempts);
+        if (alone && (n > 0 || !alone_too)) || busy.contains(key) || !keys.insert(key) {
             break;
         }
-        keys.insert(delivery.key.as_str());
         n += 1;
         if alone {
             break;
@@ -398,7 +421,7 @@ async fn read_and_handle_ahead(
     busy: &[Delivery],
 ) -> Option<Ahead> {
     let batch = match rt.backend.poll_ahead(sub, BATCH).await {
-        Ok(Some(batch)) if !batch.is_empty() => batch,
+        Ok(batch) if !batch.is_empty() => batch,
         Ok(_) => return None,
         Err(e) => {
             // Whatever it took is read back by the next ordinary poll.
@@ -407,9 +430,8 @@ async fn read_and_handle_ahead(
         }
     };
     let polled_at = std::time::Instant::now();
-    let handled_at = std::time::Instant::now();
     let keys = busy.iter().map(|d| d.key.as_str()).collect();
-    let n = overlap_len(&batch, &keys);
+    let n = overlap_len(&batch, &keys, rt.config().events.max_attempts);
     let outcomes = match rt.registry.get(&sub.component) {
         Some(loaded) if n > 0 => handle_wave(rt, sub, &loaded, &batch[..n], true).await,
         _ => Vec::new(),
@@ -418,7 +440,6 @@ async fn read_and_handle_ahead(
         batch,
         outcomes,
         polled_at,
-        handled_at,
     })
 }
 
@@ -775,20 +796,26 @@ mod tests {
             delivery(7, "a", 1),
         ];
         assert_eq!(
-            overlap_len(&next, &busy),
+            overlap_len(&next, &busy, 5),
             2,
             "stops at a key still committing"
         );
         let repeat = [delivery(5, "c", 1), delivery(6, "c", 1)];
-        assert_eq!(overlap_len(&repeat, &busy), 1, "stops at a repeated key");
+        assert_eq!(overlap_len(&repeat, &busy, 5), 1, "stops at a repeated key");
         let retry = [delivery(5, "c", 1), delivery(6, "d", 2)];
-        assert_eq!(overlap_len(&retry, &busy), 1, "stops at a retry");
+        assert_eq!(overlap_len(&retry, &busy, 5), 1, "stops at a retry");
         let first_busy = [delivery(5, "b", 1), delivery(6, "d", 1)];
-        assert_eq!(overlap_len(&first_busy, &busy), 0, "nothing before it");
+        assert_eq!(overlap_len(&first_busy, &busy, 5), 0, "nothing before it");
+        let retry_first = [delivery(5, "c", 2), delivery(6, "d", 1)];
+        assert_eq!(
+            overlap_len(&retry_first, &busy, 5),
+            0,
+            "a retry never overlaps"
+        );
         let many: Vec<Delivery> = (0..2 * BATCH)
             .map(|i| delivery(i as i64, &format!("k{i}"), 1))
             .collect();
-        assert_eq!(overlap_len(&many, &busy), BATCH);
+        assert_eq!(overlap_len(&many, &busy, 5), BATCH);
     }
 
     #[test]

@@ -36,8 +36,14 @@ pub(super) fn optional_text(entry: &StreamId, name: &str) -> Option<String> {
 }
 
 /// The stream or its consumer group is gone (Redis lost its data).
-pub(super) fn is_nogroup(e: &redis::RedisError) -> bool {
+fn is_nogroup(e: &redis::RedisError) -> bool {
     e.code() == Some("NOGROUP") || e.to_string().contains("NOGROUP")
+}
+
+/// [`is_nogroup`] for a poll's error.
+pub(super) fn lost_group(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<redis::RedisError>()
+        .is_some_and(is_nogroup)
 }
 
 impl RedisBackend {
@@ -424,11 +430,16 @@ impl RedisBackend {
         wait: Duration,
     ) -> Result<Vec<Delivery>> {
         let polled = self.poll_tracked(sub, max, wait).await;
-        if polled.is_err() {
-            // A read may have taken entries whose reply was lost.
+        self.unknown_after_error(sub, polled)
+    }
+
+    /// A read that failed may have taken entries whose reply was lost: the
+    /// next poll looks at this consumer's own pending list.
+    fn unknown_after_error<T>(&self, sub: &Subscription, read: Result<T>) -> Result<T> {
+        if read.is_err() {
             self.held(&sub.component, |h| h.unknown = true);
         }
-        polled
+        read
     }
 
     async fn poll_tracked(
@@ -482,11 +493,7 @@ impl RedisBackend {
             Ok(reply) => self.handed_out(sub, reply).await,
             Err(e) => Err(e.into()),
         };
-        if read.is_err() {
-            // A read may have taken entries whose reply was lost.
-            self.held(&sub.component, |h| h.unknown = true);
-        }
-        read
+        self.unknown_after_error(sub, read)
     }
 
     /// The deliveries of a read of new entries, recorded as handed out

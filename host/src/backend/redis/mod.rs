@@ -57,7 +57,7 @@ mod consumer;
 mod scripts;
 mod stream_reply;
 
-use consumer::{StreamPos, infos, is_nogroup, optional_text, text};
+use consumer::{StreamPos, infos, lost_group, optional_text, text};
 use scripts::{
     ADVANCE_SEQUENCE_LUA, CLAIM_DEAD_LUA, COMMIT_LUA, DEAD_LETTER_LUA, RANGE_LUA, REPLAY_LUA,
 };
@@ -469,10 +469,7 @@ impl Backend for RedisBackend {
 
     async fn poll(&self, sub: &Subscription, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         match self.poll_once(sub, max, wait).await {
-            Err(e)
-                if e.downcast_ref::<redis::RedisError>()
-                    .is_some_and(is_nogroup) =>
-            {
+            Err(e) if lost_group(&e) => {
                 // Redis lost its data (restart without persistence): recreate and go on.
                 tracing::warn!(component = %sub.component, "consumer group missing; recreating it");
                 self.ensure_groups(sub).await?;
@@ -482,18 +479,17 @@ impl Backend for RedisBackend {
         }
     }
 
-    async fn poll_ahead(&self, sub: &Subscription, max: usize) -> Result<Option<Vec<Delivery>>> {
-        // Only new entries (`>`): they were never handed out, so none of
-        // them can be one still in flight.
+    fn reads_ahead(&self) -> bool {
+        // Only new entries (`>`) are read ahead: they were never handed
+        // out, so none of them can be one still in flight.
+        true
+    }
+
+    async fn poll_ahead(&self, sub: &Subscription, max: usize) -> Result<Vec<Delivery>> {
         match self.poll_new(sub, max).await {
-            Err(e)
-                if e.downcast_ref::<redis::RedisError>()
-                    .is_some_and(is_nogroup) =>
-            {
-                // Left to the next ordinary poll, which recreates the group.
-                Ok(Some(Vec::new()))
-            }
-            other => other.map(Some),
+            // Left to the next ordinary poll, which recreates the group.
+            Err(e) if lost_group(&e) => Ok(Vec::new()),
+            other => other,
         }
     }
 
