@@ -4,8 +4,9 @@
 //! (a fresh wasm instance per request, the unit of work, routing, logs):
 //!
 //! - `GET /cafes/{id}`: read cafe's stored document from the host's own
-//!   SQLite file (`--read-db`, table `docs`, the padded key cafe uses), drop
-//!   the internal `held` field like cafe does, answer JSON. Reads run inline
+//!   SQLite file (`--read-db`, table `docs`, the padded key cafe uses) with
+//!   its stock counter (`pcnt`) in one statement, drop the internal `held`
+//!   field like cafe does, answer the same JSON as cafe. Reads run inline
 //!   on a small pool of reader connections, like the host's backend.
 //! - `POST /orders` (`{"custNm","cafeId","qty"?}`): one IMMEDIATE
 //!   transaction on its own database (`--write-db`): check and decrement the
@@ -127,17 +128,32 @@ impl Bare {
         let Some(conn) = self.reader() else {
             return error(StatusCode::NOT_FOUND, "not_found", "no --read-db");
         };
-        let raw: rusqlite::Result<Option<Option<Vec<u8>>>> = conn
+        // The item document and its stock counter, as cafe's `load_cafe`
+        // reads them (documents from before the counters carry `pcnt`).
+        type Row = (Option<Vec<u8>>, Option<Vec<u8>>);
+        let raw: rusqlite::Result<Option<Row>> = conn
             .prepare_cached(
-                "SELECT value FROM docs WHERE ns = 'cafe' AND coll = 'cafes' AND key = ?1",
+                "SELECT c.value, s.value FROM docs c
+                 LEFT JOIN docs s ON s.ns = c.ns AND s.coll = 'stock' AND s.key = c.key
+                 WHERE c.ns = 'cafe' AND c.coll = 'cafes' AND c.key = ?1",
             )
-            .and_then(|mut s| s.query_row([format!("{id:020}")], |r| r.get(0)).optional());
+            .and_then(|mut s| {
+                s.query_row([format!("{id:020}")], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            });
         drop(conn);
         match raw {
-            Ok(Some(Some(raw))) => match serde_json::from_slice::<serde_json::Value>(&raw) {
+            Ok(Some((Some(raw), stock))) => match serde_json::from_slice::<serde_json::Value>(&raw)
+            {
                 Ok(mut doc) => {
                     if let Some(obj) = doc.as_object_mut() {
                         obj.remove("held");
+                        let counter = stock
+                            .and_then(|s| String::from_utf8(s).ok())
+                            .and_then(|s| s.parse::<u64>().ok());
+                        if let (false, Some(pcnt)) = (obj.contains_key("pcnt"), counter) {
+                            obj.insert("pcnt".to_owned(), pcnt.into());
+                        }
                     }
                     json(StatusCode::OK, serde_json::to_vec(&doc).unwrap_or_default())
                 }

@@ -413,6 +413,23 @@ async fn get(ctx: &Ctx) -> Result<Scenario> {
         targets.push(host_target("host redis", r).on(ctx.redis.as_ref()));
         admins.push(r.admin.as_str());
     }
+    // The premise of the ratio: every system answers the same item the same
+    // way (bare merges the stock counter in, as cafe does).
+    for id in [1, ITEMS / 2, ITEMS] {
+        let want = api::item(&ctx.client, &targets[0].url, id).await?;
+        if want.get("pcnt").is_none() {
+            bail!("GET /cafes/{id} on the host has no pcnt: {want}");
+        }
+        for t in &targets[1..] {
+            let got = api::item(&ctx.client, &t.url, id).await?;
+            if got != want {
+                bail!(
+                    "GET /cafes/{id}: {} answered {got}, the host {want}",
+                    t.name
+                );
+            }
+        }
+    }
     let load = Load::GetCafes { items: ITEMS };
     ctx.warm_up(&targets.iter().collect::<Vec<_>>(), load, &admins)
         .await?;

@@ -170,6 +170,18 @@ pub async fn wait_drained(
     }
 }
 
+/// `GET /cafes/{id}` as JSON, whatever its status.
+pub async fn item(client: &reqwest::Client, url: &str, id: u32) -> Result<serde_json::Value> {
+    client
+        .get(format!("{url}/cafes/{id}"))
+        .send()
+        .await
+        .context("GET /cafes failed")?
+        .json()
+        .await
+        .context("GET /cafes answered no JSON")
+}
+
 /// `GET /cafes/{id}` → `pcnt`.
 pub async fn pcnt(client: &reqwest::Client, url: &str, id: u32) -> Result<u64> {
     let v: serde_json::Value = client
