@@ -372,8 +372,10 @@ fn cpu_ratio(what: &str, host: Option<&Row>, bare: &Row) -> Option<Check> {
     })
 }
 
+/// A ratio as a percentage with one decimal, so a check just under its
+/// target (49.7 % against ≥ 50 %) does not read as met.
 fn pct(x: f64) -> String {
-    format!("{:.0} %", x * 100.0)
+    format!("{:.1} %", x * 100.0)
 }
 
 fn host_target(name: &str, host: &Host) -> Target {
