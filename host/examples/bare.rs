@@ -151,7 +151,9 @@ impl Bare {
                         let counter = stock
                             .and_then(|s| String::from_utf8(s).ok())
                             .and_then(|s| s.parse::<u64>().ok());
-                        if let (false, Some(pcnt)) = (obj.contains_key("pcnt"), counter) {
+                        if !obj.contains_key("pcnt")
+                            && let Some(pcnt) = counter
+                        {
                             obj.insert("pcnt".to_owned(), pcnt.into());
                         }
                     }

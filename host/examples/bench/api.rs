@@ -184,15 +184,9 @@ pub async fn item(client: &reqwest::Client, url: &str, id: u32) -> Result<serde_
 
 /// `GET /cafes/{id}` → `pcnt`.
 pub async fn pcnt(client: &reqwest::Client, url: &str, id: u32) -> Result<u64> {
-    let v: serde_json::Value = client
-        .get(format!("{url}/cafes/{id}"))
-        .send()
-        .await
-        .context("GET /cafes failed")?
-        .json()
-        .await
-        .context("GET /cafes answered no JSON")?;
-    v["pcnt"].as_u64().context("no pcnt in the item")
+    item(client, url, id).await?["pcnt"]
+        .as_u64()
+        .context("no pcnt in the item")
 }
 
 /// Every stored order of item `id` (following `Link: rel="next"`):
