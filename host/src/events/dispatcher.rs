@@ -67,14 +67,24 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 /// consumers held and reads back what this one did not acknowledge.
 const ORDINARY_POLL_EVERY: Duration = Duration::from_millis(100);
 
-/// A batch read while the last wave committed, its first `outcomes.len()`
-/// deliveries handled already (a wave whose keys differ from that one's).
+/// A batch read while the last wave committed, its head handled already
+/// (a wave whose keys differ from that one's).
 struct Ahead {
     batch: Vec<Delivery>,
-    outcomes: Vec<Option<EventOutcome>>,
-    /// When it was read, and its head's handling started (what
-    /// handling-to-ack is measured from).
+    /// The handled head, if any: exactly the next wave.
+    head: Option<Handled>,
+    /// When it was read (its head's handling started then too).
     polled_at: std::time::Instant,
+}
+
+/// A wave's handler runs, ready to acknowledge: each delivery's outcome
+/// (`None`: not taken), the span it ran in (its acknowledgement's lines go
+/// under the same one) and when the runs started (what handling-to-ack is
+/// measured from).
+struct Handled {
+    outcomes: Vec<Option<EventOutcome>>,
+    spans: Vec<tracing::Span>,
+    started: std::time::Instant,
 }
 
 /// Start a dispatcher for every loaded component that subscribes to
@@ -161,11 +171,7 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
         }
         let sub = &sub;
         let (deliveries, polled_at, mut handled) = match ahead.take() {
-            Some(a) => (
-                a.batch,
-                a.polled_at,
-                Some((a.outcomes, a.polled_at)).filter(|(o, _)| !o.is_empty()),
-            ),
+            Some(a) => (a.batch, a.polled_at, a.head),
             None => {
                 // Not cancelled on shutdown: a blocking read that already
                 // took entries must hand them over, or they would sit
@@ -175,7 +181,7 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
                 match polled {
                     Ok(d) => {
                         backoff = Duration::from_millis(100);
-                        (d, std::time::Instant::now(), None)
+                        (d, ordinary_poll, None)
                     }
                     Err(e) => {
                         tracing::warn!(component = %sub.component, error = %format!("{e:#}"), "event poll failed; retrying");
@@ -200,7 +206,7 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
             // Handled during the last commit: exactly that prefix is the wave.
             let len = handled
                 .as_ref()
-                .map_or_else(|| wave_len(rest, max), |(o, _)| o.len());
+                .map_or_else(|| wave_len(rest, max), |h| h.outcomes.len());
             let (wave, after) = rest.split_at(len);
             let next = (overlap && after.is_empty()).then_some(&mut ahead);
             let all_acked = match (wave, handled.take()) {
@@ -209,12 +215,12 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
                 ([one], None) if next.is_none() || goes_alone(one, max) => {
                     deliver(rt, sub, one, &mut shutdown, &mut streak).await
                 }
-                (_, outcomes) => {
+                (_, handled) => {
                     let fresh = polled_at.elapsed() < FRESH;
                     let run = Wave {
                         deliveries: wave,
                         fresh,
-                        outcomes,
+                        handled,
                         next,
                     };
                     deliver_wave(rt, sub, run, &mut shutdown, &mut streak).await
@@ -376,23 +382,26 @@ struct Wave<'a, 'b> {
     deliveries: &'a [Delivery],
     /// Just polled: no need to restart the deliveries' idle clocks.
     fresh: bool,
-    /// Handled already (during the last wave's commit), and from when.
-    outcomes: Option<(Vec<Option<EventOutcome>>, std::time::Instant)>,
+    /// Handled already (during the last wave's commit).
+    handled: Option<Handled>,
     /// Where to put the next batch, read and partly handled during this
     /// wave's commit (when the backend can read past it).
     next: Option<&'b mut Option<Ahead>>,
 }
 
-/// Run `sub`'s handlers on `wave` at once (`fresh`: skip `touch`); `None`
-/// for a delivery not taken (acknowledged elsewhere, or the backend down).
+/// Run `sub`'s handlers on `wave` at once from `started` (`fresh`: skip
+/// `touch`), each in its delivery's span; `None` for a delivery not taken
+/// (acknowledged elsewhere, or the backend down).
 async fn handle_wave(
     rt: &Arc<Runtime>,
     sub: &Subscription,
     loaded: &Arc<crate::registry::Loaded>,
     wave: &[Delivery],
     fresh: bool,
-) -> Vec<Option<EventOutcome>> {
-    let runs = wave.iter().map(|delivery| {
+    started: std::time::Instant,
+) -> Handled {
+    let spans: Vec<tracing::Span> = wave.iter().map(|d| delivery_span(sub, d)).collect();
+    let runs = wave.iter().zip(&spans).map(|(delivery, span)| {
         let loaded = Arc::clone(loaded);
         async move {
             let ours = if fresh {
@@ -407,9 +416,14 @@ async fn handle_wave(
                 Ok(false) | Err(_) => None,
             }
         }
-        .instrument(delivery_span(sub, delivery))
+        .instrument(span.clone())
     });
-    futures::future::join_all(runs).await
+    let outcomes = futures::future::join_all(runs).await;
+    Handled {
+        outcomes,
+        spans,
+        started,
+    }
 }
 
 /// Read the next batch while `busy` commits and handle its head: the
@@ -432,13 +446,15 @@ async fn read_and_handle_ahead(
     let polled_at = std::time::Instant::now();
     let keys = busy.iter().map(|d| d.key.as_str()).collect();
     let n = overlap_len(&batch, &keys, rt.config().events.max_attempts);
-    let outcomes = match rt.registry.get(&sub.component) {
-        Some(loaded) if n > 0 => handle_wave(rt, sub, &loaded, &batch[..n], true).await,
-        _ => Vec::new(),
+    let head = match rt.registry.get(&sub.component) {
+        Some(loaded) if n > 0 => {
+            Some(handle_wave(rt, sub, &loaded, &batch[..n], true, polled_at).await)
+        }
+        _ => None,
     };
     Some(Ahead {
         batch,
-        outcomes,
+        head,
         polled_at,
     })
 }
@@ -457,15 +473,15 @@ async fn deliver_wave(
     let Some(loaded) = live_version(rt, sub, shutdown).await else {
         return false;
     };
-    let spans: Vec<tracing::Span> = wave.iter().map(|d| delivery_span(sub, d)).collect();
-    let (outcomes, started) = match run.outcomes {
+    let Handled {
+        outcomes,
+        spans,
+        started,
+    } = match run.handled {
         Some(handled) => handled,
         None => {
             let started = std::time::Instant::now();
-            (
-                handle_wave(rt, sub, &loaded, wave, run.fresh).await,
-                started,
-            )
+            handle_wave(rt, sub, &loaded, wave, run.fresh, started).await
         }
     };
     // The handled prefix commits; the first other outcome is settled on
