@@ -1,8 +1,8 @@
 //! Ranged reads and sequences of both backends, driven directly: key order,
 //! caps on entries and bytes, deleted documents skipped, O(1) sequence moves.
 
-use sktarbucks::backend::{Backend, RangeLimit};
-use sktarbucks::uow::{Changes, DocKey};
+use sktarbucks::backend::{Backend, Commit, RangeLimit};
+use sktarbucks::uow::{Add, Changes, DocKey};
 
 use crate::on_both_backends;
 use crate::support::harness::{Harness, Kind};
@@ -189,7 +189,86 @@ async fn get_many_reads_like_get_in_order(kind: Kind) {
     h.stop().await;
 }
 
+/// Commit one unit that read `reads` (at the versions a point read gives
+/// now) and writes `writes` and `adds`; it must apply.
+async fn unit(
+    backend: &dyn Backend,
+    reads: &[&str],
+    writes: Vec<(&str, Option<&[u8]>)>,
+    adds: Vec<(&str, i64)>,
+) {
+    let mut changes = Changes::default();
+    for k in reads {
+        let key = DocKey::new("t", "live", k);
+        let version = backend.get(&key).await.expect("get").version;
+        changes.reads.push((key, version));
+    }
+    changes.writes = writes
+        .into_iter()
+        .map(|(k, v)| (DocKey::new("t", "live", k), v.map(<[u8]>::to_vec)))
+        .collect();
+    changes.adds = adds
+        .into_iter()
+        .map(|(k, delta)| (DocKey::new("t", "live", k), Add { delta, floor: 0 }))
+        .collect();
+    let done = backend.commit(changes).await.expect("commit");
+    assert!(
+        matches!(done, Commit::Applied),
+        "the unit applies: {done:?}"
+    );
+}
+
+/// The keys and values a range of `t/live` lists.
+async fn listed(backend: &dyn Backend) -> Vec<(String, Vec<u8>)> {
+    let page = backend
+        .range("t", "live", None, LIMIT)
+        .await
+        .expect("range");
+    page.entries.into_iter().map(|(k, v, _)| (k, v)).collect()
+}
+
+/// What a range lists follows every kind of write a unit makes after its
+/// reads: a document rewritten after it was read live stays listed once, a
+/// deleted one goes, a tombstone written again (read, so known to the
+/// commit) comes back, and a counter is listed from its first addition on.
+/// (Redis skips the key index's add for documents its commit found live.)
+async fn ranges_follow_writes_of_documents_read_first(kind: Kind) {
+    let h = Harness::start(kind).await;
+    let b = h.backend.as_ref();
+    let kv = |k: &str, v: &str| (k.to_owned(), v.as_bytes().to_vec());
+    unit(b, &[], vec![("a", Some(b"1")), ("b", Some(b"1"))], vec![]).await;
+    unit(b, &["a"], vec![("a", Some(b"2"))], vec![]).await;
+    assert_eq!(listed(b).await, vec![kv("a", "2"), kv("b", "1")]);
+    unit(b, &["b"], vec![("b", None)], vec![]).await;
+    assert_eq!(listed(b).await, vec![kv("a", "2")], "deleted after a read");
+    let tombstone = b.get(&DocKey::new("t", "live", "b")).await.expect("get");
+    assert!(
+        tombstone.value.is_none() && tombstone.version > 0,
+        "the premise: b is a tombstone the next unit reads"
+    );
+    unit(b, &["b"], vec![("b", Some(b"3"))], vec![]).await;
+    assert_eq!(
+        listed(b).await,
+        vec![kv("a", "2"), kv("b", "3")],
+        "a tombstone written again is listed again"
+    );
+    unit(b, &["c"], vec![], vec![("c", 5)]).await;
+    unit(b, &["c"], vec![], vec![("c", 2)]).await;
+    assert_eq!(
+        listed(b).await,
+        vec![kv("a", "2"), kv("b", "3"), kv("c", "7")]
+    );
+    unit(b, &["a", "c"], vec![("a", None)], vec![("c", -7)]).await;
+    assert_eq!(
+        listed(b).await,
+        vec![kv("b", "3"), kv("c", "0")],
+        "a counter at zero is still a document"
+    );
+    h.stop().await;
+}
+
 on_both_backends!(
+    ranges_follow_writes_of_documents_read_first,
     ranges_follow_key_order_skip_deletes_and_respect_caps,
     sequences_jump_past_client_ids_in_one_step,
     get_many_reads_like_get_in_order,

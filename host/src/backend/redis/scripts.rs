@@ -13,13 +13,28 @@
 /// Arguments are read in order by an index into `ARGV` (no helper call per
 /// argument: this script runs once per unit and its Lua is a quarter of
 /// what Redis spends on an order).
+///
+/// A document the script found live (read, or a counter added to) is in
+/// its key index already, so its rewrite skips the `ZADD`: most writes are
+/// read-modify-write updates, and the index add was the costliest call of
+/// the script. Anything not known live (new, or a tombstone brought back)
+/// is added as before.
 pub(super) const COMMIT_LUA: &str = r#"
 local a = ARGV
 local i = 2
+local live = {}
+local function mark(h, k)
+  local t = live[h]
+  if not t then t = {}; live[h] = t end
+  t[k] = true
+end
 for _ = 1, tonumber(a[1]) do
   local cur = redis.call('HGET', a[i], a[i + 1])
   local seen = 0
-  if cur then seen = tonumber(string.sub(cur, 1, 20)) end
+  if cur then
+    seen = tonumber(string.sub(cur, 1, 20))
+    if string.byte(cur, 21) == 49 then mark(a[i], a[i + 1]) end
+  end
   if seen ~= tonumber(a[i + 2]) then return 'conflict' end
   i = i + 3
 end
@@ -38,9 +53,10 @@ local adds = {}
 for n = 1, nadds do
   local cur = redis.call('HGET', a[i], a[i + 2])
   local value = 0
-  if cur and string.sub(cur, 21, 21) == '1' then
+  if cur and string.byte(cur, 21) == 49 then
     value = tonumber(string.sub(cur, 22))
     if value == nil then return 'not-a-counter:' .. a[i + 2] end
+    mark(a[i], a[i + 2])
   end
   local next = value + tonumber(a[i + 3])
   if next < tonumber(a[i + 4]) then return 'conflict' end
@@ -55,12 +71,18 @@ if nwrites > 0 or nadds > 0 then
   for _, add in ipairs(adds) do
     local at = add[1]
     redis.call('HSET', a[at], a[at + 2], stamp .. '1' .. string.format('%d', add[2]))
-    redis.call('ZADD', a[at + 1], 0, a[at + 2])
+    local known = live[a[at]]
+    if not (known and known[a[at + 2]]) then redis.call('ZADD', a[at + 1], 0, a[at + 2]) end
   end
   for _ = 1, nwrites do
     local flag = a[i + 3]
     redis.call('HSET', a[i], a[i + 2], stamp .. flag .. a[i + 4])
-    if flag == '1' then redis.call('ZADD', a[i + 1], 0, a[i + 2]) else redis.call('ZREM', a[i + 1], a[i + 2]) end
+    if flag == '1' then
+      local known = live[a[i]]
+      if not (known and known[a[i + 2]]) then redis.call('ZADD', a[i + 1], 0, a[i + 2]) end
+    else
+      redis.call('ZREM', a[i + 1], a[i + 2])
+    end
     i = i + 5
   end
 end
