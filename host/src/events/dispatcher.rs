@@ -609,20 +609,11 @@ async fn settle_ack(
     match acked {
         Ok(Commit::Applied) => {
             metrics.delivery(&sub.component, "ok");
-            metrics
-                .handle_to_ack_seconds
-                .get_or_create(&crate::metrics::ComponentLabels {
-                    component: sub.component.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            if let Some(age) = age_seconds(delivery.appended_ms, std::time::SystemTime::now()) {
-                metrics
-                    .event_age_seconds
-                    .get_or_create(&crate::metrics::ComponentLabels {
-                        component: sub.component.clone(),
-                    })
-                    .observe(age);
-            }
+            metrics.acked(
+                &sub.component,
+                started.elapsed(),
+                age_seconds(delivery.appended_ms, std::time::SystemTime::now()),
+            );
             true
         }
         Ok(Commit::Conflict) => {

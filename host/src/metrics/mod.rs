@@ -4,7 +4,12 @@
 //! the work happens; lags, breakers, dead letters, versions and process
 //! figures are read when scraped.
 
+mod handles;
+
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use handles::ByPair;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -105,6 +110,25 @@ pub struct Metrics {
     cpu_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     open_fds: Gauge,
     start_time: Gauge,
+    /// Handles of the per-request and per-delivery series by label values.
+    fast: FastHandles,
+}
+
+/// The handles of the series every request and every delivery moves.
+#[derive(Default)]
+struct FastHandles {
+    requests: ByPair<RequestHandles>,
+    invocations: ByPair<Counter>,
+    deliveries: ByPair<Counter>,
+    /// Handling-to-ack and event-age histograms by subscriber.
+    acked: ByPair<(Histogram, Histogram)>,
+}
+
+/// A route's latency histogram and its counters by status class (1xx..5xx),
+/// each made when that class is first answered.
+struct RequestHandles {
+    seconds: Histogram,
+    classes: [OnceLock<Counter>; 5],
 }
 
 impl Default for Metrics {
@@ -141,6 +165,7 @@ impl Metrics {
             cpu_seconds: Gauge::default(),
             open_fds: Gauge::default(),
             start_time: Gauge::default(),
+            fast: FastHandles::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -266,40 +291,96 @@ impl Metrics {
 
     /// Count one answered request.
     pub fn request(&self, component: &str, route: &str, status: u16, took: Duration) {
-        let class = format!("{}xx", status / 100);
-        self.requests
-            .get_or_create(&RequestLabels {
-                component: component.to_owned(),
-                route: route.to_owned(),
-                class,
-            })
-            .inc();
-        self.request_seconds
-            .get_or_create(&RouteLabels {
-                component: component.to_owned(),
-                route: route.to_owned(),
-            })
-            .observe(took.as_secs_f64());
+        let labels = || RouteLabels {
+            component: component.to_owned(),
+            route: route.to_owned(),
+        };
+        let counter = || {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    component: component.to_owned(),
+                    route: route.to_owned(),
+                    class: format!("{}xx", status / 100),
+                })
+                .clone()
+        };
+        self.fast.requests.with(
+            component,
+            route,
+            || RequestHandles {
+                seconds: self.request_seconds.get_or_create(&labels()).clone(),
+                classes: Default::default(),
+            },
+            |h| {
+                h.seconds.observe(took.as_secs_f64());
+                match usize::from(status / 100)
+                    .checked_sub(1)
+                    .and_then(|i| h.classes.get(i))
+                {
+                    Some(cell) => cell.get_or_init(counter).inc(),
+                    // Not a status hyper sends; counted all the same.
+                    None => counter().inc(),
+                };
+            },
+        );
     }
 
     /// Count one invocation outcome.
     pub fn invocation(&self, component: &str, outcome: &str) {
-        self.invocations
-            .get_or_create(&OutcomeLabels {
-                component: component.to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .inc();
+        self.fast.invocations.with(
+            component,
+            outcome,
+            || {
+                self.invocations
+                    .get_or_create(&OutcomeLabels {
+                        component: component.to_owned(),
+                        outcome: outcome.to_owned(),
+                    })
+                    .clone()
+            },
+            |c| c.inc(),
+        );
     }
 
     /// Count one event delivery outcome.
     pub fn delivery(&self, subscriber: &str, outcome: &str) {
-        self.deliveries
-            .get_or_create(&OutcomeLabels {
-                component: subscriber.to_owned(),
-                outcome: outcome.to_owned(),
-            })
-            .inc();
+        self.fast.deliveries.with(
+            subscriber,
+            outcome,
+            || {
+                self.deliveries
+                    .get_or_create(&OutcomeLabels {
+                        component: subscriber.to_owned(),
+                        outcome: outcome.to_owned(),
+                    })
+                    .clone()
+            },
+            |c| c.inc(),
+        );
+    }
+
+    /// Observe an acknowledged delivery: from handing it to its handler to
+    /// the acknowledgement, and (when known) the event's age then.
+    pub fn acked(&self, subscriber: &str, handle_to_ack: Duration, age_seconds: Option<f64>) {
+        let labels = || ComponentLabels {
+            component: subscriber.to_owned(),
+        };
+        self.fast.acked.with(
+            subscriber,
+            "",
+            || {
+                (
+                    self.handle_to_ack_seconds.get_or_create(&labels()).clone(),
+                    self.event_age_seconds.get_or_create(&labels()).clone(),
+                )
+            },
+            |(to_ack, age)| {
+                to_ack.observe(handle_to_ack.as_secs_f64());
+                if let Some(a) = age_seconds {
+                    age.observe(a);
+                }
+            },
+        );
     }
 
     /// The text exposition, after refreshing what is read at scrape time.
@@ -348,9 +429,8 @@ pub struct Scraped {
 /// `:id` (others `:key`) and anything deeper than two segments becomes `*`, so the label
 /// set stays bounded whatever clients send.
 pub fn route_template(path: &str) -> String {
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let mut out = String::new();
-    for (i, seg) in segments.iter().enumerate() {
+    for (i, seg) in path.split('/').filter(|s| !s.is_empty()).enumerate() {
         match i {
             0 => {
                 out.push('/');
