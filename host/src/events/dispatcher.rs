@@ -213,7 +213,11 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
                 // Alone, and any that goes alone (it may be due for the
                 // dead letters, which `deliver` checks).
                 ([one], None) if next.is_none() || goes_alone(one, max) => {
-                    deliver(rt, sub, one, &mut shutdown, &mut streak).await
+                    // A first attempt just polled skips `touch`, as a wave
+                    // does: at a steady trickle most events come alone, and
+                    // on Redis the touch was a round trip on every hop.
+                    let fresh = one.attempt == 1 && polled_at.elapsed() < FRESH;
+                    deliver(rt, sub, one, fresh, &mut shutdown, &mut streak).await
                 }
                 (_, handled) => {
                     let fresh = polled_at.elapsed() < FRESH;
@@ -328,18 +332,20 @@ async fn resubscribe(
     Ok(next)
 }
 
-/// Deliver one event; true when it was acknowledged and the batch may go on.
+/// Deliver one event (`fresh`: just polled, skip `touch`); true when it was
+/// acknowledged and the batch may go on.
 async fn deliver(
     rt: &Arc<Runtime>,
     sub: &Subscription,
     delivery: &Delivery,
+    fresh: bool,
     shutdown: &mut watch::Receiver<bool>,
     streak: &mut Streak,
 ) -> bool {
     let Some(loaded) = live_version(rt, sub, shutdown).await else {
         return false;
     };
-    handle(rt, sub, delivery, shutdown, loaded, streak)
+    handle(rt, sub, delivery, fresh, shutdown, loaded, streak)
         .instrument(delivery_span(sub, delivery))
         .await
 }
@@ -551,6 +557,7 @@ async fn handle(
     rt: &Arc<Runtime>,
     sub: &Subscription,
     delivery: &Delivery,
+    fresh: bool,
     shutdown: &mut watch::Receiver<bool>,
     loaded: Arc<crate::registry::Loaded>,
     streak: &mut Streak,
@@ -570,7 +577,12 @@ async fn handle(
         }
         return false;
     }
-    match rt.backend.touch(sub, delivery).await {
+    let ours = if fresh {
+        Ok(true)
+    } else {
+        rt.backend.touch(sub, delivery).await
+    };
+    match ours {
         Ok(true) => {}
         Ok(false) => return false,
         Err(e) => {
@@ -725,7 +737,7 @@ pub async fn drain(rt: &Arc<Runtime>, sub: &Subscription) -> Result<usize> {
         }
         for delivery in deliveries {
             attempted += 1;
-            if !deliver(rt, sub, &delivery, &mut never, &mut streak).await {
+            if !deliver(rt, sub, &delivery, false, &mut never, &mut streak).await {
                 break;
             }
         }
