@@ -114,7 +114,9 @@ pub struct Metrics {
     fast: FastHandles,
 }
 
-/// The handles of the series every request and every delivery moves.
+/// The handles of the series every request and every delivery moves. Their
+/// families are never cleared (only the scraped ones are): a cleared
+/// family would leave these handles counting into series no longer listed.
 #[derive(Default)]
 struct FastHandles {
     requests: ByPair<RequestHandles>,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::binary::Host;
-use crate::support::redis::{RedisServer, available, can_spawn};
+use crate::support::redis::{RedisServer, available, calls, can_spawn};
 use crate::support::{Client, eventually};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -118,6 +118,56 @@ async fn the_eleven_step_scenario_runs_on_redis() {
     let dir = tempfile::tempdir().expect("tempdir");
     let host = start(dir.path(), "e2e", &redis);
     crate::e2e::eleven_steps(&host.client).await;
+}
+
+/// A lone event handled right after the poll that read it goes straight to
+/// its handler: no `XCLAIM` round trip to restart its idle clock (the read
+/// just did), on any of an order's five deliveries. At a steady trickle
+/// events come one at a time, so this was a round trip on every hop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_event_just_polled_is_handled_without_a_touch() {
+    if !can_spawn() {
+        return;
+    }
+    // A server of its own: the command counts are this test's alone.
+    let redis = RedisServer::spawn();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = start(dir.path(), "fresh", &redis);
+    let c = &host.client;
+    c.seed_item(1, 10).await;
+    for n in 1..=3 {
+        let (status, order) = c
+            .send(
+                "POST",
+                "/orders",
+                json!({"custNm": format!("one-{n}"), "cafeId": 1}),
+            )
+            .await;
+        assert_eq!(status, 201, "{order}");
+        let id = order["id"].as_u64().expect("order id");
+        // One order at a time: each of its events is polled alone.
+        eventually("the order and its mypage row ORDERED", PATIENCE, || async {
+            let (_, o) = c.get(&format!("/orders/{id}")).await;
+            let (_, m) = c.get(&format!("/myPages/{id}")).await;
+            (o["status"] == "ORDERED" && m["status"] == "ORDERED").then_some(())
+        })
+        .await;
+    }
+    eventually("every delivery acknowledged", PATIENCE, || async {
+        (c.pending_events().await == Some(0)).then_some(())
+    })
+    .await;
+    let mut conn = redis.conn().await;
+    let acks = calls(&mut conn, "xack").await;
+    assert!(
+        acks >= 15,
+        "premise: five deliveries per order acknowledged, {acks} XACKs"
+    );
+    assert_eq!(
+        calls(&mut conn, "xclaim").await,
+        0,
+        "no delivery was touched after its poll"
+    );
 }
 
 /// Two hosts, one Redis: orders through both; each order gets exactly one

@@ -7,7 +7,7 @@ use sktarbucks::backend::redis::RedisBackend;
 use sktarbucks::backend::{Backend, Commit, Delivery, Subscription};
 use sktarbucks::uow::{Changes, NewEvent};
 
-use crate::support::redis::{RedisServer, available};
+use crate::support::redis::{RedisServer, available, calls, info};
 
 fn events(n: usize) -> Changes {
     Changes {
@@ -442,15 +442,6 @@ async fn an_entry_deleted_while_pending_is_acknowledged_and_skipped() {
     );
 }
 
-/// One section of `INFO`.
-async fn info(conn: &mut redis::aio::MultiplexedConnection, section: &str) -> String {
-    redis::cmd("INFO")
-        .arg(section)
-        .query_async(conn)
-        .await
-        .expect("info")
-}
-
 /// Scripts Redis has cached (`INFO memory`'s `number_of_cached_scripts`).
 async fn cached_scripts(redis: &RedisServer) -> u64 {
     info(&mut redis.conn().await, "memory")
@@ -622,17 +613,6 @@ async fn only_the_consumer_holding_an_entry_commits_its_effect() {
         a.close().await.expect("close");
         b.close().await.expect("close");
     }
-}
-
-/// Calls of `command` since the last `CONFIG RESETSTAT`.
-async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let prefix = format!("cmdstat_{command}:calls=");
-    info(conn, "commandstats")
-        .await
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().expect("calls"))
 }
 
 /// A poll reads this host's pending list (and the failed attempts) only

@@ -203,3 +203,24 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// One section of `INFO`.
+pub async fn info(conn: &mut redis::aio::MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO")
+        .arg(section)
+        .query_async(conn)
+        .await
+        .expect("info")
+}
+
+/// Calls of `command` since the server started or the last `CONFIG
+/// RESETSTAT` (commands a script ran included).
+pub async fn calls(conn: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    info(conn, "commandstats")
+        .await
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("calls"))
+}
