@@ -54,10 +54,11 @@ impl Streak {
 /// 96-event waves held production and order to a fifth of the deliveries
 /// during a backlog drain).
 const BATCH: usize = 32;
-/// A wave that starts this soon after its poll skips `touch`: the read
-/// itself restarted the deliveries' idle clocks, and the manifest check
-/// keeps `events.claim_idle_ms` above a deadline plus the longest backoff
-/// plus one second, so nothing is taken over while it is handled.
+/// A wave, or a first attempt delivered alone, that starts this soon after
+/// its poll skips `touch`: the read itself restarted the deliveries' idle
+/// clocks, and the manifest check keeps `events.claim_idle_ms` above a
+/// deadline plus the longest backoff plus one second, so nothing is taken
+/// over while it is handled.
 const FRESH: Duration = Duration::from_secs(1);
 /// Longest wait for new events before polling again (covers other processes).
 const IDLE_WAIT: Duration = Duration::from_millis(500);
