@@ -210,6 +210,7 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
                 .map_or_else(|| wave_len(rest, max), |h| h.outcomes.len());
             let (wave, after) = rest.split_at(len);
             let next = (overlap && after.is_empty()).then_some(&mut ahead);
+            let fresh = polled_at.elapsed() < FRESH;
             let all_acked = match (wave, handled.take()) {
                 // Alone, and any that goes alone (it may be due for the
                 // dead letters, which `deliver` checks).
@@ -217,11 +218,10 @@ async fn dispatch(rt: &Arc<Runtime>, sub: &Subscription, mut shutdown: watch::Re
                     // A first attempt just polled skips `touch`, as a wave
                     // does: at a steady trickle most events come alone, and
                     // on Redis the touch was a round trip on every hop.
-                    let fresh = one.attempt == 1 && polled_at.elapsed() < FRESH;
+                    let fresh = fresh && !goes_alone(one, max);
                     deliver(rt, sub, one, fresh, &mut shutdown, &mut streak).await
                 }
                 (_, handled) => {
-                    let fresh = polled_at.elapsed() < FRESH;
                     let run = Wave {
                         deliveries: wave,
                         fresh,
@@ -396,6 +396,22 @@ struct Wave<'a, 'b> {
     next: Option<&'b mut Option<Ahead>>,
 }
 
+/// Whether `delivery` is still this consumer's to handle: `touch` restarts
+/// its idle clock and says so, unless it was `fresh`ly polled (the read
+/// restarted the clock; see [`FRESH`]).
+async fn ours(
+    rt: &Arc<Runtime>,
+    sub: &Subscription,
+    delivery: &Delivery,
+    fresh: bool,
+) -> Result<bool> {
+    if fresh {
+        Ok(true)
+    } else {
+        rt.backend.touch(sub, delivery).await
+    }
+}
+
 /// Run `sub`'s handlers on `wave` at once from `started` (`fresh`: skip
 /// `touch`), each in its delivery's span; `None` for a delivery not taken
 /// (acknowledged elsewhere, or the backend down).
@@ -411,12 +427,7 @@ async fn handle_wave(
     let runs = wave.iter().zip(&spans).map(|(delivery, span)| {
         let loaded = Arc::clone(loaded);
         async move {
-            let ours = if fresh {
-                Ok(true)
-            } else {
-                rt.backend.touch(sub, delivery).await
-            };
-            match ours {
+            match ours(rt, sub, delivery, fresh).await {
                 Ok(true) => Some(rt.handle_event(&loaded, delivery).await),
                 // Already acknowledged elsewhere, or the backend is down:
                 // left for the next poll.
@@ -578,12 +589,7 @@ async fn handle(
         }
         return false;
     }
-    let ours = if fresh {
-        Ok(true)
-    } else {
-        rt.backend.touch(sub, delivery).await
-    };
-    match ours {
+    match ours(rt, sub, delivery, fresh).await {
         Ok(true) => {}
         Ok(false) => return false,
         Err(e) => {

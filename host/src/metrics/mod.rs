@@ -329,36 +329,17 @@ impl Metrics {
 
     /// Count one invocation outcome.
     pub fn invocation(&self, component: &str, outcome: &str) {
-        self.fast.invocations.with(
+        count_outcome(
+            &self.fast.invocations,
+            &self.invocations,
             component,
             outcome,
-            || {
-                self.invocations
-                    .get_or_create(&OutcomeLabels {
-                        component: component.to_owned(),
-                        outcome: outcome.to_owned(),
-                    })
-                    .clone()
-            },
-            |c| c.inc(),
         );
     }
 
     /// Count one event delivery outcome.
     pub fn delivery(&self, subscriber: &str, outcome: &str) {
-        self.fast.deliveries.with(
-            subscriber,
-            outcome,
-            || {
-                self.deliveries
-                    .get_or_create(&OutcomeLabels {
-                        component: subscriber.to_owned(),
-                        outcome: outcome.to_owned(),
-                    })
-                    .clone()
-            },
-            |c| c.inc(),
-        );
+        count_outcome(&self.fast.deliveries, &self.deliveries, subscriber, outcome);
     }
 
     /// Observe an acknowledged delivery: from handing it to its handler to
@@ -425,6 +406,28 @@ pub struct Scraped {
     pub lag: Vec<(String, u64)>,
     pub dead_letters: usize,
     pub versions: Vec<(String, String)>,
+}
+
+/// Count `outcome` of `component` in `family`, through its handles.
+fn count_outcome(
+    handles: &ByPair<Counter>,
+    family: &Family<OutcomeLabels, Counter>,
+    component: &str,
+    outcome: &str,
+) {
+    handles.with(
+        component,
+        outcome,
+        || {
+            family
+                .get_or_create(&OutcomeLabels {
+                    component: component.to_owned(),
+                    outcome: outcome.to_owned(),
+                })
+                .clone()
+        },
+        |c| c.inc(),
+    );
 }
 
 /// The route template of a path under a component: numeric segments become

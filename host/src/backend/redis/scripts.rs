@@ -28,6 +28,10 @@ local function mark(h, k)
   if not t then t = {}; live[h] = t end
   t[k] = true
 end
+local function indexed(h, k)
+  local t = live[h]
+  return t and t[k]
+end
 for _ = 1, tonumber(a[1]) do
   local cur = redis.call('HGET', a[i], a[i + 1])
   local seen = 0
@@ -71,15 +75,13 @@ if nwrites > 0 or nadds > 0 then
   for _, add in ipairs(adds) do
     local at = add[1]
     redis.call('HSET', a[at], a[at + 2], stamp .. '1' .. string.format('%d', add[2]))
-    local known = live[a[at]]
-    if not (known and known[a[at + 2]]) then redis.call('ZADD', a[at + 1], 0, a[at + 2]) end
+    if not indexed(a[at], a[at + 2]) then redis.call('ZADD', a[at + 1], 0, a[at + 2]) end
   end
   for _ = 1, nwrites do
     local flag = a[i + 3]
     redis.call('HSET', a[i], a[i + 2], stamp .. flag .. a[i + 4])
     if flag == '1' then
-      local known = live[a[i]]
-      if not (known and known[a[i + 2]]) then redis.call('ZADD', a[i + 1], 0, a[i + 2]) end
+      if not indexed(a[i], a[i + 2]) then redis.call('ZADD', a[i + 1], 0, a[i + 2]) end
     else
       redis.call('ZREM', a[i + 1], a[i + 2])
     end
