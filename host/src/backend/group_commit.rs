@@ -27,6 +27,7 @@ use anyhow::{Context, Result, anyhow};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::checkpointer::CatchUp;
 use super::read_anchor::ReadAnchor;
 
 /// Most jobs committed together: bounds the time one group holds the lock
@@ -110,11 +111,14 @@ impl GroupWriter {
     /// savepoint (a group that cannot run it runs none of its jobs). With
     /// an `anchor`, the thread holds it between groups (see `read_anchor`).
     /// A non-zero `window` is how long a group waits for more jobs after
-    /// one of at least [`BUSY_GROUP`] jobs (see [`gather`]).
+    /// one of at least [`BUSY_GROUP`] jobs (see [`gather`]). With
+    /// `catch_up`, the thread checkpoints between groups when the
+    /// checkpointer asks (see `checkpointer`).
     pub fn start(
         conn: Connection,
         mut anchor: Option<ReadAnchor>,
         window: Duration,
+        catch_up: Option<CatchUp>,
         begin: impl Fn(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) -> Result<Self> {
         let (jobs, queue) = mpsc::channel::<Box<dyn Job>>();
@@ -128,6 +132,9 @@ impl GroupWriter {
                     busy = group.len() >= BUSY_GROUP;
                     anchor.iter_mut().for_each(ReadAnchor::release);
                     run_group(&conn, &begin, group);
+                    if let Some(catch_up) = &catch_up {
+                        catch_up.run_if_asked(&conn);
+                    }
                     anchor.iter_mut().for_each(ReadAnchor::hold);
                 }
             })
@@ -333,7 +340,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)")
             .expect("schema");
         (
-            GroupWriter::start(conn, None, Duration::ZERO, |_| Ok(())).expect("start"),
+            GroupWriter::start(conn, None, Duration::ZERO, None, |_| Ok(())).expect("start"),
             dir,
         )
     }
@@ -514,7 +521,7 @@ mod tests {
         let groups = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&groups);
         let w = Arc::new(
-            GroupWriter::start(conn, None, Duration::from_secs(1), move |_| {
+            GroupWriter::start(conn, None, Duration::from_secs(1), None, move |_| {
                 counted.fetch_add(1, Ordering::SeqCst);
                 Ok(())
             })
@@ -573,7 +580,7 @@ mod tests {
              CREATE TABLE groups (n INTEGER NOT NULL); INSERT INTO groups VALUES (0);",
         )
         .expect("schema");
-        let w = GroupWriter::start(conn, None, Duration::ZERO, |c| {
+        let w = GroupWriter::start(conn, None, Duration::ZERO, None, |c| {
             let n: i64 = c.query_row("SELECT n FROM groups", [], |r| r.get(0))?;
             if n == 3 {
                 return Err(rusqlite::Error::InvalidQuery);

@@ -2,6 +2,7 @@
 //! embedded SQLite backend and the Redis backend implement it with the same
 //! guarantees, and the behavioural tests run against both.
 
+mod checkpointer;
 mod group_commit;
 mod id_blocks;
 mod read_anchor;

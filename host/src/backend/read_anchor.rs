@@ -97,8 +97,14 @@ mod tests {
         let mut anchor = ReadAnchor::new(open(&path));
         anchor.hold();
         assert!(anchor.held(), "premise: the anchor takes a snapshot");
-        let w = GroupWriter::start(writer, Some(anchor), std::time::Duration::ZERO, |_| Ok(()))
-            .expect("start");
+        let w = GroupWriter::start(
+            writer,
+            Some(anchor),
+            std::time::Duration::ZERO,
+            None,
+            |_| Ok(()),
+        )
+        .expect("start");
         let reader = open(&path);
         for i in 0..3000_i64 {
             w.run(move |c| {

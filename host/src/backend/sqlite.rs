@@ -153,6 +153,8 @@ pub struct SqliteBackend {
     ids: IdBlocks,
     /// Syncs the WAL ahead of the checkpoints (`"normal"` only).
     _wal_sync: Option<super::wal_sync::WalSync>,
+    /// Checkpoints the WAL off the writer's thread.
+    _checkpointer: super::checkpointer::Checkpointer,
 }
 
 /// The topics `changes` append to: their subscribers are woken once it
@@ -243,6 +245,21 @@ impl SqliteBackend {
             .map(|_| open(&path, synchronous).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
         let anchor = super::read_anchor::ReadAnchor::new(open(&path, synchronous)?);
+        // Checkpoints run on their own thread (see `checkpointer`); the
+        // writer's own autocheckpoint is only the fallback.
+        writer
+            .pragma_update(
+                None,
+                "wal_autocheckpoint",
+                super::checkpointer::WRITER_AUTOCHECKPOINT,
+            )
+            .context("failed to set the writer's autocheckpoint")?;
+        let catch_up = super::checkpointer::CatchUp::default();
+        let checkpointer = super::checkpointer::Checkpointer::start(
+            open(&path, synchronous)?,
+            &path,
+            catch_up.clone(),
+        )?;
         // With `fsync` per commit the wait for it gathers the next group.
         let window = match synchronous {
             Synchronous::Full => Duration::ZERO,
@@ -256,12 +273,18 @@ impl SqliteBackend {
         Ok(Self {
             // One commit version per group, taken as it begins: the
             // group's units stamp what they write with it.
-            writer: super::group_commit::GroupWriter::start(writer, Some(anchor), window, |tx| {
-                super::group_commit::exec(
-                    tx,
-                    "UPDATE meta SET value = value + 1 WHERE name = 'commit_version'",
-                )
-            })?,
+            writer: super::group_commit::GroupWriter::start(
+                writer,
+                Some(anchor),
+                window,
+                Some(catch_up),
+                |tx| {
+                    super::group_commit::exec(
+                        tx,
+                        "UPDATE meta SET value = value + 1 WHERE name = 'commit_version'",
+                    )
+                },
+            )?,
             readers,
             wakeups: super::wakeups::Wakeups::default(),
             retain: Duration::from_secs(24 * 3600),
@@ -269,6 +292,7 @@ impl SqliteBackend {
             suspects: Mutex::default(),
             ids: IdBlocks::default(),
             _wal_sync: wal_sync,
+            _checkpointer: checkpointer,
         })
     }
 
