@@ -63,6 +63,12 @@ impl ReadAnchor {
         }
     }
 
+    /// The anchor's connection, for work between its snapshots (the
+    /// checkpointer's passes).
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Whether the anchor holds a snapshot now (tests).
     #[cfg(test)]
     pub(super) fn held(&self) -> bool {
