@@ -5,9 +5,10 @@
 //! 1 000 frames: that commit copies every page written since the last one
 //! into the database file and, having copied them all, `fsync`s the
 //! database, and every unit of the process waits behind it. Measured during
-//! spread orders (`strace -T` on the writer thread): ~460 pages copied and
-//! a 3.6 ms `fsync` about 30 times a second, and 18 % of the writer's CPU
-//! in `walCheckpoint` (`perf`).
+//! spread orders: ~460 pages copied and a 3.6 ms `fsync` per checkpoint
+//! (`strace -T` on the writer thread), one every 1 000 frames, so ~30 a
+//! second at 4 000 orders/s of ~7.4 frames each; 18 % of the writer's CPU
+//! was in `walCheckpoint` (`perf`).
 //!
 //! Here a connection of its own checkpoints `PASSIVE`ly every few
 //! milliseconds while the WAL is written: it copies what the readers allow
