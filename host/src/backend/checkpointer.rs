@@ -165,16 +165,8 @@ impl Checkpointer {
 #[cfg(test)]
 mod tests {
     use super::super::group_commit::GroupWriter;
+    use super::super::test_db::{open, with_blobs};
     use super::*;
-
-    fn open(path: &Path) -> Connection {
-        let conn = Connection::open(path).expect("open");
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .expect("wal");
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .expect("synchronous");
-        conn
-    }
 
     /// Whether this process holds a shared POSIX lock on byte `at` of the
     /// file `path` (`/proc/locks`: `1: POSIX ADVISORY READ <pid>
@@ -204,13 +196,12 @@ mod tests {
     #[test]
     fn after_copying_the_whole_wal_it_holds_the_database_files_read_mark() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
+        let (path, writer) = with_blobs(dir.path());
         writer
             .pragma_update(None, "wal_autocheckpoint", 0)
             .expect("autocheckpoint");
         writer
-            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+            .execute_batch("INSERT INTO t VALUES (1, x'00'), (2, x'00')")
             .expect("write");
         let shm = dir.path().join("t.db-shm");
         assert!(
@@ -234,11 +225,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_starts_over_under_steady_commits() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
-        writer
-            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
-            .expect("schema");
+        let (path, writer) = with_blobs(dir.path());
         // No fallback here: only the catch-ups can start the WAL over.
         writer
             .pragma_update(None, "wal_autocheckpoint", 0)

@@ -8,6 +8,8 @@ mod id_blocks;
 mod read_anchor;
 pub mod redis;
 pub mod sqlite;
+#[cfg(test)]
+mod test_db;
 mod wakeups;
 mod wal_sync;
 

@@ -79,14 +79,8 @@ impl ReadAnchor {
 #[cfg(test)]
 mod tests {
     use super::super::group_commit::GroupWriter;
+    use super::super::test_db::{open, with_blobs};
     use super::*;
-
-    fn open(path: &std::path::Path) -> Connection {
-        let conn = Connection::open(path).expect("open");
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .expect("wal");
-        conn
-    }
 
     /// Readers see every commit at once, and the WAL still starts over at
     /// its checkpoints: 3 000 commits of ~2 pages each would grow a WAL
@@ -95,11 +89,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn readers_see_every_commit_and_the_wal_starts_over() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("t.db");
-        let writer = open(&path);
-        writer
-            .execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
-            .expect("schema");
+        let (path, writer) = with_blobs(dir.path());
         let mut anchor = ReadAnchor::new(open(&path));
         anchor.hold();
         assert!(anchor.held(), "premise: the anchor takes a snapshot");

@@ -10,6 +10,11 @@
 //!
 //! This thread `fdatasync`s the WAL file every few milliseconds while it is
 //! being written, so the checkpoint's own sync finds little left to write.
+//! The checkpoints have since moved to a thread of their own
+//! (`checkpointer`), but the writer still runs the catch-up checkpoint that
+//! lets the WAL start over, whose sync this keeps short: without this
+//! thread, one of 3 paced runs had ORDERED p99 28.9 ms (a 56 ms stall)
+//! against 6.2–8.5 ms with it.
 //! It takes no SQLite lock and changes no outcome: it only makes frames
 //! durable earlier than SQLite asks for.
 
