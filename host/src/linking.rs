@@ -115,8 +115,9 @@ async fn open_provider(
             let failure = inv.retire(failure);
             component.finish(false);
             link.finish(false);
-            tracing::info!(parent: &span, outcome = %"failed", ran = invoke::unspanned(&provider.name, &provider.digest), "linked call finished");
-            Err(unavailable(&provider.name, &failure))
+            let request_id = caller.trace.request_id_field(&span);
+            tracing::info!(parent: &span, outcome = %"failed", ran = invoke::unspanned(&provider.name, &provider.digest), request_id, "linked call finished");
+            Err(unavailable(&provider.name, &failure, request_id))
         }
     }
 }
@@ -153,6 +154,7 @@ impl HostState {
             outcome = %label,
             us = micros(started),
             ran = invoke::unspanned(&identity.name, &identity.digest),
+            request_id = self.trace.request_id_field(&span),
             "linked call finished"
         );
         let metrics = &self.metrics;
@@ -197,14 +199,24 @@ impl HostState {
             Err(e) => {
                 let name = provider.inv.store.data().identity.name.clone();
                 let failure = provider.inv.fail(e);
-                Err(unavailable(&name, &failure))
+                Err(unavailable(
+                    &name,
+                    &failure,
+                    self.trace.request_id_field(&span),
+                ))
             }
         }
     }
 }
 
-fn unavailable(provider: &str, failure: &Failure) -> StockError {
-    tracing::warn!(component = %provider, reason = %failure, "synchronous call failed");
+/// Log why a linked call failed (`request_id`: when no span carries it)
+/// and say so to the caller.
+fn unavailable(
+    provider: &str,
+    failure: &Failure,
+    request_id: Option<tracing::field::DisplayValue<&str>>,
+) -> StockError {
+    tracing::warn!(component = %provider, reason = %failure, request_id, "synchronous call failed");
     StockError::Unavailable(format!("{provider} {failure}"))
 }
 

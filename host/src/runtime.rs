@@ -299,7 +299,7 @@ impl Runtime {
                 outcome,
                 "committed" | "read_only" | "discarded" | "conflict"
             );
-            info_or_debug!(!routine, parent: &span, outcome = %outcome, status, us = micros(started), ran = invoke::unspanned(&loaded.name, &loaded.digest), "invocation finished");
+            info_or_debug!(!routine, parent: &span, outcome = %outcome, status, us = micros(started), ran = invoke::unspanned(&loaded.name, &loaded.digest), request_id = trace.request_id_field(&span), "invocation finished");
             match done {
                 Ok(Some(response)) => return Ok(response),
                 Ok(None) => continue,
@@ -474,7 +474,20 @@ impl Runtime {
                 ("failed", EventOutcome::Faulted(failure.to_string()))
             }
         };
-        tracing::info!(parent: &span, outcome = %label, us = micros(started), ran = invoke::unspanned(&loaded.name, &loaded.digest), "invocation finished");
+        // Without a delivery span (see `invoke::own_spans`) the line names
+        // the delivery itself.
+        let bare = span.is_none();
+        tracing::info!(
+            parent: &span,
+            outcome = %label,
+            us = micros(started),
+            ran = invoke::unspanned(&loaded.name, &loaded.digest),
+            event_id = bare.then(|| tracing::field::display(&delivery.id)),
+            topic = bare.then(|| tracing::field::display(&delivery.topic)),
+            attempt = bare.then_some(delivery.attempt),
+            request_id = delivery.trace.request_id_field(&span),
+            "invocation finished"
+        );
         outcome
     }
 

@@ -88,6 +88,19 @@ impl TraceContext {
         }
     }
 
+    /// The request id as the `request_id` field of a line logged in `span`
+    /// when `span` is none: its request or delivery has no span to carry it
+    /// (see [`crate::invoke::own_spans`]). Nothing when the span says it.
+    pub fn request_id_field(
+        &self,
+        span: &tracing::Span,
+    ) -> Option<tracing::field::DisplayValue<&str>> {
+        if !span.is_none() {
+            return None;
+        }
+        self.request_id.as_deref().map(tracing::field::display)
+    }
+
     /// Make `span` a child of the stored publishing span (no-op when there is
     /// none or spans are not exported). Call before `span` is first entered.
     pub fn adopt(&self, span: &tracing::Span) {

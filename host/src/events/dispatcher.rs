@@ -365,9 +365,32 @@ async fn live_version(
     live
 }
 
-/// The span of one delivery: the originating request's id goes on every
-/// line of it; with span export, it continues the publisher's trace.
+/// The span of one delivery when deliveries have spans (spans exported, or
+/// `sktarbucks` lines at `debug`: see [`crate::invoke::own_spans`]), else
+/// none. A span per delivery (made, its fields formatted, entered at every
+/// poll, closed) cost more than the delivery's one routine line, which
+/// then names the delivery itself (`invocation finished event_id=..
+/// topic=.. attempt=.. request_id=..`); its rarer lines get a span made for
+/// them ([`span_for_line`]). With export, it continues the publisher's trace.
 fn delivery_span(sub: &Subscription, delivery: &Delivery) -> tracing::Span {
+    if !crate::invoke::own_spans() {
+        return tracing::Span::none();
+    }
+    make_delivery_span(sub, delivery)
+}
+
+/// The span for a delivery's line that is not routine (a failure, a
+/// retry): the current one when deliveries have spans (it is the
+/// delivery's), else one made now, so the line still names the event and
+/// the originating request's id.
+fn span_for_line(sub: &Subscription, delivery: &Delivery) -> tracing::Span {
+    if crate::invoke::own_spans() {
+        return tracing::Span::current();
+    }
+    make_delivery_span(sub, delivery)
+}
+
+fn make_delivery_span(sub: &Subscription, delivery: &Delivery) -> tracing::Span {
     let span = tracing::info_span!(
         "event",
         component = %sub.component,
@@ -583,9 +606,10 @@ async fn handle(
             "delivered {} times without completing; the hosts handling it stopped",
             delivery.attempt - 1
         );
-        tracing::error!(reason = %reason, "event dead-lettered");
+        let span = span_for_line(sub, delivery);
+        tracing::error!(parent: &span, reason = %reason, "event dead-lettered");
         if let Err(e) = rt.backend.fail(sub, delivery, &reason, true).await {
-            tracing::warn!(error = %format!("{e:#}"), "dead-lettering failed");
+            tracing::warn!(parent: &span, error = %format!("{e:#}"), "dead-lettering failed");
         }
         return false;
     }
@@ -593,7 +617,7 @@ async fn handle(
         Ok(true) => {}
         Ok(false) => return false,
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "event backend unavailable; retrying");
+            tracing::warn!(parent: &span_for_line(sub, delivery), error = %format!("{e:#}"), "event backend unavailable; retrying");
             sleep_or_shutdown(Duration::from_millis(200), shutdown).await;
             return false;
         }
@@ -641,14 +665,15 @@ async fn settle_ack(
             if n >= MAX_CONFLICTS {
                 let reason =
                     format!("kept conflicting with concurrent changes ({n} times in a row)");
-                tracing::warn!(reason = %reason, "counting as a failed attempt");
+                let span = span_for_line(sub, delivery);
+                tracing::warn!(parent: &span, reason = %reason, "counting as a failed attempt");
                 let dead = delivery.attempt >= max;
                 if let Err(e) = rt.backend.fail(sub, delivery, &reason, dead).await {
-                    tracing::warn!(error = %format!("{e:#}"), "recording the failure failed");
+                    tracing::warn!(parent: &span, error = %format!("{e:#}"), "recording the failure failed");
                 }
                 streak.conflicts = 0;
             } else {
-                tracing::debug!(conflicts = n, "event handling conflicted; redelivering");
+                tracing::debug!(parent: &span_for_line(sub, delivery), conflicts = n, "event handling conflicted; redelivering");
             }
             // Let the competing writers finish before trying again.
             let jitter = rand::random_range(1..=u64::from(n.min(10)) * 5);
@@ -656,7 +681,7 @@ async fn settle_ack(
             false
         }
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "acknowledging event failed; redelivering");
+            tracing::warn!(parent: &span_for_line(sub, delivery), error = %format!("{e:#}"), "acknowledging event failed; redelivering");
             sleep_or_shutdown(Duration::from_millis(200), shutdown).await;
             false
         }
@@ -683,18 +708,19 @@ async fn settle_failure(
         EventOutcome::Unavailable(_) => "unavailable",
     };
     rt.env.metrics.delivery(&sub.component, label);
+    let span = span_for_line(sub, delivery);
     match outcome {
         EventOutcome::Handled(_) => {}
         EventOutcome::Unavailable(reason) => {
             // The backend, not the handler, failed: not the event's fault,
             // so no attempt is counted.
-            tracing::warn!(reason = %reason, "state backend unavailable; retrying the event");
+            tracing::warn!(parent: &span, reason = %reason, "state backend unavailable; retrying the event");
             sleep_or_shutdown(Duration::from_millis(500), shutdown).await;
         }
         EventOutcome::Refused(refusal) => {
             // The component's breaker is open or it is saturated: the event
             // waits (no attempt counted) and is delivered when it admits.
-            tracing::debug!(?refusal, "component not admitting; event waits");
+            tracing::debug!(parent: &span, ?refusal, "component not admitting; event waits");
             let wait = match refusal {
                 crate::guard::Refusal::Open(d) => d.min(IDLE_WAIT),
                 crate::guard::Refusal::Busy(_) => Duration::from_millis(50),
@@ -704,12 +730,12 @@ async fn settle_failure(
         EventOutcome::Failed(reason) | EventOutcome::Faulted(reason) => {
             let dead = delivery.attempt >= max;
             if dead {
-                tracing::error!(reason = %reason, "event dead-lettered after {max} attempts");
+                tracing::error!(parent: &span, reason = %reason, "event dead-lettered after {max} attempts");
             } else {
-                tracing::warn!(reason = %reason, "event handler failed; will retry");
+                tracing::warn!(parent: &span, reason = %reason, "event handler failed; will retry");
             }
             if let Err(e) = rt.backend.fail(sub, delivery, &reason, dead).await {
-                tracing::warn!(error = %format!("{e:#}"), "recording the failure failed");
+                tracing::warn!(parent: &span, error = %format!("{e:#}"), "recording the failure failed");
             }
             if !dead {
                 let delay = rt.config().events.backoff(delivery.attempt + 1);

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod reply;
+pub mod request_log;
 pub mod server;
 
 pub use server::serve;

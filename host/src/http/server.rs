@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use super::reply::{self, Body};
+use super::request_log::RequestLog;
 use crate::bindings;
 use crate::invoke::Failure;
 use crate::runtime::{HttpFailure, Runtime};
@@ -197,35 +198,26 @@ pub async fn serve(
         let service = service_fn(move |req: Request<Incoming>| {
             let app = Arc::clone(&app);
             async move {
-                let id = request_id(&req);
-                // The request's one span: what was asked, and (once routed)
-                // which component answers. Its invocations nest under it.
-                let span = tracing::info_span!(
-                    "request",
-                    request_id = %id,
-                    method = %req.method(),
-                    path = %req.uri().path(),
-                    component = tracing::field::Empty,
-                );
-                crate::trace::continue_client_trace(
-                    &span,
+                // What its lines say about it (and its span, when requests
+                // have spans); its work runs in that span.
+                let log = RequestLog::new(
+                    request_id(&req),
+                    req.method(),
+                    req.uri().path(),
                     req.headers()
                         .get(TRACEPARENT_HEADER)
                         .and_then(|v| v.to_str().ok()),
                 );
                 let probe = req.uri().path().starts_with("/health/");
                 let started = std::time::Instant::now();
-                let mut response = app.handle(req, &id, &span).instrument(span.clone()).await;
-                let status = response.status().as_u16();
+                let mut response = app.handle(req, &log).instrument(log.span().clone()).await;
                 // One line per request (health probes only at debug).
-                crate::trace::info_or_debug!(
-                    !probe,
-                    parent: &span,
-                    status,
-                    us = crate::trace::micros(started),
-                    "request finished"
+                log.finished(
+                    response.status().as_u16(),
+                    crate::trace::micros(started),
+                    probe,
                 );
-                if let Ok(v) = HeaderValue::from_str(&id) {
+                if let Ok(v) = HeaderValue::from_str(&log.id) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, v);
                 }
                 Ok::<_, Infallible>(response)
@@ -259,12 +251,7 @@ pub async fn serve(
 }
 
 impl App {
-    async fn handle(
-        &self,
-        req: Request<Incoming>,
-        id: &str,
-        span: &tracing::Span,
-    ) -> Response<Body> {
+    async fn handle(&self, req: Request<Incoming>, log: &RequestLog) -> Response<Body> {
         if let Some(refused) = refuse_at_the_edge(&req) {
             return refused;
         }
@@ -318,16 +305,17 @@ impl App {
                 format!("component {name:?} is not loaded"),
             );
         };
-        span.record("component", tracing::field::display(name));
-        self.invoke(loaded, req, id).await
+        log.routed(name);
+        self.invoke(loaded, req, log).await
     }
 
     async fn invoke(
         &self,
         loaded: Arc<crate::registry::Loaded>,
         req: Request<Incoming>,
-        id: &str,
+        log: &RequestLog,
     ) -> Response<Body> {
+        let id = log.id.as_str();
         let limit = self.rt.config().max_body_bytes;
         let too_large = || {
             reply::error(
@@ -458,7 +446,13 @@ impl App {
         metrics.invocation(&loaded.name, outcome);
         let mut response = match served {
             Ok(response) => to_hyper(response),
-            Err(failure) => self.failure_response(&loaded.name, failure),
+            Err(failure) => {
+                // Failures are rare: their lines get the request's span
+                // even when requests have none.
+                let span = log.span_for_line();
+                let _in = span.enter();
+                self.failure_response(&loaded.name, failure)
+            }
         };
         metrics.request(
             &loaded.name,

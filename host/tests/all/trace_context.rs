@@ -324,9 +324,10 @@ on_both_backends!(
     spans_of_one_order_reach_an_otlp_collector_as_one_trace,
 );
 
-/// With `SKTARBUCKS_LOG_FORMAT=json` the request id is in the span list of
-/// each line (a log pipeline can filter on it). At the default level an
-/// order is one line for its request and one per event delivery.
+/// With `SKTARBUCKS_LOG_FORMAT=json` every line of an order carries its
+/// request id (a log pipeline can filter on it). At the default level an
+/// order is one line for its request and one per event delivery, and
+/// neither has a span: each names what it is about in its own fields.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_carry_the_request_id() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -338,28 +339,28 @@ async fn json_logs_carry_the_request_id() {
     );
     let id = "json-order-1";
     place_order(&host, id).await;
-    // A line's spans, outermost first: `spans` lists those above the one
-    // it was logged in (`span`).
-    let scope = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+    let spans = |v: &serde_json::Value| -> Vec<serde_json::Value> {
         let mut all = v["spans"].as_array().cloned().unwrap_or_default();
         if v["span"].is_object() {
             all.push(v["span"].clone());
         }
         all
     };
-    let root = |v: &serde_json::Value| scope(v).first().cloned().unwrap_or_default();
     let lines = |log: &[String]| -> Vec<serde_json::Value> {
         log.iter()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| scope(v).iter().any(|s| s["request_id"] == id))
+            .filter(|v| {
+                v["fields"]["request_id"] == id || spans(v).iter().any(|s| s["request_id"] == id)
+            })
             .collect()
     };
     let delivered = |lines: &[serde_json::Value], component: &str| {
         lines.iter().any(|v| {
             v["fields"]["message"] == "invocation finished"
                 && v["fields"]["outcome"] == "handled"
-                && root(v)["name"] == "event"
-                && root(v)["component"] == component
+                && v["fields"]["ran"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with(&format!("{component}@")))
         })
     };
     let ours = eventually("JSON lines of the order's path", PATIENCE, || async {
@@ -376,43 +377,128 @@ async fn json_logs_carry_the_request_id() {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    // The request's one line, emitted in its span, which says what was
-    // asked and which component answered.
-    let of_the_request: Vec<&serde_json::Value> = ours
-        .iter()
-        .filter(|v| root(v)["name"] == "request")
-        .collect();
-    assert_eq!(of_the_request.len(), 1, "one line per request:\n{}", dump());
-    let line = of_the_request[0];
-    assert_eq!(line["fields"]["message"], "request finished");
-    assert_eq!(line["fields"]["status"], 201);
-    assert_eq!(line["span"]["request_id"], id);
-    assert_eq!(line["span"]["method"], "POST");
-    assert_eq!(line["span"]["path"], "/orders");
-    assert_eq!(line["span"]["component"], "order");
-    // Every other line is a delivery's.
     assert!(
-        ours.iter().all(|v| root(v)["name"] == "request"
-            || (root(v)["name"] == "event" && v["fields"]["message"] == "invocation finished")),
-        "only the request line and one per delivery:\n{}",
+        ours.iter().all(|v| spans(v).is_empty()),
+        "no spans at the default level:\n{}",
         dump()
     );
-    // At this level invocations run in their parent's span; a delivery's
-    // line names what ran itself.
-    for v in ours.iter().filter(|v| root(v)["name"] == "event") {
-        assert!(
-            scope(v).iter().all(|s| s["name"] != "invocation"),
-            "no invocation span at the default level:\n{}",
+    // The request's one line says what was asked and which component
+    // answered.
+    let of_the_request: Vec<&serde_json::Value> = ours
+        .iter()
+        .filter(|v| v["fields"]["message"] == "request finished")
+        .collect();
+    assert_eq!(of_the_request.len(), 1, "one line per request:\n{}", dump());
+    let line = &of_the_request[0]["fields"];
+    assert_eq!(line["status"], 201);
+    assert_eq!(line["request_id"], id);
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/orders");
+    assert_eq!(line["component"], "order");
+    // Every other line is a delivery's, naming the event and what ran.
+    let deliveries: Vec<&serde_json::Value> = ours
+        .iter()
+        .filter(|v| v["fields"]["message"] != "request finished")
+        .collect();
+    assert!(!deliveries.is_empty(), "the deliveries' lines:\n{}", dump());
+    for v in deliveries {
+        let f = &v["fields"];
+        assert_eq!(
+            f["message"],
+            "invocation finished",
+            "only the request line and one per delivery:\n{}",
             dump()
         );
-        let ran = v["fields"]["ran"].as_str().unwrap_or_default();
-        let event = root(v);
-        let component = event["component"].as_str().unwrap_or_default();
+        let ran = f["ran"].as_str().unwrap_or_default();
+        let component = ran.split('@').next().unwrap_or_default();
         assert!(
-            ran.starts_with(&format!("{component}@")) && ran.len() == component.len() + 13,
+            ["production", "order", "mypage"].contains(&component)
+                && ran.len() == component.len() + 13,
             "`ran` is component@digest: {v}"
         );
+        assert!(
+            f["event_id"].is_string() && f["topic"].is_string() && f["attempt"] == 1,
+            "a delivery's line names its event: {v}"
+        );
     }
+}
+
+/// At the default level requests and deliveries have no spans, yet their
+/// failure lines still name the request: a trapping request's lines and a
+/// refused event's retry line carry its `request_id` (in a span made for
+/// the line), beside the routine lines that carry it as a field.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_spans_failure_lines_still_name_their_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (host, _redis) = start_host(Kind::Sqlite, dir.path(), |_| {}, &[]);
+    let http = reqwest::Client::new();
+    let base = &host.client.base;
+    let post = |path: &str, id: &str, body: &'static str| {
+        http.post(format!("{base}{path}"))
+            .header("x-request-id", id)
+            .body(body)
+            .send()
+    };
+    let trapped = post("/faulty/write-then-trap", "trap-1", "x")
+        .await
+        .expect("POST trap");
+    assert_eq!(trapped.status(), 500);
+    // Its event carries the id to the handler, which refuses it.
+    let poisoned = post("/faulty/write?key=p", "poison-1", "poison")
+        .await
+        .expect("POST poison");
+    assert_eq!(poisoned.status(), 200);
+    let wanted: [(&str, Vec<&str>); 5] = [
+        (
+            "the trapping request's line",
+            vec![
+                "INFO sktarbucks::http::server: request finished request_id=trap-1 method=POST path=/faulty/write-then-trap component=faulty status=500",
+            ],
+        ),
+        (
+            "the trap's error, in a span made for it",
+            vec![
+                "request{request_id=trap-1 method=POST path=/faulty/write-then-trap component=faulty}: ",
+                "invocation failed",
+            ],
+        ),
+        (
+            "the failed run's line",
+            vec!["invocation finished outcome=failed", "request_id=trap-1"],
+        ),
+        (
+            "the poison request's line",
+            vec![
+                "request finished request_id=poison-1 method=POST path=/faulty/write component=faulty status=200",
+            ],
+        ),
+        (
+            "the refused event's retry, in a span made for it",
+            vec![
+                "event{component=faulty ",
+                "topic=faulty.happened attempt=1 request_id=poison-1}: ",
+                "event handler failed; will retry",
+            ],
+        ),
+    ];
+    eventually("the failure lines", PATIENCE, || async {
+        let log = host.log.lock().expect("log lock").clone();
+        wanted
+            .iter()
+            .all(|(_, needles)| {
+                log.iter()
+                    .any(|line| needles.iter().all(|n| line.contains(n)))
+            })
+            .then_some(())
+    })
+    .await;
+    // Premise: at this level no routine line is in a span.
+    let log = host.log.lock().expect("log lock").clone();
+    assert!(
+        !log.iter()
+            .any(|l| l.contains("request{") && l.contains("request finished")),
+        "the request line has no span at the default level"
+    );
 }
 
 /// A database from before trace contexts (no `request_id`/`traceparent`
