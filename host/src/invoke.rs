@@ -14,6 +14,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime::Engine;
 
 use crate::backend::{BackendUnavailable, SharedBackend};
+use crate::exports::LoadedExports;
 use crate::guard::Guards;
 use crate::pool::{Pool, Pooled, Retire};
 use crate::registry::{Loaded, Registry};
@@ -210,6 +211,9 @@ pub struct Invocation {
     pub store: Store<HostState>,
     /// Set once instantiated (at once for an instance from a pool).
     instance: Option<Instance>,
+    /// The exports looked up on `instance` (kept from its earlier calls
+    /// when it came from a pool).
+    exports: LoadedExports,
     /// The pool the instance returns to after a successful call.
     reuse: Option<Reuse>,
     /// The host's own call (not counted as a created instance).
@@ -286,10 +290,11 @@ impl Invocation {
         let own = Instant::now() + budget;
         let deadline = cap.map_or(own, |cap| cap.min(own));
         let pool = loaded.pool.as_ref().filter(|_| reusable);
-        let (mut store, instance, reuse) = match pool.map(|p| (p, p.take())) {
+        let (mut store, instance, exports, reuse) = match pool.map(|p| (p, p.take())) {
             Some((pool, Some(pooled))) => (
                 pooled.store,
                 Some(pooled.instance),
+                pooled.exports,
                 Some(Reuse {
                     pool: Arc::clone(pool),
                     uses: pooled.uses,
@@ -299,19 +304,21 @@ impl Invocation {
             Some((pool, None)) => (
                 new_store(env, loaded),
                 None,
+                LoadedExports::default(),
                 Some(Reuse {
                     pool: Arc::clone(pool),
                     uses: 0,
                     max_uses: pool.draw_max_uses(),
                 }),
             ),
-            None => (new_store(env, loaded), None, None),
+            None => (new_store(env, loaded), None, LoadedExports::default(), None),
         };
         store.data_mut().begin(uow, deadline, origin);
         store.set_epoch_deadline(1);
         Self {
             store,
             instance,
+            exports,
             reuse,
             internal: !reusable,
             metrics: Arc::clone(&env.metrics),
@@ -363,16 +370,23 @@ impl Invocation {
     }
 
     /// Get the instance (see [`instance`](Self::instance)) and resolve one
-    /// export with `load` (a generated `GuestIndices::load`); `export` names
-    /// it in the error.
-    pub async fn open<G>(
+    /// export with `load` (a generated `GuestIndices::load`), unless this
+    /// instance resolved it on an earlier call; `export` names it in the
+    /// error.
+    pub async fn open<G: Clone + Send + Sync + 'static>(
         &mut self,
         loaded: &Loaded,
         export: &str,
         load: impl FnOnce(&mut Store<HostState>, &Instance) -> wasmtime::Result<G>,
     ) -> Result<G, Failure> {
         let instance = self.instance(loaded).await?;
-        load(&mut self.store, &instance).map_err(|e| Failure::Missing(format!("{export} ({e})")))
+        if let Some(guest) = self.exports.get::<G>() {
+            return Ok(guest);
+        }
+        let guest = load(&mut self.store, &instance)
+            .map_err(|e| Failure::Missing(format!("{export} ({e})")))?;
+        self.exports.insert(guest.clone());
+        Ok(guest)
     }
 
     /// Classify an error of a guest call made on this invocation's store.
@@ -408,6 +422,7 @@ impl Invocation {
                 Ok(()) => reuse.pool.put(Pooled {
                     store: self.store,
                     instance,
+                    exports: self.exports,
                     uses: reuse.uses.saturating_add(1),
                     max_uses: reuse.max_uses,
                 }),

@@ -33,6 +33,7 @@ pub mod crash;
 pub mod deploy;
 pub mod engine;
 pub mod events;
+pub mod exports;
 pub mod guard;
 pub mod http;
 pub mod invoke;

@@ -84,6 +84,8 @@ pub struct Pooled {
     pub uses: u32,
     /// Calls it may serve (drawn when it was created).
     pub max_uses: u32,
+    /// The exports its calls have looked up so far.
+    pub exports: crate::exports::LoadedExports,
 }
 
 struct Idle {

@@ -557,7 +557,7 @@ impl Runtime {
     /// One call of an export outside any request or event (subscriptions,
     /// the OpenAPI fragment): a fresh instance under the component's
     /// deadline, nothing committed.
-    async fn call_internal<G, R>(
+    async fn call_internal<G: Clone + Send + Sync + 'static, R>(
         &self,
         loaded: &Arc<Loaded>,
         export: &str,
