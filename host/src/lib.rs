@@ -38,6 +38,7 @@ pub mod guard;
 pub mod http;
 pub mod invoke;
 pub mod linking;
+pub mod log_time;
 pub mod metrics;
 pub mod openapi;
 pub mod pool;

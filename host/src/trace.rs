@@ -269,10 +269,16 @@ pub fn init(config: &TracingConfig, export: bool) -> Result<Telemetry> {
     let (logs, log_guard) = log_writer();
     let text = (!json).then(|| {
         tracing_subscriber::fmt::layer()
+            .with_timer(crate::log_time::LogTime)
             .with_ansi(ansi)
             .with_writer(logs.clone())
     });
-    let structured = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(logs));
+    let structured = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_timer(crate::log_time::LogTime)
+            .with_writer(logs)
+    });
     tracing_subscriber::registry()
         .with(filter)
         .with(text)
