@@ -385,7 +385,10 @@ impl Invocation {
         }
         let guest = load(&mut self.store, &instance)
             .map_err(|e| Failure::Missing(format!("{export} ({e})")))?;
-        self.exports.insert(guest.clone());
+        // Only an instance that may serve again keeps it.
+        if self.reuse.is_some() {
+            self.exports.insert(guest.clone());
+        }
         Ok(guest)
     }
 

@@ -10,9 +10,11 @@
 //! rare line (a failure) gets a span made for it with the same fields, so
 //! every line of a request still names its `request_id`.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use hyper::Method;
+
+use crate::registry::Loaded;
 
 /// The lines and span keep the server's target (`RUST_LOG` filters name it).
 const TARGET: &str = "sktarbucks::http::server";
@@ -23,8 +25,8 @@ pub struct RequestLog {
     pub id: String,
     method: Method,
     path: String,
-    /// Set once routed: the component that answers.
-    component: OnceLock<String>,
+    /// Set once routed: the component that answers (its name is shown).
+    component: OnceLock<Arc<Loaded>>,
     /// The `request` span when requests have spans, else none.
     span: tracing::Span,
 }
@@ -67,10 +69,10 @@ impl RequestLog {
     }
 
     /// Routed to `component`.
-    pub fn routed(&self, component: &str) {
-        let _ = self.component.set(component.to_owned());
+    pub fn routed(&self, component: &Arc<Loaded>) {
         self.span
-            .record("component", tracing::field::display(component));
+            .record("component", tracing::field::display(&component.name));
+        let _ = self.component.set(Arc::clone(component));
     }
 
     /// The span for a line that is not routine (a failure): the request's
@@ -81,7 +83,7 @@ impl RequestLog {
         }
         let span = Self::make_span(&self.id, &self.method, &self.path);
         if let Some(component) = self.component.get() {
-            span.record("component", tracing::field::display(component));
+            span.record("component", tracing::field::display(&component.name));
         }
         span
     }
@@ -99,7 +101,10 @@ impl RequestLog {
             );
             return;
         }
-        let component = self.component.get().map(tracing::field::display);
+        let component = self
+            .component
+            .get()
+            .map(|c| tracing::field::display(&c.name));
         crate::trace::info_or_debug!(
             !probe,
             target: TARGET,

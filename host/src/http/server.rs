@@ -305,7 +305,7 @@ impl App {
                 format!("component {name:?} is not loaded"),
             );
         };
-        log.routed(name);
+        log.routed(&loaded);
         self.invoke(loaded, req, log).await
     }
 

@@ -131,6 +131,22 @@ fn carries(line: &str, id: &str) -> bool {
     line.contains(&format!("request_id={id} ")) || line.contains(&format!("request_id={id}}}"))
 }
 
+/// Wait until, for each `(what, needles)` in `wanted`, some line of the
+/// host's log contains all of its needles.
+async fn wait_for_lines<S: AsRef<str>>(host: &Host, what: &str, wanted: &[(&str, Vec<S>)]) {
+    eventually(what, PATIENCE, || async {
+        let log = host.log.lock().expect("log lock").clone();
+        wanted
+            .iter()
+            .all(|(_, needles)| {
+                log.iter()
+                    .any(|line| needles.iter().all(|n| line.contains(n.as_ref())))
+            })
+            .then_some(())
+    })
+    .await;
+}
+
 /// The log lines of one order, each found by what it must contain.
 fn order_path(id: &str, placed: &Placed) -> Vec<(&'static str, Vec<String>)> {
     vec![
@@ -214,17 +230,7 @@ async fn one_request_id_finds_the_whole_path_in_the_log(kind: Kind) {
     let placed = place_order(&host, &id).await;
     let wanted = order_path(&id, &placed);
     // The lines reach the log reader a moment after the effects are visible.
-    eventually("every step's log line", PATIENCE, || async {
-        let log = host.log.lock().expect("log lock").clone();
-        wanted
-            .iter()
-            .all(|(_, needles)| {
-                log.iter()
-                    .any(|line| needles.iter().all(|n| line.contains(n.as_str())))
-            })
-            .then_some(())
-    })
-    .await;
+    wait_for_lines(&host, "every step's log line", &wanted).await;
     let log = host.log.lock().expect("log lock").clone();
     let ours: Vec<&String> = log.iter().filter(|l| carries(l, &id)).collect();
     for (what, needles) in &wanted {
@@ -481,17 +487,7 @@ async fn without_spans_failure_lines_still_name_their_request() {
             ],
         ),
     ];
-    eventually("the failure lines", PATIENCE, || async {
-        let log = host.log.lock().expect("log lock").clone();
-        wanted
-            .iter()
-            .all(|(_, needles)| {
-                log.iter()
-                    .any(|line| needles.iter().all(|n| line.contains(n)))
-            })
-            .then_some(())
-    })
-    .await;
+    wait_for_lines(&host, "the failure lines", &wanted).await;
     // Premise: at this level no routine line is in a span.
     let log = host.log.lock().expect("log lock").clone();
     assert!(
