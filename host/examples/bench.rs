@@ -1,16 +1,17 @@
 //! `cargo xtask bench [--seconds N] [--clients C] [--rounds R]
 //! [--only get,orders,hot,pipeline,backlog,soak] [--no-redis] [--soak-rss]`
 //!
-//! Benchmarks the real `target/release/sktarbucks serve` (own process, temp
-//! data directory, generated manifest, ephemeral ports) against a bare
-//! hyper + SQLite server doing the same work by hand (`examples/bare.rs`,
-//! also its own process), with load from a third process, `wrk`. Runs of
-//! the systems alternate within one invocation (host, bare, host on Redis,
-//! round after round) and the report gives the median of the rounds and
-//! the host/bare ratio: on a shared, noisy machine a ratio measured
-//! side by side means more than an absolute figure. Before every run each
-//! host's event backlog is drained first, so no run pays for the previous
-//! one's events. The Redis figures use the bench's own `redis-server`.
+//! Benchmarks the real `sktarbucks serve` (`target/dist/sktarbucks`, the
+//! binary beside the bench; own process, temp data directory, generated
+//! manifest, ephemeral ports) against a bare hyper + SQLite server doing the
+//! same work by hand (`examples/bare.rs`, also its own process), with load
+//! from a third process, `wrk`. Runs of the systems alternate within one
+//! invocation (host, bare, host on Redis, round after round) and the report
+//! gives the median of the rounds and the host/bare ratio: on a shared, noisy
+//! machine a ratio measured side by side means more than an absolute figure.
+//! Before every run each host's event backlog is drained first, so no run
+//! pays for the previous one's events. The Redis figures use the bench's own
+//! `redis-server`.
 //!
 //! Scenarios: `get` (GET /cafes/{id}), `orders` (POST /orders over 100
 //! items, synchronous normal and full), `hot` (POST /orders on one item,
@@ -89,7 +90,8 @@ struct Args {
     #[arg(long)]
     no_reuse: bool,
     /// Measure another sktarbucks binary (say, an earlier commit's build
-    /// kept aside) instead of target/release/sktarbucks; one that predates
+    /// kept aside) instead of the one beside the bench (target/dist/
+    /// sktarbucks for `cargo xtask bench`); one that predates
     /// instance reuse needs --no-reuse.
     #[arg(long)]
     host_bin: Option<PathBuf>,
@@ -1232,15 +1234,26 @@ async fn main() -> Result<()> {
         .parent()
         .map(Path::to_path_buf)
         .context("the host crate has a parent directory")?;
+    // The host and bare from the bench's own profile (target/<profile>/
+    // examples/bench): both built alike, as `cargo xtask bench` builds them.
+    let examples = std::env::current_exe()
+        .context("failed to find the bench's own path")?
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the bench binary has a directory")?;
+    let profile_dir = examples
+        .parent()
+        .map(Path::to_path_buf)
+        .context("the examples directory has a parent")?;
     let bin = args
         .host_bin
         .clone()
-        .unwrap_or_else(|| root.join("target/release/sktarbucks"));
-    let bare_bin = root.join("target/release/examples/bare");
+        .unwrap_or_else(|| profile_dir.join("sktarbucks"));
+    let bare_bin = examples.join("bare");
     for b in [&bin, &bare_bin] {
         if !b.is_file() {
             bail!(
-                "{} is missing: run `cargo xtask build` (or `cargo build --release -p sktarbucks --examples`)",
+                "{} is missing: run `cargo xtask build-dist` (or `cargo build --profile dist -p sktarbucks --bins --examples`)",
                 b.display()
             );
         }

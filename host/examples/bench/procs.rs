@@ -17,7 +17,7 @@ pub const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 
 /// What a host is started with.
 pub struct HostSpec<'a> {
-    /// `target/release/sktarbucks`.
+    /// The binary measured (`target/dist/sktarbucks` by default).
     pub bin: &'a Path,
     /// Workspace root: component paths in the manifest are absolute below it.
     pub root: &'a Path,
@@ -269,7 +269,7 @@ impl Bare {
             .spawn()
             .with_context(|| {
                 format!(
-                    "failed to start {} (build it: cargo build --release -p sktarbucks --examples)",
+                    "failed to start {} (build it: cargo xtask build-dist)",
                     bin.display()
                 )
             })?;
