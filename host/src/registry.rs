@@ -278,6 +278,14 @@ impl Registry {
         Arc::clone(&self.live.load().config)
     }
 
+    /// Read the manifest in force without taking a reference to it: what
+    /// the request path does a few times per request, where the two
+    /// workers' reference counting on one shared `Arc` costs more than the
+    /// read.
+    pub fn read_config<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
+        f(&self.live.load().config)
+    }
+
     /// The current version of `name`, if loaded.
     pub fn get(&self, name: &str) -> Option<Arc<Loaded>> {
         self.live.load().components.get(name).cloned()
@@ -338,6 +346,9 @@ impl Registry {
     /// The retry lane of component `name`.
     pub fn lane(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lane) = lanes.get(name) {
+            return Arc::clone(lane);
+        }
         Arc::clone(lanes.entry(name.to_owned()).or_default())
     }
 }

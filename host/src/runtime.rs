@@ -208,6 +208,11 @@ impl Runtime {
         self.registry.config()
     }
 
+    /// Read one value of the manifest in force (see `Registry::read_config`).
+    pub fn read_config<R>(&self, f: impl FnOnce(&Config) -> R) -> R {
+        self.registry.read_config(f)
+    }
+
     /// Events each subscriber has not yet acknowledged.
     pub async fn lag(&self) -> Result<Vec<(String, u64)>> {
         let subs = self
@@ -256,16 +261,17 @@ impl Runtime {
         req: Request,
         trace: TraceContext,
     ) -> Result<Response, HttpFailure> {
-        let attempts = self.config().unit_of_work.max_attempts;
+        let attempts = self.read_config(|c| c.unit_of_work.max_attempts);
         let parent = tracing::Span::current();
-        let lane = self.registry.lane(&loaded.name);
         let mut _serialized = None;
         for attempt in 1..=attempts {
             if attempt > 1 && _serialized.is_none() {
                 // Inside the lane only first attempts compete with us, so
                 // retry at once: a sleep here would throttle the whole lane.
                 // Waiting for it is bounded by the component's deadline.
-                match tokio::time::timeout(loaded.config.deadline(), lane.lock()).await {
+                // (Looked up only now: first attempts never take it.)
+                let lane = self.registry.lane(&loaded.name);
+                match tokio::time::timeout(loaded.config.deadline(), lane.lock_owned()).await {
                     Ok(guard) => _serialized = Some(guard),
                     Err(_) => {
                         return Err(HttpFailure::Contended {
@@ -328,7 +334,7 @@ impl Runtime {
             Ok(ran) => ran,
             Err(failure) => return ("failed", Err(HttpFailure::Invoke(failure))),
         };
-        let limit = self.config().max_response_bytes;
+        let limit = self.read_config(|c| c.max_response_bytes);
         if response.body.len() > limit {
             // Checked before committing: an answer the client cannot get
             // must not leave its writes behind.
@@ -408,12 +414,13 @@ impl Runtime {
         };
         // An error answer retires a reused instance, and so does one the
         // client will not get (too large).
-        let verdict =
-            if response.status >= 400 || response.body.len() > self.config().max_response_bytes {
-                Err(Retire::ErrorResponse)
-            } else {
-                Ok(())
-            };
+        let verdict = if response.status >= 400
+            || response.body.len() > self.read_config(|c| c.max_response_bytes)
+        {
+            Err(Retire::ErrorResponse)
+        } else {
+            Ok(())
+        };
         let (uow, _) = inv.end(verdict);
         Ok((response, uow))
     }

@@ -316,7 +316,7 @@ impl App {
         log: &RequestLog,
     ) -> Response<Body> {
         let id = log.id.as_str();
-        let limit = self.rt.config().max_body_bytes;
+        let limit = self.rt.read_config(|c| c.max_body_bytes);
         let too_large = || {
             reply::error(
                 StatusCode::PAYLOAD_TOO_LARGE,
