@@ -15,6 +15,7 @@ use crate::backend::SharedBackend;
 use crate::backend::redis::RedisBackend;
 use crate::backend::sqlite::SqliteBackend;
 use crate::config::Config;
+use crate::data_lock::DataLock;
 use crate::deploy::{ConfigLoader, Deployer, SYNC_EVERY, store_manifest_versions};
 use crate::http::admin::{self, Admin};
 use crate::runtime::Runtime;
@@ -59,6 +60,8 @@ pub struct RunningHost {
     stop: watch::Sender<bool>,
     served: JoinHandle<Result<()>>,
     background: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// The SQLite data directory, held until the host has stopped.
+    _data_lock: Option<DataLock>,
 }
 
 impl RunningHost {
@@ -132,6 +135,12 @@ pub async fn start(config: Config, options: Options) -> Result<RunningHost> {
             Some((listener, token))
         }
         None => None,
+    };
+    // One serving host per SQLite directory (see `data_lock`). A backend
+    // handed in (tests inspecting it) is the caller's to share.
+    let data_lock = match (&options.backend, &config.redis) {
+        (None, None) => Some(DataLock::acquire(&config.data)?),
+        _ => None,
     };
     let backend = match options.backend {
         Some(b) => b,
@@ -236,6 +245,7 @@ pub async fn start(config: Config, options: Options) -> Result<RunningHost> {
         stop: stop_tx,
         served,
         background,
+        _data_lock: data_lock,
     })
 }
 

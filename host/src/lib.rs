@@ -30,6 +30,7 @@ pub mod background;
 pub mod bindings;
 pub mod config;
 pub mod crash;
+pub mod data_lock;
 pub mod deploy;
 pub mod engine;
 pub mod events;

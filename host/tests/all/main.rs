@@ -6,6 +6,7 @@ mod console;
 mod counters;
 mod crash_points;
 mod data_growth;
+mod data_lock;
 mod e2e;
 mod edge;
 mod event_log;
