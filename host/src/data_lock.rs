@@ -13,7 +13,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
@@ -24,7 +24,6 @@ pub const LOCK_FILE: &str = "serve.lock";
 #[derive(Debug)]
 pub struct DataLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl DataLock {
@@ -64,12 +63,7 @@ impl DataLock {
             .and_then(|()| file.seek(SeekFrom::Start(0)))
             .and_then(|_| writeln!(file, "{}", std::process::id()))
             .with_context(|| format!("failed to write {}", path.display()))?;
-        Ok(Self { _file: file, path })
-    }
-
-    /// Where the lock lives.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { _file: file })
     }
 }
 
@@ -82,7 +76,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let first = DataLock::acquire(&data).expect("the first host takes it");
-        assert!(first.path().is_file(), "the lock file exists");
+        assert!(data.join(LOCK_FILE).is_file(), "the lock file exists");
         let err = DataLock::acquire(&data).expect_err("a second host is refused");
         let msg = format!("{err:#}");
         assert!(
@@ -91,8 +85,8 @@ mod tests {
             "the refusal names the holder: {msg}"
         );
         drop(first);
-        let again = DataLock::acquire(&data).expect("free again once the first let go");
-        let written = std::fs::read_to_string(again.path()).expect("lock file readable");
+        let _again = DataLock::acquire(&data).expect("free again once the first let go");
+        let written = std::fs::read_to_string(data.join(LOCK_FILE)).expect("lock file readable");
         assert_eq!(written.trim(), std::process::id().to_string());
     }
 }

@@ -330,11 +330,13 @@ impl Runtime {
         // Boxed (here and around `serve_http`): awaiting the guest call's
         // large future inline copied it whole at each level (~10k of the
         // ~138k instructions of a GET went to `memcpy`).
-        let (response, uow) = match Box::pin(self.run_http_once(loaded, req, origin)).await {
+        // One reading of the limit for both of its uses: the instance's
+        // retirement and the refusal below.
+        let limit = self.read_config(|c| c.max_response_bytes);
+        let (response, uow) = match Box::pin(self.run_http_once(loaded, req, origin, limit)).await {
             Ok(ran) => ran,
             Err(failure) => return ("failed", Err(HttpFailure::Invoke(failure))),
         };
-        let limit = self.read_config(|c| c.max_response_bytes);
         if response.body.len() > limit {
             // Checked before committing: an answer the client cannot get
             // must not leave its writes behind.
@@ -389,11 +391,14 @@ impl Runtime {
         }
     }
 
+    /// `max_response` is the manifest's `max_response_bytes`, read once by
+    /// the caller.
     async fn run_http_once(
         self: &Arc<Self>,
         loaded: &Arc<Loaded>,
         req: &Request,
         origin: Origin,
+        max_response: usize,
     ) -> Result<(Response, UnitOfWork), Failure> {
         let Some(indices) = &loaded.exports.http else {
             return Err(Failure::Missing("http-handler".into()));
@@ -414,9 +419,7 @@ impl Runtime {
         };
         // An error answer retires a reused instance, and so does one the
         // client will not get (too large).
-        let verdict = if response.status >= 400
-            || response.body.len() > self.read_config(|c| c.max_response_bytes)
-        {
+        let verdict = if response.status >= 400 || response.body.len() > max_response {
             Err(Retire::ErrorResponse)
         } else {
             Ok(())
