@@ -163,6 +163,9 @@ struct WrkRun {
     rss_samples: Vec<(f64, u64)>,
     /// Time the host's event backlog took to drain after this run.
     drained_after_s: Option<f64>,
+    /// Each subscriber's undelivered events the moment the run ended: how
+    /// far the event pipeline fell behind the orders it accepted.
+    lag_at_end: Option<std::collections::BTreeMap<String, u64>>,
     /// CPU seconds the server used from the start of the run to its end,
     /// or, for a host, until its backlog drained ([`note_drain`]).
     cpu_s: Option<f64>,
@@ -309,6 +312,7 @@ impl Ctx {
             rss_samples,
             wrk: summary,
             drained_after_s: None,
+            lag_at_end: None,
         };
         eprintln!(
             "  {what:<28} {:<22} round {round}: {:>8.0} ok/s  p50 {:>6.2} ms  p99 {:>7.2} ms  non-2xx {}  sock err {}",
@@ -482,6 +486,7 @@ fn to_json<T: Serialize>(v: &T) -> serde_json::Value {
 /// After a run of `target` (a host): how long its event backlog took to
 /// drain.
 async fn note_drain(ctx: &Ctx, run: &mut WrkRun, target: &Target, admin: &str) -> Result<()> {
+    run.lag_at_end = Some(api::lags(&api::metrics(&ctx.client, admin).await?));
     let d = api::wait_drained(&ctx.client, admin, DRAIN_LIMIT).await?;
     run.drained_after_s = Some(d.as_secs_f64());
     // The run's events are part of what its requests cost.
@@ -489,6 +494,33 @@ async fn note_drain(ctx: &Ctx, run: &mut WrkRun, target: &Target, admin: &str) -
         run.cpu_s = Some(now - start);
     }
     Ok(())
+}
+
+/// How far `system`'s event pipeline fell behind during its runs of
+/// `what`: the most-behind subscriber's undelivered events when each run
+/// ended, and that as events per second of the run. A closed-loop client
+/// can have more orders accepted than the handlers keep up with; the
+/// difference is this lag (delivered after the run), so the ok/s beside it
+/// is a sustained rate only where this stays near zero.
+fn fell_behind(what: &str, system: &str, runs: &[WrkRun]) -> Option<Check> {
+    let per_run: Vec<String> = runs
+        .iter()
+        .filter(|r| r.what == what && r.system == system)
+        .filter_map(|r| {
+            let (component, lag) = r.lag_at_end.as_ref()?.iter().max_by_key(|(_, lag)| **lag)?;
+            let seconds = r.wrk.duration_us as f64 / 1e6;
+            Some(format!(
+                "{component} {lag} ({:.0}/s)",
+                *lag as f64 / seconds.max(1e-3)
+            ))
+        })
+        .collect();
+    (!per_run.is_empty()).then(|| {
+        Check::info(
+            format!("{what}, {system}: event lag when each run ended (most-behind subscriber)"),
+            per_run.join("; "),
+        )
+    })
 }
 
 /// POST /orders over 100 items, synchronous normal and full, against the
@@ -596,6 +628,11 @@ async fn orders(ctx: &Ctx) -> Result<Scenario> {
             "{what}: event backlog drained after each host run in: {}",
             drains.join(", ")
         ));
+        for r in &rows {
+            if let Some(check) = fell_behind(&what, &r.system, &runs) {
+                s.checks.push(check);
+            }
+        }
         s.rows.extend(rows);
     }
     s.runs = runs.iter().map(to_json).collect();
@@ -746,6 +783,9 @@ async fn hot(ctx: &Ctx) -> Result<Scenario> {
                 "≥ 2000/s",
                 r.ok_per_s >= 2000.0,
             ));
+            if let Some(check) = fell_behind(what, &t.name, &runs) {
+                s.checks.push(check);
+            }
         }
         let mine: Vec<&HotCheck> = checks.iter().filter(|c| c.system == t.name).collect();
         s.checks.push(Check::new(
