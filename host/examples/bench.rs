@@ -1227,19 +1227,49 @@ async fn soak(ctx: &Ctx) -> Result<Scenario> {
     };
     let end = run.rss_samples.last().map_or(0.0, |s| s.0);
     let (first, last) = (avg(0.0, 10.0), avg(end - 10.0, end + 1.0));
-    s.checks.push(Check::info(
+    let max = run.rss_max_kib as f64 / 1024.0;
+    // "No growth", with room for the allocator's and the page cache's
+    // breathing: the last 10 s average at most 10 % above the first's.
+    s.checks.push(Check::new(
         format!("host sqlite RSS over {seconds} s of orders: first 10 s vs last 10 s"),
         format!(
-            "{first:.0} MiB → {last:.0} MiB ({:+.0} MiB, {:+.0} %), max {:.0} MiB",
+            "{first:.0} MiB → {last:.0} MiB ({:+.0} MiB, {:+.0} %), max {max:.0} MiB",
             last - first,
             (last / first - 1.0) * 100.0,
-            run.rss_max_kib as f64 / 1024.0
         ),
+        "last ≤ first + 10 %",
+        first > 0.0 && last <= first * 1.10,
+    ));
+    s.checks.push(Check::new(
+        format!("host sqlite max RSS over {seconds} s of orders"),
+        format!("{max:.0} MiB"),
+        &format!("≤ {MAX_RSS_MIB:.0} MiB"),
+        max > 0.0 && max <= MAX_RSS_MIB,
     ));
     s.rows
         .push(row(&what, "host sqlite", std::slice::from_ref(&run)));
     s.runs.push(to_json(&run));
     Ok(s)
+}
+
+/// The memory ceiling for a host under load.
+const MAX_RSS_MIB: f64 = 150.0;
+
+/// The largest RSS any host reached in any load run of this invocation,
+/// against [`MAX_RSS_MIB`] (the bare server is not held to it).
+fn max_rss_check(done: &[Scenario]) -> Option<Check> {
+    let (max, what, system) = done
+        .iter()
+        .flat_map(|s| &s.rows)
+        .filter(|r| r.system.starts_with("host"))
+        .map(|r| (r.rss_max_mib, &r.what, &r.system))
+        .max_by(|a, b| a.0.total_cmp(&b.0))?;
+    Some(Check::new(
+        "max RSS of a host in any load run",
+        format!("{max:.0} MiB ({what}, {system})"),
+        &format!("≤ {MAX_RSS_MIB:.0} MiB"),
+        max <= MAX_RSS_MIB,
+    ))
 }
 
 fn which(bin: &str) -> bool {
@@ -1372,6 +1402,13 @@ async fn main() -> Result<()> {
         std::env::args().skip(1).collect::<Vec<_>>().join(" ")
     );
     println!("machine: {}\n", machine.one_line());
+    if let Some(check) = max_rss_check(&done) {
+        done.push(Scenario {
+            name: "memory".into(),
+            checks: vec![check],
+            ..Scenario::default()
+        });
+    }
     println!("{}", report::rows_table(&done));
     println!("{}", report::checks_table(&done));
     for s in &done {
